@@ -1,0 +1,90 @@
+"""Finding and checking the BAAI parquet files of each stage.
+
+The real files disagree with each other (IndustryCorpus2 zh has 13 columns and en 9;
+Infinity-Instruct 7M has an int64 `id` and Gen a string one; some 7M files have a
+string `label`). We read only the columns training needs, with pyarrow, file by file,
+so such clashes never reach `datasets`' schema merging, and every problem is reported
+with the file (and row) it comes from.
+"""
+
+import difflib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mini_qwen.errors import MiniQwenError
+
+
+def find_parquet_files(data_dir: str, pattern: str = "**/*.parquet", what: str = "data") -> list[Path]:
+    root = Path(data_dir)
+    if not root.exists():
+        raise MiniQwenError(f"{what} folder '{data_dir}' does not exist: run `bash prepare.sh` to download the data, "
+                            f"or point --data_dir at mini_data/... for the demo.")
+    if root.is_file():
+        files = [root]
+    else:
+        files = sorted(p for p in root.glob(pattern) if p.is_file())
+    if not files:
+        raise MiniQwenError(f"no parquet files matching '{pattern}' under {what} folder '{data_dir}': "
+                            f"check --data_dir / --data_glob (did the download finish?).")
+    return files
+
+
+def read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise MiniQwenError(f"cannot read parquet file '{path}': {err}. Re-download it or remove it.") from None
+
+
+def require_columns(path: Path, schema: pa.Schema, columns: dict[str, str]) -> None:
+    """`columns` maps a required column name to a short description of what it should hold."""
+    names = schema.names
+    for name, description in columns.items():
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean '{close[0]}'? rename it to '{name}')" if close else ""
+            raise MiniQwenError(f"{path}: missing column '{name}' ({description}); it has {names}{hint}.")
+
+
+def check_string_column(path: Path, schema: pa.Schema, name: str) -> None:
+    kind = schema.field(name).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise MiniQwenError(f"{path}: column '{name}' must hold text but has type {kind}.")
+
+
+def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int = 4096, on_bad_rows: str = "skip",
+                      stats: dict | None = None):
+    """Yield lists of non-empty texts, file by file, batch by batch: the corpus is never held in memory whole.
+
+    Null, empty or whitespace-only texts are skipped and counted in `stats`, or raise with the
+    file and row when `on_bad_rows="error"`.
+    """
+    stats = stats if stats is not None else {}
+    for path in files:
+        schema = read_schema(path)
+        require_columns(path, schema, {column: "the document text"})
+        check_string_column(path, schema, column)
+        row = 0
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=[column])
+            for batch in batches:
+                texts = batch.column(0).to_pylist()
+                good = []
+                for i, text in enumerate(texts):
+                    if text is None or not text.strip():
+                        if on_bad_rows == "error":
+                            kind = "null" if text is None else "empty"
+                            raise MiniQwenError(f"{path}: row {row + i} has an {kind} '{column}'. Remove the row, "
+                                                f"or rerun with --on_bad_rows skip to skip and count such rows.")
+                        stats["skipped_empty"] = stats.get("skipped_empty", 0) + 1
+                    else:
+                        good.append(text)
+                row += len(texts)
+                stats["rows"] = stats.get("rows", 0) + len(texts)
+                if good:
+                    yield good
+        except (pa.ArrowException, OSError) as err:
+            raise MiniQwenError(f"{path}: unreadable at row ~{row}: {err}. Re-download the file or remove it.") from None
+        stats["files"] = stats.get("files", 0) + 1

@@ -1,0 +1,72 @@
+"""Precision and attention picked from the hardware; every choice can be overridden by a flag.
+
+- bf16 on GPUs that have it (Ampere and newer), fp16 on older ones such as the T4,
+  fp32 on CPU (bf16 on CPU is ~25x slower than fp32 for a small model).
+- flash_attention_2 when the package is installed and the GPU supports it, else SDPA.
+"""
+
+import importlib.util
+
+import torch
+
+from mini_qwen.errors import MiniQwenError
+
+# Dense bf16/fp16 tensor-core peak, FLOP/s, by a substring of the device name. Used for MFU only.
+PEAK_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "H800": 989e12, "H20": 148e12, "A100": 312e12, "A800": 312e12,
+    "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12,
+    "V100": 125e12, "T4": 65e12,
+}
+
+
+def precision_defaults() -> dict:
+    """Defaults for TrainingArguments' bf16 / fp16 / use_cpu, set before parsing so flags still win."""
+    if not torch.cuda.is_available():
+        return {"bf16": False, "fp16": False, "use_cpu": True}
+    if torch.cuda.is_bf16_supported():
+        return {"bf16": True, "fp16": False, "use_cpu": False}
+    return {"bf16": False, "fp16": True, "use_cpu": False}
+
+
+def check_precision(training_args) -> None:
+    if training_args.bf16 and training_args.fp16:
+        raise MiniQwenError("--bf16 and --fp16 are both set: choose one.")
+    on_gpu = torch.cuda.is_available() and not training_args.use_cpu
+    if training_args.bf16 and on_gpu and not torch.cuda.is_bf16_supported():
+        raise MiniQwenError(f"--bf16 was asked but {torch.cuda.get_device_name()} has no bf16: use --fp16 true "
+                            f"--bf16 false (or leave both unset to choose automatically).")
+    if training_args.fp16 and not on_gpu:
+        raise MiniQwenError("--fp16 needs a CUDA GPU; on CPU leave precision unset (fp32).")
+
+
+def flash_attention_available() -> bool:
+    if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
+        return False
+    major, _ = torch.cuda.get_device_capability()
+    return major >= 8  # FlashAttention-2 needs Ampere or newer
+
+
+def choose_attention(requested: str, training_args=None) -> str:
+    on_gpu = torch.cuda.is_available() and not getattr(training_args, "use_cpu", False)
+    if requested == "auto":
+        return "flash_attention_2" if on_gpu and flash_attention_available() else "sdpa"
+    if requested == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise MiniQwenError("--attn_implementation flash_attention_2 was asked but flash-attn is not installed: "
+                                "`pip install flash-attn --no-build-isolation` on a CUDA machine, or use sdpa.")
+        if not on_gpu or not flash_attention_available():
+            raise MiniQwenError("--attn_implementation flash_attention_2 needs an Ampere-or-newer CUDA GPU; "
+                                "use sdpa here.")
+    elif requested not in ("sdpa", "eager", "flex_attention"):
+        raise MiniQwenError(f"unknown --attn_implementation '{requested}': use auto, flash_attention_2, sdpa or eager.")
+    return requested
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, flops in PEAK_FLOPS.items():
+        if key in name:
+            return flops
+    return None

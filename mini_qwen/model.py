@@ -1,0 +1,156 @@
+"""Model presets, config validation, and building / loading the model.
+
+Presets are data: `models/<name>.json` holds a full Qwen2 config. `1b` is the
+Qwen2.5-0.5B-Instruct config widened to hidden 1024, 48 layers, 16 heads and
+4 KV heads (~1.0B parameters, as in the original project); `tiny` trains in
+seconds on a CPU.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
+
+from mini_qwen.errors import MiniQwenError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "models"
+
+
+@dataclass
+class ModelArguments:
+    """Which model to build (PT) and how to run it. Shape overrides are applied on top of the preset."""
+
+    model_preset: str = field(
+        default="1b",
+        metadata={"help": "A preset in models/ (1b, tiny) or a path to a Qwen2 config.json / model folder."},
+    )
+    hidden_size: int | None = field(default=None, metadata={"help": "Override the preset's hidden size."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Override the number of layers."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Override the number of heads."})
+    num_key_value_heads: int | None = field(default=None, metadata={"help": "Override the number of KV heads."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "Override the MLP width."})
+    attn_implementation: str = field(
+        default="auto",
+        metadata={"help": "auto (flash_attention_2 when installed on a capable GPU, else sdpa), "
+                  "flash_attention_2, sdpa or eager."},
+    )
+    tokenizer_path: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer folder. Default: models/qwen2.5-0.5b-instruct (from prepare.sh) "
+                  "or models/tokenizer (built offline by setup.sh)."},
+    )
+
+
+SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+def _preset_path(preset: str) -> Path:
+    candidates = [MODELS_DIR / f"{preset}.json", Path(preset), Path(preset) / "config.json"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    names = sorted(p.stem for p in MODELS_DIR.glob("*.json"))
+    raise MiniQwenError(
+        f"model preset '{preset}' not found: expected models/{preset}.json or a config.json path. "
+        f"Available presets: {', '.join(names)}."
+    )
+
+
+def validate_config(config, source: str = "model config") -> None:
+    """Fail at start, with one message, on shapes that would crash later inside transformers."""
+    h, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    problems = []
+    if min(h, heads, kv, config.num_hidden_layers, config.intermediate_size) <= 0:
+        problems.append("all sizes must be positive")
+    elif h % heads:
+        problems.append(f"hidden_size {h} is not divisible by num_attention_heads {heads} "
+                        f"(pick heads among the divisors of {h}, e.g. {h // 64 or 1})")
+    elif heads % kv:
+        problems.append(f"num_attention_heads {heads} is not divisible by num_key_value_heads {kv}")
+    elif (h // heads) % 2:
+        problems.append(f"head dim {h // heads} (hidden_size / heads) must be even for rotary embeddings")
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and len(layer_types) != config.num_hidden_layers:
+        problems.append(f"layer_types has {len(layer_types)} entries but num_hidden_layers is "
+                        f"{config.num_hidden_layers}")
+    if problems:
+        raise MiniQwenError(f"invalid {source}: " + "; ".join(problems) + ".")
+
+
+def build_config(args: ModelArguments) -> Qwen2Config:
+    path = _preset_path(args.model_preset)
+    raw = json.loads(path.read_text())
+    for name in SHAPE_FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            raw[name] = value
+    # transformers 5 checks len(layer_types) == num_hidden_layers only when saving:
+    # a changed depth without matching layer_types trains fine and then crashes save_model().
+    raw["layer_types"] = ["full_attention"] * raw["num_hidden_layers"]
+    raw["max_window_layers"] = raw["num_hidden_layers"]
+    raw.pop("model_type", None)
+    raw.pop("architectures", None)
+    probe = type("Shape", (), {k: raw.get(k, 0) for k in SHAPE_FIELDS + ("layer_types",)})
+    validate_config(probe, source=f"model config ({path})")
+    config = Qwen2Config(**raw)
+    config.architectures = ["Qwen2ForCausalLM"]
+    return config
+
+
+def count_parameters(model) -> int:
+    # Tied embeddings are one tensor; parameters() already yields it once.
+    return sum(p.numel() for p in model.parameters())
+
+
+def model_dtype(training_args) -> torch.dtype:
+    """Weights stay fp32 under mixed precision on CPU; on GPUs the seed loaded bf16 weights directly."""
+    if getattr(training_args, "use_cpu", False) or not torch.cuda.is_available():
+        return torch.float32
+    if training_args.bf16:
+        return torch.bfloat16
+    return torch.float32  # fp16 AMP needs fp32 master weights
+
+
+def new_model(model_args: ModelArguments, training_args):
+    from mini_qwen.hardware import choose_attention
+
+    config = build_config(model_args)
+    attn = choose_attention(model_args.attn_implementation, training_args)
+    model = AutoModelForCausalLM.from_config(config, dtype=model_dtype(training_args), attn_implementation=attn)
+    return model
+
+
+def load_model(path: str, model_args: ModelArguments, training_args):
+    """Load a checkpoint written by an earlier stage, with a clear message when it is not one."""
+    from mini_qwen.hardware import choose_attention
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise MiniQwenError(
+            f"no model found at '{path}': the folder needs config.json and model weights "
+            f"(the output_dir of the previous stage, e.g. results/pt). Run that stage first or fix the path."
+        )
+    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    if not has_weights:
+        raise MiniQwenError(f"'{path}' has config.json but no weights (*.safetensors): the save did not finish; "
+                            f"point to a complete checkpoint.")
+    config = AutoConfig.from_pretrained(path)
+    validate_config(config, source=f"model config ({folder / 'config.json'})")
+    attn = choose_attention(model_args.attn_implementation, training_args)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(training_args), attn_implementation=attn)
+
+
+def describe(model) -> str:
+    c = model.config
+    n = count_parameters(model)
+    return (f"model: {n / 1e6:.1f}M parameters (hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
+            f"{c.num_attention_heads} heads, {c.num_key_value_heads} KV heads, vocab {c.vocab_size}), "
+            f"dtype {next(model.parameters()).dtype}, attention {c._attn_implementation}")
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

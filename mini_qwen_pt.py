@@ -1,0 +1,109 @@
+"""Pretraining (PT): a randomly initialised Qwen2.5-architecture model on IndustryCorpus2 text.
+
+Run as:
+    python mini_qwen_pt.py                                   # one GPU (or CPU), full data in data/pt
+    accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py        # several GPUs, DeepSpeed ZeRO-2
+    nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py > logs/output_pt.log 2>&1 &
+    python demo/demo_pt.py                                   # the same stage on mini_data/ (tiny model on CPU)
+Any flag overrides the defaults (the original run's values) and a `--config recipe.yaml`:
+    python mini_qwen_pt.py --model_preset tiny --block_size 128 --data_dir mini_data/pt --max_steps 20
+
+Batch arithmetic: tokens per optimizer step = per_device_train_batch_size x block_size x
+gradient_accumulation_steps x processes = 12 x 1024 x 16 x 6 = 1.18M in the original run
+(16B tokens -> ~13.5K steps).
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import Trainer, TrainingArguments, set_seed
+
+from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.cli import parse_args
+from mini_qwen.data import find_parquet_files
+from mini_qwen.distributed import check_launch, resume_checkpoint
+from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.model import ModelArguments, describe, new_model
+from mini_qwen.packing import PackedBlocks, collate_blocks, prepare_token_cache
+from mini_qwen.tokenizer import load_tokenizer
+
+
+@dataclass
+class PTDataArguments:
+    data_dir: str = field(default="data/pt", metadata={"help": "Folder of IndustryCorpus2 parquet files "
+                                                             "(<industry>/<language>/high/*.parquet)."})
+    data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
+    block_size: int = field(default=1024, metadata={"help": "Tokens per training block."})
+    packing: str = field(default="documents", metadata={
+        "help": "documents: attention never crosses documents (position ids restart at each one); "
+                "concat: the original project's plain concatenation."})
+    cache_dir: str = field(default=".cache/mini_qwen", metadata={"help": "Where the tokenized corpus is cached."})
+    on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on empty/null texts."})
+
+
+@dataclass
+class PTTrainingArguments(TrainingArguments):
+    # The original run's values (6 x H800, ZeRO-2, 16B tokens, 1 epoch, ~25 h).
+    output_dir: str = field(default="results/pt", metadata={"help": "Checkpoints, final model, loss plot."})
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = field(default=0.1, metadata={"help": "A float below 1 is a fraction of all steps."})
+    num_train_epochs: float = 1.0
+    per_device_train_batch_size: int = 12
+    gradient_accumulation_steps: int = 16
+    save_steps: float = 100_000
+    save_total_limit: int = 3
+    logging_steps: float = 20
+    dataloader_num_workers: int = 0
+
+
+def main(argv=None):
+    data_args, model_args, training_args = parse_args((PTDataArguments, ModelArguments, PTTrainingArguments), argv)
+    if data_args.packing not in ("documents", "concat"):
+        raise MiniQwenError(f"--packing must be 'documents' or 'concat', got '{data_args.packing}'.")
+    set_seed(training_args.seed)
+    check_launch(training_args)
+
+    tokenizer = load_tokenizer(model_args.tokenizer_path)
+    model = new_model(model_args, training_args)
+    if data_args.block_size > model.config.max_position_embeddings:
+        raise MiniQwenError(f"--block_size {data_args.block_size} exceeds the model's max_position_embeddings "
+                            f"{model.config.max_position_embeddings}: lower it or pick another preset.")
+    print(describe(model))
+
+    # Rank 0 tokenizes into the shared cache first; the other ranks then just read it.
+    files = find_parquet_files(data_args.data_dir, data_args.data_glob, what="PT data")
+    with training_args.main_process_first(desc="tokenizing the corpus"):
+        cache = prepare_token_cache(files, tokenizer, data_args.cache_dir, data_args.text_column,
+                                    on_bad_rows=data_args.on_bad_rows)
+    dataset = PackedBlocks(cache, data_args.block_size, data_args.packing)
+    if len(dataset) == 0:
+        raise MiniQwenError(f"the corpus in '{data_args.data_dir}' has {dataset.n_tokens} tokens, fewer than one "
+                            f"block of {data_args.block_size}: add data or lower --block_size.")
+    tokens_per_step = (training_args.per_device_train_batch_size * data_args.block_size
+                       * training_args.gradient_accumulation_steps * training_args.world_size)
+    print(f"data: {len(dataset):,} blocks of {data_args.block_size} tokens ({data_args.packing} packing); "
+          f"{tokens_per_step:,} tokens per optimizer step")
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collate_blocks,
+        processing_class=tokenizer,
+        callbacks=[LossPlotCallback("pretraining loss")],
+    )
+    # First in the list so the progress printer already shows tokens/s.
+    trainer.callback_handler.callbacks.insert(
+        0, ThroughputCallback(model.config, tokens_per_step,
+                              seq_len=data_args.block_size))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)  # save_model alone does not (seed FAQ 9)
+    losses = first_and_last_loss(trainer.state)
+    if losses and trainer.is_world_process_zero():
+        print(f"PT done: loss {losses[0]:.3f} -> {losses[1]:.3f}; model saved to {training_args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_main(main)
