@@ -22,9 +22,8 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data import find_parquet_files
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
-from mini_qwen.model import ModelArguments, describe, new_model
+from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.packing import PackedBlocks, collate_blocks, prepare_token_cache
-from mini_qwen.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -58,14 +57,19 @@ class PTTrainingArguments(TrainingArguments):
 
 
 def main(argv=None):
-    data_args, model_args, training_args = parse_args((PTDataArguments, ModelArguments, PTTrainingArguments), argv)
+    data_args, preset_args, model_args, training_args = parse_args(
+        (PTDataArguments, PresetArguments, ModelArguments, PTTrainingArguments), argv)
     if data_args.packing not in ("documents", "concat"):
         raise MiniQwenError(f"--packing must be 'documents' or 'concat', got '{data_args.packing}'.")
     set_seed(training_args.seed)
     check_launch(training_args)
 
-    tokenizer = load_tokenizer(model_args.tokenizer_path)
-    model = new_model(model_args, training_args)
+    checkpoint = model_args.model_name_or_path  # set: continue pretraining an existing model
+    tokenizer = load_stage_tokenizer(model_args, checkpoint)
+    if checkpoint:
+        model = load_model(checkpoint, model_args, training_args)
+    else:
+        model = new_model(preset_args, model_args, training_args)
     if data_args.block_size > model.config.max_position_embeddings:
         raise MiniQwenError(f"--block_size {data_args.block_size} exceeds the model's max_position_embeddings "
                             f"{model.config.max_position_embeddings}: lower it or pick another preset.")

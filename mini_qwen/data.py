@@ -88,3 +88,42 @@ def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int =
         except (pa.ArrowException, OSError) as err:
             raise MiniQwenError(f"{path}: unreadable at row ~{row}: {err}. Re-download the file or remove it.") from None
         stats["files"] = stats.get("files", 0) + 1
+
+
+def check_conversations_column(path: Path, schema: pa.Schema, column: str = "conversations") -> None:
+    require_columns(path, schema, {column: "a list of {from, value} turns"})
+    kind = schema.field(column).type
+    ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if ok:
+        item = kind.value_type
+        ok = pa.types.is_struct(item) and {"from", "value"} <= {item.field(i).name for i in range(item.num_fields)}
+    if not ok:
+        raise MiniQwenError(f"{path}: column '{column}' must be a list of {{from, value}} records "
+                            f"(Infinity-Instruct format) but has type {kind}.")
+
+
+def row_locator(files: list[Path]):
+    """Map a row index of the concatenated files back to (file, row in file), for error messages."""
+    import numpy as np
+
+    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
+    ends = np.cumsum(counts)
+
+    def locate(index: int) -> tuple[Path, int]:
+        i = int(np.searchsorted(ends, index, side="right"))
+        return files[i], index - (int(ends[i - 1]) if i else 0)
+
+    return locate, int(ends[-1]) if counts else 0
+
+
+def load_column_dataset(files: list[Path], columns: list[str], cache_dir: str | None = None):
+    """A `datasets.Dataset` of only `columns` from all files: the columns whose types clash
+    between files (7M's int64 `id` vs Gen's string one, `label`) are never read."""
+    import datasets
+
+    try:
+        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], columns=columns,
+                                     split="train", cache_dir=cache_dir)
+    except (ValueError, TypeError, pa.ArrowException) as err:
+        raise MiniQwenError(f"the files under {files[0].parent} disagree on the type of {columns}: {err}. "
+                            f"Run `python utils/check_data.py` to find the file.") from None

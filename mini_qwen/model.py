@@ -22,17 +22,13 @@ MODELS_DIR = REPO_ROOT / "models"
 
 @dataclass
 class ModelArguments:
-    """Which model to build (PT) and how to run it. Shape overrides are applied on top of the preset."""
+    """Where the model comes from and how it runs; shared by every stage."""
 
-    model_preset: str = field(
-        default="1b",
-        metadata={"help": "A preset in models/ (1b, tiny) or a path to a Qwen2 config.json / model folder."},
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A checkpoint folder to start from (the previous stage's output_dir). "
+                  "PT builds a new random model from --model_preset when unset."},
     )
-    hidden_size: int | None = field(default=None, metadata={"help": "Override the preset's hidden size."})
-    num_hidden_layers: int | None = field(default=None, metadata={"help": "Override the number of layers."})
-    num_attention_heads: int | None = field(default=None, metadata={"help": "Override the number of heads."})
-    num_key_value_heads: int | None = field(default=None, metadata={"help": "Override the number of KV heads."})
-    intermediate_size: int | None = field(default=None, metadata={"help": "Override the MLP width."})
     attn_implementation: str = field(
         default="auto",
         metadata={"help": "auto (flash_attention_2 when installed on a capable GPU, else sdpa), "
@@ -40,9 +36,24 @@ class ModelArguments:
     )
     tokenizer_path: str | None = field(
         default=None,
-        metadata={"help": "Tokenizer folder. Default: models/qwen2.5-0.5b-instruct (from prepare.sh) "
-                  "or models/tokenizer (built offline by setup.sh)."},
+        metadata={"help": "Tokenizer folder. Default: the checkpoint's own, else models/qwen2.5-0.5b-instruct "
+                  "(from prepare.sh), else models/tokenizer (built offline by setup.sh)."},
     )
+
+
+@dataclass
+class PresetArguments:
+    """The shape of a new model (PT): a preset from models/, with optional overrides."""
+
+    model_preset: str = field(
+        default="1b",
+        metadata={"help": "A preset in models/ (1b, tiny) or a path to a Qwen2 config.json."},
+    )
+    hidden_size: int | None = field(default=None, metadata={"help": "Override the preset's hidden size."})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "Override the number of layers."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Override the number of heads."})
+    num_key_value_heads: int | None = field(default=None, metadata={"help": "Override the number of KV heads."})
+    intermediate_size: int | None = field(default=None, metadata={"help": "Override the MLP width."})
 
 
 SHAPE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size")
@@ -81,7 +92,7 @@ def validate_config(config, source: str = "model config") -> None:
         raise MiniQwenError(f"invalid {source}: " + "; ".join(problems) + ".")
 
 
-def build_config(args: ModelArguments) -> Qwen2Config:
+def build_config(args: PresetArguments) -> Qwen2Config:
     path = _preset_path(args.model_preset)
     raw = json.loads(path.read_text())
     for name in SHAPE_FIELDS:
@@ -115,10 +126,10 @@ def model_dtype(training_args) -> torch.dtype:
     return torch.float32  # fp16 AMP needs fp32 master weights
 
 
-def new_model(model_args: ModelArguments, training_args):
+def new_model(preset_args: PresetArguments, model_args: ModelArguments, training_args):
     from mini_qwen.hardware import choose_attention
 
-    config = build_config(model_args)
+    config = build_config(preset_args)
     attn = choose_attention(model_args.attn_implementation, training_args)
     model = AutoModelForCausalLM.from_config(config, dtype=model_dtype(training_args), attn_implementation=attn)
     return model
@@ -154,3 +165,17 @@ def describe(model) -> str:
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_stage_tokenizer(model_args: ModelArguments, checkpoint: str | None = None):
+    """--tokenizer_path if given, else the checkpoint's own tokenizer, else the project default."""
+    from mini_qwen.tokenizer import has_tokenizer_files, load_tokenizer
+
+    if model_args.tokenizer_path:
+        return load_tokenizer(model_args.tokenizer_path)
+    if checkpoint and Path(checkpoint).is_dir():
+        if not has_tokenizer_files(checkpoint):
+            raise MiniQwenError(f"checkpoint '{checkpoint}' has no tokenizer files: pass --tokenizer_path "
+                                f"models/tokenizer (or save one there with tokenizer.save_pretrained).")
+        return load_tokenizer(checkpoint)
+    return load_tokenizer()

@@ -1,0 +1,157 @@
+"""Qwen chat format, SFT label masks and answer-keeping truncation.
+
+A conversation is rendered as
+    <|im_start|>system\n{system}<|im_end|>\n          (only when the data has a system turn)
+    <|im_start|>user\n{question}<|im_end|>\n
+    <|im_start|>assistant\n{answer}<|im_end|>\n
+Trainable tokens (label = token id) are exactly each assistant's content plus the `<|im_end|>`
+that closes it, so the model learns to answer and to stop; headers, user and system turns
+and the newline after `<|im_end|>` are masked (-100).
+
+We tokenize each message's content on its own and join the pieces with the fixed header
+ids. That is what generation sees too: the model starts writing right after the
+`assistant\n` header, so no BPE merge can straddle the prompt/answer border. (The original
+project searched for the response key instead, and its key `[198]` = "\n" matched inside
+answers, leaving about half the answer tokens untrained.)
+"""
+
+from dataclasses import dataclass
+
+IGNORE = -100
+ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def format_prompt(question: str, system: str | None = None) -> str:
+    """The text a chat model is given at inference time, ending with the assistant header."""
+    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+class BadConversation(ValueError):
+    """A row that cannot be trained on; the message says why."""
+
+
+def normalize_messages(conversation, first_turn_only: bool = False) -> list[dict]:
+    """Infinity-Instruct `from`/`value` (or `role`/`content`) turns -> [{role, content}], validated."""
+    if conversation is None or len(conversation) == 0:
+        raise BadConversation("empty conversation")
+    messages = []
+    for i, turn in enumerate(conversation):
+        if not isinstance(turn, dict):
+            raise BadConversation(f"turn {i} is not a {{from, value}} record")
+        raw_role = turn.get("from", turn.get("role"))
+        content = turn.get("value", turn.get("content"))
+        role = ROLE_MAP.get(str(raw_role).strip().lower()) if raw_role is not None else None
+        if role is None:
+            raise BadConversation(f"turn {i} has unknown role {raw_role!r} (expected human/gpt/system)")
+        if content is None:
+            raise BadConversation(f"turn {i} ({raw_role}) has no text")
+        if role == "system" and i > 0:
+            raise BadConversation(f"turn {i} is a system turn after the start")
+        messages.append({"role": role, "content": content})
+    body = [m for m in messages if m["role"] != "system"]
+    for i, m in enumerate(body):
+        if m["role"] != ("user" if i % 2 == 0 else "assistant"):
+            raise BadConversation(f"turns do not alternate user/assistant (turn {i} is {m['role']})")
+    if not body or body[-1]["role"] != "assistant":
+        raise BadConversation("conversation does not end with an assistant answer")
+    if not any(m["content"].strip() for m in body if m["role"] == "assistant"):
+        raise BadConversation("every assistant answer is empty")
+    if first_turn_only:
+        system = [m for m in messages if m["role"] == "system"]
+        messages = system + body[:2]
+    return messages
+
+
+@dataclass(frozen=True)
+class ChatTokens:
+    """Fixed ids of the chat markup, looked up once per tokenizer."""
+    im_start: int
+    im_end: int
+    newline: list[int]
+    role_header: dict  # role -> ids of "<|im_start|>{role}\n"
+
+    @classmethod
+    def of(cls, tokenizer):
+        enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        headers = {role: enc(f"<|im_start|>{role}\n") for role in ("system", "user", "assistant")}
+        return cls(tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer.convert_tokens_to_ids("<|im_end|>"),
+                   enc("\n"), headers)
+
+
+def _turn(ct: ChatTokens, role: str, content_ids: list[int]) -> tuple[list[int], list[int]]:
+    ids = ct.role_header[role] + content_ids + [ct.im_end] + ct.newline
+    if role == "assistant":
+        n_head = len(ct.role_header[role])
+        labels = [IGNORE] * n_head + content_ids + [ct.im_end] + [IGNORE] * len(ct.newline)
+    else:
+        labels = [IGNORE] * len(ids)
+    return ids, labels
+
+
+def build_example(ct: ChatTokens, messages: list[dict], content_ids: list[list[int]], max_length: int,
+                  min_prompt_tokens: int = 16) -> tuple[list[int], list[int], bool]:
+    """Token ids and labels of one conversation, cut to `max_length` so that answers survive.
+
+    Returns (input_ids, labels, truncated). When too long: drop the oldest user/assistant
+    exchanges first (a leading system turn stays); if the last exchange alone is still too
+    long, cut the head of its user text (keeping at least `min_prompt_tokens` of it), and
+    only then the tail of the answer. labels has no trainable token when nothing fits.
+    """
+    system = [(m, c) for m, c in zip(messages, content_ids) if m["role"] == "system"]
+    body = [(m, c) for m, c in zip(messages, content_ids) if m["role"] != "system"]
+    exchanges = [body[i:i + 2] for i in range(0, len(body), 2)]
+
+    def render(turns):
+        ids, labels = [], []
+        for m, c in turns:
+            t_ids, t_labels = _turn(ct, m["role"], c)
+            ids += t_ids
+            labels += t_labels
+        return ids, labels
+
+    sys_ids, sys_labels = render(system)
+    rendered = [render(ex) for ex in exchanges]
+    total = len(sys_ids) + sum(len(r[0]) for r in rendered)
+    if total <= max_length:
+        ids = sys_ids + [t for r in rendered for t in r[0]]
+        labels = sys_labels + [t for r in rendered for t in r[1]]
+        return ids, labels, False
+
+    # 1. drop whole exchanges from the start while more than one is left
+    while len(rendered) > 1 and total > max_length:
+        total -= len(rendered.pop(0)[0])
+    if total <= max_length:
+        return sys_ids + [t for r in rendered for t in r[0]], sys_labels + [t for r in rendered for t in r[1]], True
+
+    # 2. one exchange left: cut the user text's head, then the answer's tail
+    (user, user_ids), (_, answer_ids) = exchanges[-1]
+    user_fixed = len(ct.role_header["user"]) + 1 + len(ct.newline)
+    answer_fixed = len(ct.role_header["assistant"]) + 1 + len(ct.newline)
+    room = max_length - len(sys_ids) - user_fixed - answer_fixed
+    keep_user = min(len(user_ids), max(min_prompt_tokens, room - len(answer_ids)))
+    keep_answer = max(0, min(len(answer_ids), room - keep_user))
+    u_ids, u_labels = _turn(ct, "user", user_ids[len(user_ids) - keep_user:])
+    a_ids, a_labels = _turn(ct, "assistant", answer_ids[:keep_answer])
+    ids, labels = sys_ids + u_ids + a_ids, sys_labels + u_labels + a_labels
+    if keep_answer < len(answer_ids):  # answer cut: the closing <|im_end|> is not where the answer ends
+        labels[len(ids) - 1 - len(ct.newline)] = IGNORE
+    ids, labels = ids[:max_length], labels[:max_length]
+    return ids, labels, True
+
+
+def encode_conversations(tokenizer, conversations: list[list[dict]], max_length: int) -> dict:
+    """Batch version of build_example: every message content tokenized in one Rust call."""
+    ct = ChatTokens.of(tokenizer)
+    flat = [m["content"] for conv in conversations for m in conv]
+    encoded = tokenizer.backend_tokenizer.encode_batch_fast(flat, add_special_tokens=False) if flat else []
+    out = {"input_ids": [], "labels": [], "truncated": []}
+    pos = 0
+    for conv in conversations:
+        content_ids = [encoded[pos + i].ids for i in range(len(conv))]
+        pos += len(conv)
+        ids, labels, truncated = build_example(ct, conv, content_ids, max_length)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["truncated"].append(truncated)
+    return out

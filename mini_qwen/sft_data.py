@@ -1,0 +1,75 @@
+"""Infinity-Instruct parquet files -> a tokenized SFT dataset (input_ids + labels), with counts.
+
+Bad rows (empty conversation, unknown role, no final assistant answer, ...) are skipped and
+counted by default, since one odd row in millions should not stop a day-long run;
+`on_bad_rows="error"` stops at the first one with its file and row instead.
+"""
+
+import re
+from collections import Counter
+
+from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
+from mini_qwen.data import (check_conversations_column, find_parquet_files, load_column_dataset, read_schema,
+                            row_locator)
+from mini_qwen.errors import MiniQwenError
+
+
+def _encode_batch(batch, indices, tokenizer, max_length, first_turn_only, on_bad_rows, locate):
+    good, problems = [], []
+    for conv, index in zip(batch["conversations"], indices):
+        try:
+            good.append(normalize_messages(conv, first_turn_only))
+            problems.append("")
+        except BadConversation as err:
+            if on_bad_rows == "error":
+                path, row = locate(index)
+                raise MiniQwenError(f"{path}: row {row}: {err}. Fix or remove the row, or rerun with "
+                                    f"--on_bad_rows skip to skip and count such rows.") from None
+            problems.append(re.sub(r"\d+", "N", str(err)))
+    encoded = encode_conversations(tokenizer, good, max_length)
+    out = {"input_ids": [], "labels": [], "truncated": [], "problem": problems}
+    it = iter(range(len(good)))
+    for problem in problems:
+        if problem:
+            out["input_ids"].append([])
+            out["labels"].append([])
+            out["truncated"].append(False)
+        else:
+            i = next(it)
+            for key in ("input_ids", "labels", "truncated"):
+                out[key].append(encoded[key][i])
+    return out
+
+
+def build_sft_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int, first_turn_only: bool = False,
+                      on_bad_rows: str = "skip", num_proc: int | None = None, log=print):
+    files = find_parquet_files(data_dir, data_glob, what="SFT data")
+    for f in files:
+        check_conversations_column(f, read_schema(f))
+    locate, n_rows = row_locator(files)
+    raw = load_column_dataset(files, ["conversations"])
+    encoded = raw.map(
+        _encode_batch, batched=True, with_indices=True, remove_columns=raw.column_names,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(raw) > 10_000 else None,
+        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, first_turn_only=first_turn_only,
+                       on_bad_rows=on_bad_rows, locate=locate),
+        desc="tokenizing conversations",
+    )
+    problems = Counter(p for p in encoded["problem"] if p)
+    no_answer_left = sum(1 for p, labels in zip(encoded["problem"], encoded["labels"])
+                         if not p and all(t == -100 for t in labels))
+    truncated = sum(encoded["truncated"])
+    dataset = encoded.filter(lambda ex: not ex["problem"] and any(t != -100 for t in ex["labels"]),
+                             desc="dropping rows with no trainable token")
+    dataset = dataset.remove_columns(["problem", "truncated"])
+    log(f"data: {n_rows} conversations in {len(files)} files -> {len(dataset)} trained; "
+        f"{truncated} truncated to {max_length} tokens, {no_answer_left} dropped (no answer token left), "
+        f"{sum(problems.values())} skipped as bad rows")
+    for problem, count in problems.most_common():
+        log(f"  skipped {count}: {problem}")
+    if len(dataset) == 0:
+        raise MiniQwenError(f"no trainable conversation in '{data_dir}' (see the counts above): check the data "
+                            f"or raise --max_length.")
+    stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "dropped_no_answer": no_answer_left,
+             "skipped": dict(problems)}
+    return dataset, stats

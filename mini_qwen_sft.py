@@ -1,0 +1,95 @@
+"""Supervised fine-tuning (SFT): the PT model learns to answer in the Qwen chat format.
+
+Run as:
+    python mini_qwen_sft.py                                  # one GPU (or CPU), data in data/sft/{7M,Gen}
+    accelerate launch --config_file accelerate_config.yaml mini_qwen_sft.py
+    nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_sft.py > logs/output_sft.log 2>&1 &
+    python demo/demo_sft.py                                  # on mini_data/, from the demo PT model
+
+Loss is on every assistant answer of each conversation, plus the `<|im_end|>` that closes it
+(`--first_turn_only` trains only the first exchange, as the original project did). Over-long
+conversations lose their oldest turns and the head of the question before any answer token.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import set_seed
+from trl import SFTConfig, SFTTrainer
+
+from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.cli import parse_args
+from mini_qwen.distributed import check_launch, resume_checkpoint
+from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
+from mini_qwen.sft_data import build_sft_dataset
+
+
+@dataclass
+class SFTDataArguments:
+    data_dir: str = field(default="data/sft", metadata={"help": "Folder of Infinity-Instruct parquet files; 7M "
+                                                              "and Gen sub-folders are mixed."})
+    data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
+    first_turn_only: bool = field(default=False, metadata={"help": "Train only the first user/assistant exchange "
+                                                                 "(the original project's behaviour)."})
+    on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad conversations."})
+
+
+@dataclass
+class SFTModelArguments(ModelArguments):
+    model_name_or_path: str | None = field(default="results/pt", metadata={"help": "The PT model to fine-tune."})
+
+
+@dataclass
+class MiniSFTConfig(SFTConfig):
+    # The original run's values (6 x H800, ZeRO-2, ~9M conversations, 3 epochs, ~43 h).
+    output_dir: str = field(default="results/sft", metadata={"help": "Checkpoints, final model, loss plot."})
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = field(default=0.1, metadata={"help": "A float below 1 is a fraction of all steps."})
+    num_train_epochs: float = 3.0
+    per_device_train_batch_size: int = 12
+    gradient_accumulation_steps: int = 16
+    max_length: int | None = field(default=1024, metadata={"help": "Longest conversation in tokens."})
+    save_strategy: str = "epoch"
+    save_total_limit: int = 3
+    logging_steps: float = 20
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+
+
+def main(argv=None):
+    data_args, model_args, training_args = parse_args((SFTDataArguments, SFTModelArguments, MiniSFTConfig), argv)
+    if not training_args.max_length:
+        raise MiniQwenError("--max_length must be set (the original run used 1024).")
+    set_seed(training_args.seed)
+    check_launch(training_args)
+
+    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
+    model = load_model(model_args.model_name_or_path, model_args, training_args)
+    print(describe(model))
+
+    with training_args.main_process_first(desc="tokenizing conversations"):
+        dataset, _ = build_sft_dataset(data_args.data_dir, data_args.data_glob, tokenizer, training_args.max_length,
+                                       data_args.first_turn_only, data_args.on_bad_rows,
+                                       training_args.dataset_num_proc)
+
+    # The dataset is already tokenized, masked and cut to max_length by us; TRL only pads and batches.
+    training_args.dataset_kwargs = {"skip_prepare_dataset": True}
+    training_args.include_num_input_tokens_seen = "non_padding"  # real tokens for the tokens/s figure
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[LossPlotCallback("SFT loss")],
+    )
+    trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    losses = first_and_last_loss(trainer.state)
+    if losses and trainer.is_world_process_zero():
+        print(f"SFT done: loss {losses[0]:.3f} -> {losses[1]:.3f}; model saved to {training_args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,25 @@
+"""Shared pytest fixtures (keep this file small)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `pytest` run from anywhere can import mini_qwen
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.fixture(scope="session")
+def built_tokenizer_dir(tmp_path_factory):
+    """A folder with the tokenizer built by mini_qwen.tokenizer (models/tokenizer if already built)."""
+    from mini_qwen.errors import MiniQwenError
+    from mini_qwen.tokenizer import BUILT_DIR, DEFAULT_CACHE, build_tokenizer, fetch_qwen_tiktoken
+
+    if (BUILT_DIR / "tokenizer.json").is_file() and (BUILT_DIR / "tokenizer_config.json").is_file():
+        return BUILT_DIR
+    try:
+        tiktoken_path = fetch_qwen_tiktoken(DEFAULT_CACHE)
+    except MiniQwenError as err:
+        pytest.skip(f"cannot fetch qwen.tiktoken to build the tokenizer: {err}")
+    return build_tokenizer(tiktoken_path, tmp_path_factory.mktemp("tokenizer"))
