@@ -75,8 +75,8 @@ def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int =
                 for i, text in enumerate(texts):
                     if text is None or not text.strip():
                         if on_bad_rows == "error":
-                            kind = "null" if text is None else "empty"
-                            raise MiniQwenError(f"{path}: row {row + i} has an {kind} '{column}'. Remove the row, "
+                            kind = "a null" if text is None else "an empty"
+                            raise MiniQwenError(f"{path}: row {row + i} has {kind} '{column}'. Remove the row, "
                                                 f"or rerun with --on_bad_rows skip to skip and count such rows.")
                         stats["skipped_empty"] = stats.get("skipped_empty", 0) + 1
                     else:

@@ -126,6 +126,11 @@ def read_trainer_state(path) -> dict[str, Series]:
             f"{state_path} has no 'log_history' list: it is not a Trainer trainer_state.json "
             f"(pass a training log as a .log/.txt file instead)"
         )
+    return series_from_log_history(history)
+
+
+def series_from_log_history(history: list[dict]) -> dict[str, Series]:
+    """Curves from a ``log_history`` list, e.g. ``trainer.state.log_history`` right after training."""
     series: dict[str, Series] = {}
     for index, entry in enumerate(history, start=1):
         if not isinstance(entry, dict) or _entry_kind(entry) is None:
@@ -268,6 +273,19 @@ def load_curves(path, logging_steps: int | None = None) -> dict[str, Series]:
     if path.is_dir() or path.suffix == ".json":
         return read_trainer_state(path)
     return parse_training_log(path, logging_steps=logging_steps)
+
+
+def plot_run(source, out_png, metric: str = "loss", title: str | None = None, logging_steps: int | None = None) -> Path:
+    """One run's ``metric`` curve into ``out_png``; ``source`` as for :func:`load_curves`
+    or a ``log_history`` list (``trainer.state.log_history``)."""
+    if isinstance(source, list):
+        series, label = series_from_log_history(source), "run"
+    else:
+        series, label = load_curves(source, logging_steps=logging_steps), Path(source).name
+    if metric not in series:
+        available = ", ".join(sorted(series)) or "none"
+        raise MiniQwenError(f"no '{metric}' values logged in {label}; logged metrics: {available}")
+    return plot_loss_curves({label: series[metric]}, out_png, title=title or f"{metric} per step", ylabel=metric)
 
 
 def summarize(steps: list[float], values: list[float]) -> dict:

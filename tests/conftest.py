@@ -23,3 +23,30 @@ def built_tokenizer_dir(tmp_path_factory):
     except MiniQwenError as err:
         pytest.skip(f"cannot fetch qwen.tiktoken to build the tokenizer: {err}")
     return build_tokenizer(tiktoken_path, tmp_path_factory.mktemp("tokenizer"))
+
+
+SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+BAAI_SAMPLES = SHARED_REFERENCE / "mini_data_baai"
+needs_samples = pytest.mark.skipif(not BAAI_SAMPLES.is_dir(), reason="../shared/reference/mini_data_baai absent")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(built_tokenizer_dir):
+    from mini_qwen.tokenizer import load_tokenizer
+
+    return load_tokenizer(built_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tokenizer):
+    """A randomly initialised tiny model saved with the tokenizer: a stand-in for a PT output."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mini_qwen.model import PresetArguments, build_config
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_ckpt")
+    AutoModelForCausalLM.from_config(build_config(PresetArguments(model_preset="tiny"))).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

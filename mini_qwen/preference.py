@@ -1,0 +1,237 @@
+"""Infinity-Preference parquet files -> a tokenized DPO dataset (prompt_ids, chosen_ids, rejected_ids), with counts.
+
+Each row holds a `prompt` (the user's question) and two conversations, `chosen` and `rejected`,
+as lists of {content, role} messages ([user, assistant] in the real data). We read only
+prompt / chosen / rejected (never `id`, whose type differs between releases) and build, in the
+Qwen chat format of mini_qwen/chat.py:
+
+    prompt_ids   = [<|im_start|>system\\n{system}<|im_end|>\\n]  <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n
+    chosen_ids   = {chosen answer}<|im_end|>
+    rejected_ids = {rejected answer}<|im_end|>
+
+i.e. the ids of `format_prompt(prompt, system)` and each answer closed by the `<|im_end|>` that
+makes the model stop. Every text is tokenized on its own and joined with the fixed header ids,
+as in SFT, so no BPE merge straddles the prompt/answer border.
+
+Truncation (the answers are what DPO compares, so they keep as much room as possible):
+  1. the prompt gets at most `max_prompt_length` tokens: the HEAD of the user text is cut, so
+     the `<|im_start|>user\\n` header, the end of the question and the assistant header stay
+     (a system text, if any, loses its head only when the question alone cannot make room);
+  2. each answer's TAIL is cut so that prompt + answer <= `max_length` (a cut answer loses its
+     closing `<|im_end|>`: it did not end there);
+  3. a pair is dropped (and counted) when an answer has no token left, or when both answers are
+     the same tokens after the cut (identical answers give DPO no signal).
+
+Bad rows (empty prompt, no assistant answer, chosen == rejected, ...) are skipped and counted
+by default; `on_bad_rows="error"` stops at the first one with its file and row instead.
+"""
+
+import re
+from collections import Counter
+
+import pyarrow as pa
+
+from mini_qwen.chat import ROLE_MAP, ChatTokens
+from mini_qwen.data import (check_string_column, find_parquet_files, load_column_dataset, read_schema,
+                            require_columns, row_locator)
+from mini_qwen.errors import MiniQwenError
+
+COLUMNS = {
+    "prompt": "the user's question as text",
+    "chosen": "the preferred conversation, a list of {content, role} messages",
+    "rejected": "the dispreferred conversation, a list of {content, role} messages",
+}
+ID_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+class BadPair(ValueError):
+    """A row that cannot be trained on; the message says why."""
+
+
+def check_preference_columns(path, schema: pa.Schema) -> None:
+    require_columns(path, schema, COLUMNS)
+    check_string_column(path, schema, "prompt")
+    for name in ("chosen", "rejected"):
+        kind = schema.field(name).type
+        ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+        if ok:
+            item = kind.value_type
+            keys = {item.field(i).name for i in range(item.num_fields)} if pa.types.is_struct(item) else set()
+            ok = {"content", "role"} <= keys or {"from", "value"} <= keys
+        if not ok:
+            raise MiniQwenError(f"{path}: column '{name}' must be a list of {{content, role}} messages "
+                                f"(Infinity-Preference format) but has type {kind}.")
+
+
+def _answer(messages, side: str) -> tuple[str | None, str]:
+    """(system text or None, the assistant answer) of one side of a pair, validated."""
+    if messages is None or len(messages) == 0:
+        raise BadPair(f"{side} has no messages")
+    system, users, answer = None, 0, None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadPair(f"{side} message {i} is not a {{content, role}} record")
+        raw_role = message.get("role", message.get("from"))
+        content = message.get("content", message.get("value"))
+        role = ROLE_MAP.get(str(raw_role).strip().lower()) if raw_role is not None else None
+        if role is None:
+            raise BadPair(f"{side} message {i} has unknown role {raw_role!r} (expected user/assistant/system)")
+        if role == "system":
+            if i > 0:
+                raise BadPair(f"{side} message {i} is a system message after the start")
+            system = content or None
+        elif role == "user":
+            users += 1
+        else:
+            answer = content
+    if answer is None:
+        raise BadPair(f"{side} has no assistant message")
+    if role != "assistant":
+        raise BadPair(f"{side} does not end with the assistant answer")
+    if users > 1:
+        raise BadPair(f"{side} is a multi-turn conversation (only single-turn pairs are supported)")
+    if not answer.strip():
+        raise BadPair(f"{side} assistant answer is empty")
+    return system, answer
+
+
+def parse_pair(prompt, chosen, rejected) -> tuple[str | None, str, str, str]:
+    """(system, prompt, chosen answer, rejected answer) of one row, or BadPair."""
+    if prompt is None or not str(prompt).strip():
+        raise BadPair("empty prompt")
+    system, chosen_answer = _answer(chosen, "chosen")
+    rejected_system, rejected_answer = _answer(rejected, "rejected")
+    if system != rejected_system:
+        raise BadPair("chosen and rejected have different system messages")
+    if chosen_answer.strip() == rejected_answer.strip():
+        raise BadPair("chosen and rejected answers are identical")
+    return system, prompt, chosen_answer, rejected_answer
+
+
+def min_prompt_length(ct: ChatTokens) -> int:
+    """The fewest prompt tokens: user header, one question token, <|im_end|>\\n, assistant header."""
+    return len(ct.role_header["user"]) + 1 + 1 + len(ct.newline) + len(ct.role_header["assistant"])
+
+
+def build_pair(ct: ChatTokens, user_ids: list[int], chosen_ids: list[int], rejected_ids: list[int],
+               max_length: int, max_prompt_length: int, system_ids: list[int] | None = None) -> dict:
+    """One tokenized pair cut to its budgets (see the module docstring).
+
+    Returns {prompt_ids, chosen_ids, rejected_ids, prompt_cut, answer_cut, dropped}; `dropped` is
+    "" or why the pair cannot be trained on.
+    """
+    tail = [ct.im_end] + ct.newline + ct.role_header["assistant"]
+    head = ct.role_header["user"]
+    sys_fixed = len(ct.role_header["system"]) + 1 + len(ct.newline) if system_ids is not None else 0
+    system_ids = list(system_ids or [])
+    over = sys_fixed + len(system_ids) + len(head) + len(user_ids) + len(tail) - max_prompt_length
+    prompt_cut = over > 0
+    if over > 0:  # cut the head of the question, keeping at least its last token
+        cut = min(over, max(len(user_ids) - 1, 0))
+        user_ids, over = user_ids[cut:], over - cut
+    if over > 0 and system_ids:  # then the head of the system text
+        cut = min(over, len(system_ids))
+        system_ids, over = system_ids[cut:], over - cut
+    empty = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "prompt_cut": prompt_cut, "answer_cut": False}
+    if over > 0:
+        return {**empty, "dropped": "prompt headers do not fit max_prompt_length"}
+    system_part = (ct.role_header["system"] + system_ids + [ct.im_end] + ct.newline) if sys_fixed else []
+    prompt_ids = system_part + head + user_ids + tail
+    room = max(max_length - len(prompt_ids), 0)
+    chosen = (chosen_ids + [ct.im_end])[:room]
+    rejected = (rejected_ids + [ct.im_end])[:room]
+    answer_cut = len(chosen) <= len(chosen_ids) or len(rejected) <= len(rejected_ids)
+    out = {"prompt_ids": prompt_ids, "chosen_ids": chosen, "rejected_ids": rejected, "prompt_cut": prompt_cut,
+           "answer_cut": answer_cut, "dropped": ""}
+    if not chosen or not rejected:
+        return {**empty, "prompt_cut": prompt_cut, "answer_cut": True, "dropped": "no answer token left"}
+    if chosen == rejected:
+        return {**empty, "prompt_cut": prompt_cut, "answer_cut": answer_cut,
+                "dropped": "answers identical after truncation"}
+    return out
+
+
+def encode_pairs(tokenizer, pairs: list[tuple], max_length: int, max_prompt_length: int) -> list[dict]:
+    """build_pair for many (system, prompt, chosen, rejected) tuples, all texts tokenized in one Rust call."""
+    ct = ChatTokens.of(tokenizer)
+    texts = []
+    for system, prompt, chosen, rejected in pairs:
+        texts += [prompt, chosen, rejected] + ([system] if system is not None else [])
+    encoded = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False) if texts else []
+    out, pos = [], 0
+    for system, *_ in pairs:
+        user_ids, chosen_ids, rejected_ids = (encoded[pos + i].ids for i in range(3))
+        system_ids = encoded[pos + 3].ids if system is not None else None
+        pos += 3 + (system is not None)
+        out.append(build_pair(ct, user_ids, chosen_ids, rejected_ids, max_length, max_prompt_length, system_ids))
+    return out
+
+
+def _encode_batch(batch, indices, tokenizer, max_length, max_prompt_length, on_bad_rows, locate):
+    good, problems = [], []
+    for prompt, chosen, rejected, index in zip(batch["prompt"], batch["chosen"], batch["rejected"], indices):
+        try:
+            good.append(parse_pair(prompt, chosen, rejected))
+            problems.append("")
+        except BadPair as err:
+            if on_bad_rows == "error":
+                path, row = locate(index)
+                raise MiniQwenError(f"{path}: row {row}: {err}. Fix or remove the row, or rerun with "
+                                    f"--on_bad_rows skip to skip and count such rows.") from None
+            problems.append(re.sub(r"\d+", "N", str(err)))
+    encoded = iter(encode_pairs(tokenizer, good, max_length, max_prompt_length))
+    keys = ID_COLUMNS + ("prompt_cut", "answer_cut", "dropped")
+    out = {key: [] for key in keys}
+    out["problem"] = problems
+    for problem in problems:
+        pair = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "prompt_cut": False, "answer_cut": False,
+                "dropped": ""} if problem else next(encoded)
+        for key in keys:
+            out[key].append(pair[key])
+    return out
+
+
+def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int, max_prompt_length: int,
+                             on_bad_rows: str = "skip", num_proc: int | None = None, log=print):
+    """The DPO training set and its counts: (datasets.Dataset of prompt_ids/chosen_ids/rejected_ids, stats)."""
+    ct = ChatTokens.of(tokenizer)
+    if max_prompt_length < min_prompt_length(ct):
+        raise MiniQwenError(f"--max_prompt_length {max_prompt_length} is too small: the chat headers alone need "
+                            f"{min_prompt_length(ct) - 1} tokens (the original run used 512).")
+    if max_prompt_length >= max_length:
+        log(f"note: --max_prompt_length {max_prompt_length} >= --max_length {max_length}: pairs whose prompt "
+            f"fills max_length keep no answer token and are dropped.")
+    files = find_parquet_files(data_dir, data_glob, what="DPO data")
+    for f in files:
+        check_preference_columns(f, read_schema(f))
+    locate, n_rows = row_locator(files)
+    raw = load_column_dataset(files, list(COLUMNS))
+    encoded = raw.map(
+        _encode_batch, batched=True, with_indices=True, remove_columns=raw.column_names,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(raw) > 10_000 else None,
+        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                       on_bad_rows=on_bad_rows, locate=locate),
+        desc="tokenizing preference pairs",
+    )
+    problems = Counter(p for p in encoded["problem"] if p)
+    dropped = Counter(d for d in encoded["dropped"] if d)
+    prompt_cut = sum(c for c, p in zip(encoded["prompt_cut"], encoded["problem"]) if not p)
+    answer_cut = sum(c for c, p in zip(encoded["answer_cut"], encoded["problem"]) if not p)
+    truncated = sum(1 for a, b, p in zip(encoded["prompt_cut"], encoded["answer_cut"], encoded["problem"])
+                    if not p and (a or b))
+    dataset = encoded.filter(lambda ex: not ex["problem"] and not ex["dropped"],
+                             desc="dropping pairs with nothing to compare")
+    dataset = dataset.remove_columns([c for c in dataset.column_names if c not in ID_COLUMNS])
+    log(f"data: {n_rows} pairs in {len(files)} files -> {len(dataset)} trained; {truncated} truncated "
+        f"({prompt_cut} prompts cut to {max_prompt_length} tokens, {answer_cut} pairs with an answer cut to fit "
+        f"{max_length}), {sum(dropped.values())} dropped, {sum(problems.values())} skipped as bad rows")
+    for reason, count in dropped.most_common():
+        log(f"  dropped {count}: {reason}")
+    for problem, count in problems.most_common():
+        log(f"  skipped {count}: {problem}")
+    if len(dataset) == 0:
+        raise MiniQwenError(f"no trainable preference pair in '{data_dir}' (see the counts above): check the data "
+                            f"or raise --max_length / lower --max_prompt_length.")
+    stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "prompt_truncated": prompt_cut,
+             "answer_truncated": answer_cut, "dropped": dict(dropped), "skipped": dict(problems)}
+    return dataset, stats
