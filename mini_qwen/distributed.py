@@ -57,6 +57,7 @@ def check_launch(training_args) -> None:
         raise MiniQwenError(
             f"{local_world} processes were launched on this node but it has {torch.cuda.device_count()} GPUs: "
             f"set num_processes in accelerate_config.yaml to the number of GPUs.")
+    print(f"launch: process {training_args.process_index}/{world} on {training_args.device}", flush=True)
     if training_args.process_index == 0:
         print(f"launch: {world} process(es) x per-device batch {micro} x grad-accum {gas} "
               f"= global batch {micro * gas * world} sequences per optimizer step")

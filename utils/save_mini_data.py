@@ -1,0 +1,125 @@
+"""Cut the first N rows of every downloaded BAAI parquet file into a small copy with the same layout.
+
+Run as:
+    python utils/save_mini_data.py --src data --out mini_real --rows 100
+    python utils/save_mini_data.py --src data --out mini_real --rows 100 --max-files-per-folder 1
+
+`--src` holds the real downloads in the layout the stage scripts read (data/pt/<industry>/<lang>/high/,
+data/sft/7M, data/sft/Gen, data/dpo); every `*.parquet` under it is cut to its first `--rows` rows
+and written to the same relative path under `--out`. Each output keeps its file's Arrow schema
+exactly (column names, order, types and schema metadata), because the loaders must meet the same
+quirks as on the real data (7M's int64 `id` against Gen's string `id`, zh PT's 13 columns against
+en PT's 9).
+
+Only the row groups needed for the first N rows are read (`iter_batches`), so multi-GB files are
+never loaded whole.
+
+The committed mini_data/ is NOT made with this tool: it is text this project wrote
+(utils/make_mini_data.py). This tool is for a local, real-data smoke test.
+"""
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from mini_qwen.errors import MiniQwenError  # noqa: E402
+
+
+def head_table(src_file, rows):
+    """The first `rows` rows of a parquet file, with its schema, reading no more than needed."""
+    pf = pq.ParquetFile(src_file)
+    schema = pf.schema_arrow
+    batches, have = [], 0
+    if rows > 0:
+        for batch in pf.iter_batches(batch_size=min(rows, 65536)):
+            batches.append(batch)
+            have += batch.num_rows
+            if have >= rows:
+                break
+    table = pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
+    return table.slice(0, rows)
+
+
+_SPLIT = re.compile(r"^([A-Za-z]+)-\d+-of-\d+\.parquet$")
+
+
+def select_files(src, max_files_per_folder=None):
+    """Every parquet file under src, sorted; at most max_files_per_folder from each folder.
+
+    Shards named `<split>-XXXXX-of-YYYYY.parquet` count per split, so that a limit of 1 keeps both
+    dpo/train-00000-of-00001 and dpo/test-00000-of-00001.
+    """
+    by_folder = defaultdict(list)
+    for path in sorted(src.rglob("*.parquet")):
+        if path.is_file():
+            m = _SPLIT.match(path.name)
+            by_folder[(path.parent, m.group(1) if m else "")].append(path)
+    files = []
+    for folder in sorted(by_folder):
+        chosen = by_folder[folder]
+        if max_files_per_folder is not None:
+            chosen = chosen[:max_files_per_folder]
+        files.extend(chosen)
+    return files
+
+
+def save_mini(src, out, rows, max_files_per_folder=None, log=print):
+    src, out = Path(src), Path(out)
+    if rows < 1:
+        raise MiniQwenError(f"--rows must be at least 1 (got {rows})")
+    if max_files_per_folder is not None and max_files_per_folder < 1:
+        raise MiniQwenError(f"--max-files-per-folder must be at least 1 (got {max_files_per_folder})")
+    if not src.is_dir():
+        raise MiniQwenError(f"--src {src} is not a folder; point it at the downloaded data "
+                            f"(data/pt/..., data/sft/7M, data/sft/Gen, data/dpo)")
+    files = select_files(src, max_files_per_folder)
+    if not files:
+        raise MiniQwenError(f"no *.parquet files under {src}; download the data first "
+                            f"(data/pt/<industry>/<chinese|english>/high/, data/sft/7M, data/sft/Gen, data/dpo)")
+    if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+        # writing into src would make a second run cut its own output
+        raise MiniQwenError(f"--out {out} must not be --src {src} or a folder inside it")
+    written = []
+    for path in files:
+        rel = path.relative_to(src)
+        try:
+            table = head_table(path, rows)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise MiniQwenError(f"cannot read {path} as parquet ({err}); re-download it or remove it") from None
+        dst = out / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, dst)
+        written.append((rel, table.num_rows))
+        log(f"{rel}: {table.num_rows} rows")
+    log(f"wrote {len(written)} files under {out}")
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", default="data", help="folder with the downloaded parquet files (default: data)")
+    parser.add_argument("--out", default="mini_real",
+                        help="output folder (default: mini_real; the committed mini_data/ is generated by "
+                             "utils/make_mini_data.py instead)")
+    parser.add_argument("--rows", type=int, default=100, help="rows kept from the start of each file (default: 100)")
+    parser.add_argument("--max-files-per-folder", type=int, default=None,
+                        help="keep only the first K files (sorted by name) of each folder, counting train and "
+                             "test shards separately (default: all)")
+    args = parser.parse_args(argv)
+    save_mini(args.src, args.out, args.rows, args.max_files_per_folder)
+    return 0
+
+
+if __name__ == "__main__":
+    from mini_qwen.errors import run_main
+    sys.exit(run_main(main))
