@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Launch a stage the three ways the original project did. Everything after the mode is passed
+# to the stage script, so the same lines run the demo data too.
+#
+#   bash run.sh pt single        ->  python mini_qwen_pt.py
+#   bash run.sh pt multi         ->  accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py
+#   bash run.sh pt background    ->  nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py \
+#                                        > logs/output_pt.log 2>&1 &
+#   (stages: pt, sft, dpo; the same three modes for each)
+#
+#   # on a CPU-only machine, 2 processes (DeepSpeed ZeRO-2 over gloo), demo data:
+#   ACCELERATE_CONFIG=accelerate_config_cpu.yaml bash run.sh pt multi --config demo/pt.yaml --model_preset tiny
+#   # follow a background run:  tail -f logs/output_pt.log ;  stop it:  kill $(cat logs/pt.pid)
+set -euo pipefail
+cd "$(dirname "$0")"
+stage="${1:-}"; mode="${2:-single}"
+case "$stage" in pt|sft|dpo) ;; *) echo "usage: bash run.sh pt|sft|dpo [single|multi|background] [flags...]" >&2; exit 2 ;; esac
+shift; [ $# -gt 0 ] && shift
+PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+config="${ACCELERATE_CONFIG:-accelerate_config.yaml}"
+script="mini_qwen_${stage}.py"
+launch=("$PY" -m accelerate.commands.launch --config_file "$config" "$script")
+mkdir -p logs
+case "$mode" in
+  single) exec "$PY" "$script" "$@" ;;
+  multi) exec "${launch[@]}" "$@" ;;
+  background)
+    nohup "${launch[@]}" "$@" > "logs/output_${stage}.log" 2>&1 &
+    echo $! > "logs/${stage}.pid"
+    echo "started $stage in the background (pid $(cat "logs/${stage}.pid")); log: logs/output_${stage}.log" ;;
+  *) echo "unknown mode '$mode': single, multi or background" >&2; exit 2 ;;
+esac

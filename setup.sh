@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One command from a fresh clone to a trained demo (or a passing test suite):
+#   bash setup.sh          # = bash setup.sh demo: install, build the tokenizer, run the whole demo pipeline
+#   bash setup.sh test     # install, build the tokenizer, run the test suite
+#   bash setup.sh install  # only install
+# It creates .venv/ (Python >= 3.10), installs requirements.txt (torch 2.13.0 first: the CPU build
+# on a machine without CUDA, the CUDA build on a GPU machine), then builds the Qwen2.5 tokenizer
+# offline into models/tokenizer unless models/qwen2.5-0.5b-instruct already has the official one.
+# Re-running skips the install when requirements.txt has not changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+what="${1:-demo}"
+case "$what" in demo|test|install) ;; *) echo "usage: bash setup.sh [demo|test|install]" >&2; exit 2 ;; esac
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+stamp=.venv/.requirements.sha256
+want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing requirements (a few minutes the first time)"
+  "$VPY" -m pip install -q --disable-pip-version-check "$(grep -E '^torch==' requirements.txt)"
+  "$VPY" -m pip install -q --disable-pip-version-check -r requirements.txt
+  "$VPY" -m pip check
+  echo "$want" > "$stamp"
+fi
+
+echo "== tokenizer"
+"$VPY" -m mini_qwen.tokenizer
+
+case "$what" in
+  demo) echo "== demo pipeline: PT -> SFT -> DPO -> eval report"; "$VPY" demo/demo_all.py ;;
+  test) echo "== tests"; "$VPY" -m pytest -q ;;
+  install) echo "== installed; activate with: source .venv/bin/activate" ;;
+esac
