@@ -42,8 +42,11 @@ def _is_checkpoint(folder: Path) -> bool:
     return (folder / "config.json").is_file() and has_weights
 
 
-def check_checkpoint(path: str | Path) -> Path:
-    """The folder as a Path if it holds config.json and weights; else a MiniQwenError that says what is there."""
+def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None) -> Path:
+    """The folder as a Path if it holds config.json, weights and (unless `tokenizer_path` is given) a
+    tokenizer; else a MiniQwenError that says what is there and what to do."""
+    from mini_qwen.tokenizer import has_tokenizer_files
+
     folder = Path(path)
     if not folder.exists():
         parent = folder.parent if str(folder.parent) else Path(".")
@@ -61,6 +64,9 @@ def check_checkpoint(path: str | Path) -> Path:
     if not _is_checkpoint(folder):
         raise MiniQwenError(f"'{path}' has config.json but no weights (*.safetensors): the save did not finish; "
                             f"point at a complete checkpoint.")
+    if not tokenizer_path and not has_tokenizer_files(folder):
+        raise MiniQwenError(f"checkpoint '{path}' has no tokenizer files (tokenizer.json): pass --tokenizer_path "
+                            f"models/tokenizer (the same Qwen2.5 tokenizer the model was trained with).")
     return folder
 
 
@@ -81,19 +87,14 @@ def inference_dtype(device: torch.device) -> torch.dtype:
 
 def load_for_inference(path: str | Path, tokenizer_path: str | Path | None = None, device: str | None = None):
     """(model, tokenizer) of a checkpoint folder, ready to generate (eval mode, no dropout)."""
+    folder = check_checkpoint(path, tokenizer_path)  # before the slow imports: a wrong path fails fast
+
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mini_qwen.model import validate_config
-    from mini_qwen.tokenizer import has_tokenizer_files, load_tokenizer
+    from mini_qwen.tokenizer import load_tokenizer
 
-    folder = check_checkpoint(path)
-    if tokenizer_path:
-        tokenizer = load_tokenizer(tokenizer_path)
-    elif has_tokenizer_files(folder):
-        tokenizer = load_tokenizer(folder)
-    else:
-        raise MiniQwenError(f"checkpoint '{path}' has no tokenizer files (tokenizer.json): pass --tokenizer_path "
-                            f"models/tokenizer (the same Qwen2.5 tokenizer the model was trained with).")
+    tokenizer = load_tokenizer(tokenizer_path or folder)
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as err:  # a broken config.json: name the file, not a stack of library frames

@@ -1,0 +1,464 @@
+"""Talk to what you trained, or compare checkpoints side by side on the same prompts.
+
+Run as:
+    python mini_qwen_eval.py results/sft                     # chat with one model: type a question, `exit` to leave
+    python mini_qwen_eval.py results/pt --max_new_tokens 64  # a PT model: raw text in, continuation out
+    python mini_qwen_eval.py results/pt results/sft results/dpo    # batch: the seed's 4 prompts on each model
+    python mini_qwen_eval.py                                 # batch over whichever of results/{pt,sft,dpo} exist
+    python mini_qwen_eval.py --checkpoints pt=results/pt sft-2ep=results/sft/checkpoint-15461 \\
+        --prompts "李白是谁？" "tell me a story" --report_dir results/eval
+    python mini_qwen_eval.py results/dpo --mode batch --prompts_file my_prompts.txt --heldout mini_data/heldout.txt
+
+Modes (--mode auto picks interactive for one checkpoint and no --prompts / --prompts_file, else batch):
+  interactive  the original project's loop: 用户： / 助手：, answers streamed token by token, sampling
+               on by default. A typed `\\n` is a newline (the seed README's FAQ 16: input() returns the
+               two characters backslash + n, and a chat prompt typed by hand with them fails).
+  batch        every prompt x every checkpoint, greedy by default (reproducible), printed per prompt
+               and written to <report_dir>/report.{json,md} with each checkpoint's held-out perplexity,
+               repetition rate / distinct-2 of its answers and its training losses (DPO: reward
+               accuracy and margin) from trainer_state.json.
+Templates (--template auto): raw text for a checkpoint whose name or label says pt (pt, pt1,
+mini_qwen_pt, results/pt/checkpoint-100), the Qwen chat format for everything else.
+Checkpoints are given as paths or label=path, as positional arguments or after --checkpoints.
+"""
+
+import gc
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mini_qwen.cli import parse_args
+from mini_qwen.errors import MiniQwenError, run_main
+
+# The four prompts of the original project's evaluation (README, 模型评估), verbatim.
+SEED_PROMPTS = ["李白是谁？", "绿豆糕", "who are you?", "tell me a story"]
+STAGE_OUTPUTS = ["results/pt", "results/sft", "results/dpo"]
+HELDOUT_TXT = "mini_data/heldout.txt"
+EMPTY_HINT = "（请输入问题；输入 exit 退出）(type a question, or exit to quit)"
+
+
+@dataclass
+class EvalArguments:
+    checkpoints: list[str] = field(default_factory=list, metadata={
+        "help": "Checkpoint folders, each `path` or `label=path` (also accepted as positional arguments). "
+                "Default: whichever of results/pt, results/sft, results/dpo exist."})
+    mode: str = field(default="auto", metadata={
+        "help": "interactive, batch, or auto (interactive for one checkpoint without --prompts/--prompts_file).",
+        "choices": ["auto", "interactive", "batch"]})
+    template: str = field(default="auto", metadata={
+        "help": "pt (raw text), chat (<|im_start|>user ... assistant), or auto (pt when the checkpoint's "
+                "folder name / label says pt, else chat).", "choices": ["auto", "pt", "chat"]})
+    system: str | None = field(default=None, metadata={"help": "Optional system turn for the chat template "
+                                                               "(the original stages trained without one)."})
+    tokenizer_path: str | None = field(default=None, metadata={
+        "help": "Tokenizer folder for checkpoints saved without one (e.g. models/tokenizer)."})
+    device: str | None = field(default=None, metadata={"help": "cpu or cuda; default cuda when available."})
+    prompts: list[str] | None = field(default=None, metadata={
+        "help": "Batch prompts. Default: the original project's 李白是谁？ / 绿豆糕 / who are you? / tell me a story."})
+    prompts_file: str | None = field(default=None, metadata={
+        "help": "A UTF-8 text file, one prompt per line (blank lines skipped, a typed \\n is a newline)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest answer in tokens."})
+    do_sample: bool | None = field(default=None, metadata={
+        "help": "true = sample, false = greedy. Default: sample in interactive mode, greedy in batch mode."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with sampling only)."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling threshold (with sampling only)."})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "1.0 = off, so the report shows the model's own repetition; ~1.1 hides much of it."})
+    seed: int | None = field(default=None, metadata={
+        "help": "Random seed for sampling. Batch mode reseeds before each answer (default 42)."})
+    report_dir: str = field(default="results/eval", metadata={"help": "Where batch mode writes report.json / .md."})
+    heldout: str | None = field(default=None, metadata={
+        "help": "Held-out text for perplexity: a .txt file (documents separated by blank lines, else one per "
+                "line) or a parquet file / folder with a text column; `none` skips perplexity. Default: "
+                "mini_data/heldout.txt if it exists, else the last --heldout_docs documents of --heldout_data."})
+    heldout_data: str = field(default="mini_data/pt", metadata={
+        "help": "PT parquet folder whose last documents are used when there is no held-out file."})
+    heldout_docs: int = field(default=32, metadata={"help": "At most this many held-out texts."})
+    ppl_max_length: int = field(default=512, metadata={"help": "Perplexity window in tokens (longer texts are "
+                                                                 "split into windows)."})
+    ppl_batch_size: int = field(default=4, metadata={"help": "Windows per forward pass for perplexity."})
+
+
+# --------------------------------------------------------------------------- arguments
+
+MULTI_VALUE_FLAGS = {"checkpoints", "prompts"}
+
+
+def _looks_like_flag(token: str) -> bool:
+    return token.startswith("-") and len(token) > 1 and not re.fullmatch(r"-\d+(\.\d*)?(e-?\d+)?", token)
+
+
+def gather_checkpoints(argv: list[str]) -> list[str]:
+    """Move positional arguments and every --checkpoints value into one `--checkpoints ...` at the end.
+
+    Every other flag takes exactly one value (`--config` included), so a positional is any
+    token that is neither a flag nor a flag's value.
+    """
+    rest, checkpoints, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if not _looks_like_flag(token):
+            checkpoints.append(token)
+            continue
+        name = token.lstrip("-").replace("-", "_")
+        if name == "checkpoints":
+            while i < len(argv) and not _looks_like_flag(argv[i]):
+                checkpoints.append(argv[i])
+                i += 1
+            continue
+        rest.append(token)
+        if "=" in token or name in ("h", "help"):
+            continue
+        if name in MULTI_VALUE_FLAGS:
+            while i < len(argv) and not _looks_like_flag(argv[i]):
+                rest.append(argv[i])
+                i += 1
+        elif i < len(argv):
+            rest.append(argv[i])
+            i += 1
+    return rest + (["--checkpoints", *checkpoints] if checkpoints else [])
+
+
+@dataclass
+class Checkpoint:
+    label: str
+    path: str
+    template: str
+
+
+def is_pt_name(*names: str) -> bool:
+    """pt, pt1, mini_qwen_pt, pt-small... but not sft, dpo, adapter or script."""
+    return any(re.search(r"(?:^|[^a-z])pt\d*(?:$|[^a-z])", name.lower()) for name in names if name)
+
+
+def parse_checkpoints(specs: list[str], template: str) -> list[Checkpoint]:
+    if not specs:
+        specs = [p for p in STAGE_OUTPUTS if Path(p).exists()]
+        if not specs:
+            raise MiniQwenError(f"no checkpoint given and none of {', '.join(STAGE_OUTPUTS)} exists: train a stage "
+                                f"first, or pass a checkpoint folder (python mini_qwen_eval.py path/to/model).")
+    out = []
+    for spec in specs:
+        label = None
+        if "=" in spec and not Path(spec).exists():
+            label, spec = spec.split("=", 1)
+            if not label.strip() or not spec.strip():
+                raise MiniQwenError(f"bad checkpoint '{label}={spec}': write label=path, e.g. sft=results/sft.")
+        folder = Path(spec)
+        parent = folder.resolve().parent.name if folder.name.startswith("checkpoint-") else ""
+        if label is None:
+            label = f"{parent}/{folder.name}" if parent else (folder.name or str(folder))
+        chosen = template if template != "auto" else ("pt" if is_pt_name(label, folder.name, parent) else "chat")
+        out.append(Checkpoint(label, spec, chosen))
+    labels = [c.label for c in out]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise MiniQwenError(f"checkpoint label(s) {', '.join(duplicates)} used twice: name them, "
+                            f"e.g. --checkpoints a=runs/a/sft b=runs/b/sft.")
+    return out
+
+
+def unescape_newlines(text: str) -> str:
+    """A typed backslash + n becomes a real newline (input() returns the two characters)."""
+    return text.replace("\\n", "\n")
+
+
+def load_prompts(args: EvalArguments) -> list[str]:
+    if args.prompts_file:
+        try:
+            lines = Path(args.prompts_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise MiniQwenError(f"cannot read --prompts_file '{args.prompts_file}': {err}.") from None
+        prompts = [unescape_newlines(line) for line in lines if line.strip()]
+        if not prompts:
+            raise MiniQwenError(f"--prompts_file '{args.prompts_file}' has no prompts (one per line).")
+    elif args.prompts is not None:
+        prompts = [unescape_newlines(p) for p in args.prompts if p.strip()]
+        if not prompts:
+            raise MiniQwenError("--prompts has no non-empty prompt: give at least one, e.g. --prompts '李白是谁？'.")
+    else:
+        prompts = list(SEED_PROMPTS)
+    return prompts
+
+
+# --------------------------------------------------------------------------- held-out text
+
+
+def _tail_of_parquet(files: list[Path], limit: int) -> list[str]:
+    """The last documents of each file (so Chinese and English folders both count), `limit` in all."""
+    import pyarrow.parquet as pq
+
+    from mini_qwen.data import check_string_column, read_schema, require_columns
+
+    per_file = max(1, math.ceil(limit / len(files)))
+    texts = []
+    for path in files:
+        schema = read_schema(path)
+        require_columns(path, schema, {"text": "the document text"})
+        check_string_column(path, schema, "text")
+        reader, tail = pq.ParquetFile(path), []
+        for group in reversed(range(reader.num_row_groups)):  # read only the row groups needed
+            rows = [t for t in reader.read_row_group(group, columns=["text"]).column(0).to_pylist() if t and t.strip()]
+            tail = rows + tail
+            if len(tail) >= per_file:
+                break
+        texts += tail[-per_file:]
+    return texts[-limit:]
+
+
+def load_heldout(args: EvalArguments) -> tuple[list[str] | None, str]:
+    """(texts, where they come from) or (None, why perplexity is skipped)."""
+    from mini_qwen.data import find_parquet_files
+
+    if args.heldout_docs < 1:
+        raise MiniQwenError(f"--heldout_docs must be at least 1, got {args.heldout_docs}.")
+    note = ""
+    if args.heldout and args.heldout.strip().lower() == "none":
+        return None, "perplexity skipped (--heldout none)"
+    if args.heldout:
+        path = Path(args.heldout)
+        if not path.exists():
+            raise MiniQwenError(f"--heldout '{args.heldout}' does not exist: give a .txt file, a parquet file or "
+                                f"folder, or `none` to skip perplexity.")
+    elif Path(HELDOUT_TXT).is_file():
+        path = Path(HELDOUT_TXT)
+    elif Path(args.heldout_data).exists():
+        path = Path(args.heldout_data)
+        note = " (PT data: also in training unless the PT run held these documents out)"
+    else:
+        return None, (f"perplexity skipped: no held-out text ({HELDOUT_TXT} and {args.heldout_data} do not exist; "
+                      f"pass --heldout FILE)")
+    if path.is_dir() or path.suffix == ".parquet":
+        texts = _tail_of_parquet(find_parquet_files(str(path), what="held-out data"), args.heldout_docs)
+        source = f"last {len(texts)} documents of {path}{note}"
+    else:
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise MiniQwenError(f"cannot read held-out text '{path}': {err}.") from None
+        blocks = re.split(r"\n\s*\n", raw) if re.search(r"\n\s*\n", raw.strip()) else raw.splitlines()
+        texts = [b.strip() for b in blocks if b.strip()][:args.heldout_docs]
+        source = f"{len(texts)} texts of {path}"
+    if not texts:
+        raise MiniQwenError(f"held-out text '{path}' holds no text: fill it, or pass --heldout none.")
+    return texts, source
+
+
+# --------------------------------------------------------------------------- training logs
+
+
+def training_summary(path: str) -> dict | None:
+    """First / last training loss (and DPO reward accuracy / margin) from the trainer_state.json of a
+    checkpoint folder, or of the newest checkpoint-N inside a stage's output folder."""
+    folder = Path(path)
+    state_file = folder / "trainer_state.json"
+    if not state_file.is_file():
+        steps = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*/trainer_state.json")
+                 if (m := re.fullmatch(r"checkpoint-(\d+)", p.parent.name))]
+        if not steps:
+            return None
+        state_file = max(steps)[1]
+    try:
+        history = json.loads(state_file.read_text()).get("log_history", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    losses = [(e.get("step"), e["loss"]) for e in history if isinstance(e.get("loss"), (int, float))]
+    summary = {"trainer_state": str(state_file)}
+    if losses:
+        summary.update(first_loss=losses[0][1], last_loss=losses[-1][1], last_step=losses[-1][0])
+    for key in ("rewards/accuracies", "rewards/margins"):
+        values = [e[key] for e in history if isinstance(e.get(key), (int, float))]
+        if values:
+            summary[key] = values[-1]
+    return summary if len(summary) > 1 else None
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def interactive(ckpt: Checkpoint, args: EvalArguments, do_sample: bool) -> None:
+    from transformers import set_seed
+
+    from mini_qwen.generate import build_input, generate, load_for_inference, text_streamer
+
+    model, tokenizer = load_for_inference(ckpt.path, args.tokenizer_path, args.device)
+    if args.seed is not None:
+        set_seed(args.seed)
+    decoding = f"sampling (temperature {args.temperature}, top_p {args.top_p})" if do_sample else "greedy"
+    print(f"{ckpt.path}: {ckpt.template} template, {decoding}, up to {args.max_new_tokens} new tokens. "
+          f"Type a question; `\\n` is a newline; exit / quit / Ctrl-D leaves.", flush=True)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")  # a terminal sending bad bytes must not end the session
+    streamer = text_streamer(tokenizer)
+    echo = not sys.stdin.isatty()  # piped questions: show each one (as read, \n resolved) in the transcript
+    while True:
+        try:
+            line = input("用户：")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            break
+        prompt = unescape_newlines(line)
+        if echo:
+            print(prompt, flush=True)
+        if line.strip().lower() in ("exit", "quit"):
+            break
+        if not prompt.strip():
+            print(EMPTY_HINT, flush=True)
+            continue
+        if ckpt.template == "chat" and "<|im_start|>" in prompt:
+            text = prompt  # the user typed the whole chat prompt (FAQ 16): use it as is, newlines now real
+        else:
+            text = build_input(prompt, ckpt.template, args.system)
+        print("助手：", end="", flush=True)
+        try:
+            generate(model, tokenizer, text, args.max_new_tokens, args.temperature, args.top_p,
+                     args.repetition_penalty, do_sample, streamer=streamer)
+        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
+            streamer.end()
+            print("（已中断 interrupted）", flush=True)
+
+
+def _evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str] | None,
+                         args: EvalArguments, do_sample: bool, seed: int) -> dict:
+    import torch
+
+    from mini_qwen.generate import (build_input, distinct_n, generate_tokens, heldout_nll, load_for_inference,
+                                    repetition_rate)
+
+    print(f"[{ckpt.label}] loading {ckpt.path} ({ckpt.template} template)", flush=True)
+    model, tokenizer = load_for_inference(ckpt.path, args.tokenizer_path, args.device)
+    answers, start = [], time.perf_counter()
+    for prompt in prompts:
+        ids, stopped = generate_tokens(model, tokenizer, build_input(prompt, ckpt.template, args.system),
+                                       args.max_new_tokens, args.temperature, args.top_p,
+                                       args.repetition_penalty, do_sample, seed=seed)
+        answers.append({"text": tokenizer.decode(ids, skip_special_tokens=True), "tokens": len(ids),
+                        "stopped": stopped, "repetition_rate": round(repetition_rate(ids, 4), 4),
+                        "distinct_2": round(distinct_n(ids, 2), 4)})
+    result = {"label": ckpt.label, "path": ckpt.path, "template": ckpt.template,
+              "generation_seconds": round(time.perf_counter() - start, 2),
+              "mean_repetition_rate": round(sum(a["repetition_rate"] for a in answers) / len(answers), 4),
+              "mean_distinct_2": round(sum(a["distinct_2"] for a in answers) / len(answers), 4),
+              "stop_rate": round(sum(a["stopped"] for a in answers) / len(answers), 4),
+              "perplexity": None, "heldout_tokens": None, "training": training_summary(ckpt.path),
+              "answers": answers}
+    if heldout:
+        total, count = heldout_nll(model, tokenizer, heldout, args.ppl_max_length, args.ppl_batch_size)
+        if count:
+            result.update(perplexity=round(math.exp(total / count), 3), heldout_tokens=count)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    ppl = f", perplexity {result['perplexity']}" if result["perplexity"] is not None else ""
+    print(f"[{ckpt.label}] {len(prompts)} answer(s) in {result['generation_seconds']}s{ppl}", flush=True)
+    return result
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def render_markdown(report: dict) -> str:
+    g = report["generation"]
+    decoding = (f"sampling (temperature {g['temperature']}, top_p {g['top_p']}, seed {g['seed']})"
+                if g["do_sample"] else "greedy decoding")
+    lines = ["# mini_qwen evaluation", "",
+             f"{report['created']}: {decoding}, max_new_tokens {g['max_new_tokens']}, repetition_penalty "
+             f"{g['repetition_penalty']}. Held-out text: {report['heldout']}.", "",
+             "## Checkpoints", "",
+             "| checkpoint | path | template | perplexity | repetition rate (4-gram) | distinct-2 | ended with "
+             "&lt;\\|im_end\\|&gt; | training loss first → last (step) | DPO rewards/accuracies | "
+             "DPO rewards/margins |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
+    for c in report["checkpoints"]:
+        t = c["training"] or {}
+        loss = (f"{t['first_loss']:.3f} → {t['last_loss']:.3f} ({t['last_step']})" if "first_loss" in t else "-")
+        lines.append(f"| {_cell(c['label'])} | {_cell(c['path'])} | {c['template']} | {_fmt(c['perplexity'])} | "
+                     f"{_fmt(c['mean_repetition_rate'])} | {_fmt(c['mean_distinct_2'])} | "
+                     f"{round(100 * c['stop_rate'])}% | {loss} | {_fmt(t.get('rewards/accuracies'))} | "
+                     f"{_fmt(t.get('rewards/margins'))} |")
+    lines += ["", "Repetition rate: share of an answer's 4-grams (tokens) that repeat an earlier one "
+              "(0 = none, near 1 = a 复读机 loop); distinct-2: unique / all token bigrams; both averaged over "
+              "the answers. Perplexity: exp(mean next-token loss) on the held-out text.", "", "## Answers"]
+    for i, prompt in enumerate(report["prompts"]):
+        lines += ["", f"### {i + 1}. {_cell(prompt)}".replace("\n", " ")]
+        for c in report["checkpoints"]:
+            a = c["answers"][i]
+            end = "ended" if a["stopped"] else "hit max_new_tokens"
+            lines += ["", f"**{_cell(c['label'])}** ({c['template']}, {a['tokens']} tokens, {end}, "
+                          f"repetition {a['repetition_rate']:.2f}):", ""]
+            body = a["text"].strip("\n") or ("*(empty answer)*" if not a["text"] else "*(only line breaks)*")
+            lines += ["> " + _cell(line) if line else ">" for line in body.split("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def batch(checkpoints: list[Checkpoint], prompts: list[str], args: EvalArguments, do_sample: bool) -> dict:
+    heldout, heldout_source = load_heldout(args)
+    print(f"held-out text: {heldout_source}", flush=True)
+    seed = args.seed if args.seed is not None else 42
+    results = [_evaluate_checkpoint(c, prompts, heldout, args, do_sample, seed) for c in checkpoints]
+
+    for i, prompt in enumerate(prompts):
+        print(f"\n=== 用户：{prompt}")
+        for r in results:
+            a = r["answers"][i]
+            print(f"--- [{r['label']} | {r['template']}] 助手：{a['text']}")
+    print("\ncheckpoint            perplexity  repetition  distinct-2  ended")
+    for r in results:
+        print(f"{r['label']:<20} {_fmt(r['perplexity'], 2):>11} {r['mean_repetition_rate']:>11.3f} "
+              f"{r['mean_distinct_2']:>11.3f} {round(100 * r['stop_rate']):>5}%")
+
+    report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": do_sample,
+                             "temperature": args.temperature, "top_p": args.top_p,
+                             "repetition_penalty": args.repetition_penalty, "seed": seed, "system": args.system},
+              "heldout": heldout_source, "prompts": prompts, "checkpoints": results}
+    out = Path(args.report_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    except OSError as err:
+        raise MiniQwenError(f"cannot write the report to '{out}': {err.strerror}. Pass another --report_dir.") from None
+    print(f"\nreport: {out / 'report.md'} and {out / 'report.json'}")
+    return report
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (args,) = parse_args((EvalArguments,), gather_checkpoints(argv))
+    if args.max_new_tokens < 1:
+        raise MiniQwenError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
+    checkpoints = parse_checkpoints(args.checkpoints, args.template)
+    wants_prompts = args.prompts is not None or args.prompts_file is not None
+    mode = args.mode
+    if mode == "auto":
+        mode = "interactive" if len(checkpoints) == 1 and not wants_prompts else "batch"
+    if mode == "interactive" and len(checkpoints) > 1:
+        raise MiniQwenError(f"interactive mode talks to one checkpoint, got {len(checkpoints)}: "
+                            f"drop --mode interactive to compare them in batch mode.")
+    do_sample = args.do_sample if args.do_sample is not None else mode == "interactive"
+    if mode == "interactive":
+        interactive(checkpoints[0], args, do_sample)
+        return None
+    from mini_qwen.generate import check_checkpoint
+
+    for c in checkpoints:  # fail before any model is loaded, not after the first one has run
+        check_checkpoint(c.path, args.tokenizer_path)
+    return batch(checkpoints, load_prompts(args), args, do_sample)
+
+
+if __name__ == "__main__":
+    run_main(main)
