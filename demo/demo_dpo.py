@@ -1,0 +1,19 @@
+"""Demo: the DPO stage on mini_data/ with the settings of demo/dpo.yaml, from the demo SFT model.
+
+Run as:
+    python demo/demo_sft.py && python demo/demo_dpo.py     # tiny model on CPU (about a minute)
+    python demo/demo_dpo.py --max_steps 4                  # any mini_qwen_dpo.py flag still works
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mini_qwen.demo import demo_argv  # noqa: E402
+from mini_qwen.errors import run_main  # noqa: E402
+from mini_qwen_dpo import main  # noqa: E402
+
+if __name__ == "__main__":
+    run_main(main, demo_argv("dpo", sys.argv[1:]))

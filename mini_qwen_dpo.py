@@ -1,0 +1,155 @@
+"""Direct preference optimisation (DPO): the SFT model learns to prefer the chosen answer of each pair.
+
+Run as:
+    python mini_qwen_dpo.py                                  # one GPU (or CPU), data in data/dpo (train + test mixed)
+    accelerate launch --config_file accelerate_config.yaml mini_qwen_dpo.py
+    nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_dpo.py > logs/output_dpo.log 2>&1 &
+    python demo/demo_dpo.py                                  # on mini_data/, from the demo SFT model
+
+The reference model is a second, frozen copy of the starting checkpoint (`--model_name_or_path`,
+results/sft by default). `--precompute_ref_log_probs true` instead scores every pair with the
+starting model once before training and keeps no second model in memory.
+
+Learning rate: the original project's final run used 5e-7 for 3 epochs from the 2-epoch SFT
+checkpoint. Its earlier tries: 1e-6 overfitted (the loss fell in a staircase, a drop at each
+new epoch, i.e. the model memorised pairs it had seen), 1e-7 barely moved the loss.
+
+Prompts are cut to `--max_prompt_length` tokens from the head of the question (the end of the
+question and the assistant header stay), then each answer's tail so prompt + answer fits
+`--max_length`; see mini_qwen/preference.py.
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import set_seed
+from trl import DPOConfig, DPOTrainer
+
+from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.cli import parse_args
+from mini_qwen.distributed import check_launch, resume_checkpoint
+from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
+from mini_qwen.preference import ID_COLUMNS, build_preference_dataset
+
+
+@dataclass
+class DPODataArguments:
+    data_dir: str = field(default="data/dpo", metadata={"help": "Folder of Infinity-Preference parquet files; "
+                                                              "train and test files are mixed, as originally."})
+    data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
+    max_prompt_length: int = field(default=512, metadata={"help": "Prompt budget in tokens (chat headers included): "
+                                                                  "the head of longer questions is cut."})
+    on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad pairs.",
+                                                       "choices": ["skip", "error"]})
+    max_pairs: int | None = field(default=None, metadata={"help": "Train on the first N usable pairs only "
+                                                                  "(demos and smoke tests). Default: all."})
+
+
+@dataclass
+class DPOModelArguments(ModelArguments):
+    model_name_or_path: str | None = field(default="results/sft", metadata={"help": "The SFT model to align; a "
+                                                                             "frozen copy is the reference."})
+
+
+@dataclass
+class MiniDPOConfig(DPOConfig):
+    # The original run's values (6 x H800, ZeRO-2, Infinity-Preference, 3 epochs from the SFT checkpoint).
+    output_dir: str = field(default="results/dpo", metadata={"help": "Checkpoints, final model, loss plot."})
+    learning_rate: float = field(default=5e-7, metadata={"help": "The original final run's value; 1e-6 overfitted "
+                                                                 "(staircase loss), 1e-7 barely moved the loss."})
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = field(default=0.1, metadata={"help": "A float below 1 is a fraction of all steps."})
+    num_train_epochs: float = 3.0
+    per_device_train_batch_size: int = 12
+    gradient_accumulation_steps: int = 16
+    max_length: int | None = field(default=1024, metadata={"help": "Longest prompt + answer in tokens."})
+    save_strategy: str = "epoch"
+    save_total_limit: int = 3
+    logging_steps: float = 20
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+
+
+class TokenizedDPOTrainer(DPOTrainer):
+    """DPOTrainer on rows we tokenized ourselves (prompt_ids / chosen_ids / rejected_ids).
+
+    TRL 1.16 has no switch for an already tokenized preference dataset: `_prepare_dataset` always
+    runs for text data, looks for a `prompt` column (else calls `extract_prompt`, which needs
+    `chosen`/`rejected` texts and fails with KeyError on ids), appends the eos token to text
+    answers and re-tokenizes prompt + answer. Our rows are already in the Qwen chat format, cut to
+    `max_length` and closed with one `<|im_end|>`, so they go to TRL's collator unchanged (its own
+    `max_length` cut is then a no-op).
+    """
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        columns = set(dataset.column_names or [])
+        if set(ID_COLUMNS) <= columns and "prompt" not in columns:
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+def last_metric(state, name: str):
+    values = [e[name] for e in state.log_history if name in e]
+    return values[-1] if values else None
+
+
+def main(argv=None):
+    data_args, model_args, training_args = parse_args((DPODataArguments, DPOModelArguments, MiniDPOConfig), argv)
+    if not training_args.max_length:
+        raise MiniQwenError("--max_length must be set (the original run used 1024).")
+    if training_args.sync_ref_model and training_args.precompute_ref_log_probs:
+        raise MiniQwenError("--sync_ref_model and --precompute_ref_log_probs cannot be combined: precomputed "
+                            "reference log-probs would go stale when the reference is updated. Drop one of them.")
+    if data_args.max_pairs is not None and data_args.max_pairs < 1:
+        raise MiniQwenError(f"--max_pairs must be at least 1 (got {data_args.max_pairs}).")
+    set_seed(training_args.seed)
+    check_launch(training_args)
+
+    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
+    model = load_model(model_args.model_name_or_path, model_args, training_args)
+    print(describe(model))
+    if training_args.precompute_ref_log_probs:
+        # TRL scores every pair with `model` itself before the first step (no reload from a path), then keeps
+        # only the numbers: no second model in memory.
+        ref_model = None
+        print(f"reference: log-probs of {model_args.model_name_or_path} precomputed before training")
+    else:
+        # Explicit, so TRL never reloads the reference from `config._name_or_path` itself.
+        ref_model = load_model(model_args.model_name_or_path, model_args, training_args)
+        ref_model.requires_grad_(False)
+        ref_model.eval()
+        print(f"reference: a frozen copy of {model_args.model_name_or_path}")
+
+    with training_args.main_process_first(desc="tokenizing preference pairs"):
+        dataset, _ = build_preference_dataset(data_args.data_dir, data_args.data_glob, tokenizer,
+                                              training_args.max_length, data_args.max_prompt_length,
+                                              data_args.on_bad_rows, training_args.dataset_num_proc)
+        if data_args.max_pairs is not None and data_args.max_pairs < len(dataset):
+            dataset = dataset.select(range(data_args.max_pairs))
+            print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")
+
+    training_args.include_num_input_tokens_seen = "non_padding"  # real tokens (chosen + rejected) for tokens/s
+    trainer = TokenizedDPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=training_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[LossPlotCallback("DPO loss", metrics=("loss", "rewards/accuracies", "rewards/margins"))],
+    )
+    trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
+    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the loss / reward history, for utils/plot_losses.py and the eval report
+    tokenizer.save_pretrained(training_args.output_dir)
+    losses = first_and_last_loss(trainer.state)
+    if losses and trainer.is_world_process_zero():
+        accuracy = last_metric(trainer.state, "rewards/accuracies")
+        margin = last_metric(trainer.state, "rewards/margins")
+        rewards = (f"; last reward accuracy {accuracy:.2f}, margin {margin:.3f}"
+                   if accuracy is not None and margin is not None else "")
+        print(f"DPO done: loss {losses[0]:.3f} -> {losses[1]:.3f}{rewards}; model saved to {training_args.output_dir}")
+    return trainer
+
+
+if __name__ == "__main__":
+    run_main(main)
