@@ -26,16 +26,14 @@ Bad rows (empty prompt, no assistant answer, chosen == rejected, ...) are skippe
 by default; `on_bad_rows="error"` stops at the first one with its file and row instead.
 """
 
-import hashlib
 import re
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 
 from mini_qwen.chat import ROLE_MAP, ChatTokens
-from mini_qwen.data import (check_string_column, find_parquet_files, load_column_dataset, read_schema,
-                            require_columns, row_locator)
+from mini_qwen.data import (check_string_column, find_parquet_files, load_column_dataset, map_fingerprint,
+                            read_schema, require_columns, row_locator)
 from mini_qwen.errors import MiniQwenError
 
 COLUMNS = {
@@ -193,15 +191,6 @@ def _encode_batch(batch, indices, tokenizer, max_length, max_prompt_length, on_b
     return out
 
 
-def _fingerprint(raw, tokenizer, *settings) -> str:
-    """The cache key of the tokenized dataset. Passed to `map` so that `datasets` does not pickle the
-    tokenizer to hash it (151K-entry vocab: 5-10 s per run on a small CPU, longer than tokenizing the demo)."""
-    h = hashlib.sha256()
-    for part in (raw._fingerprint, tokenizer.backend_tokenizer.to_str(), repr(settings), Path(__file__).read_text()):
-        h.update(part.encode())
-    return h.hexdigest()[:32]
-
-
 def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int, max_prompt_length: int,
                              on_bad_rows: str = "skip", num_proc: int | None = None, log=print):
     """The DPO training set and its counts: (datasets.Dataset of prompt_ids/chosen_ids/rejected_ids, stats)."""
@@ -223,7 +212,7 @@ def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_lengt
         fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                        on_bad_rows=on_bad_rows, locate=locate),
         desc="tokenizing preference pairs",
-        new_fingerprint=_fingerprint(raw, tokenizer, max_length, max_prompt_length, on_bad_rows),
+        new_fingerprint=map_fingerprint(raw, tokenizer, __file__, max_length, max_prompt_length, on_bad_rows),
     )
     problems = Counter(p for p in encoded["problem"] if p)
     dropped = Counter(d for d in encoded["dropped"] if d)

@@ -9,8 +9,8 @@ import re
 from collections import Counter
 
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
-from mini_qwen.data import (check_conversations_column, find_parquet_files, load_column_dataset, read_schema,
-                            row_locator)
+from mini_qwen.data import (check_conversations_column, find_parquet_files, load_column_dataset, map_fingerprint,
+                            read_schema, row_locator)
 from mini_qwen.errors import MiniQwenError
 
 
@@ -54,6 +54,7 @@ def build_sft_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int,
         fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, first_turn_only=first_turn_only,
                        on_bad_rows=on_bad_rows, locate=locate),
         desc="tokenizing conversations",
+        new_fingerprint=map_fingerprint(raw, tokenizer, __file__, max_length, first_turn_only, on_bad_rows),
     )
     problems = Counter(p for p in encoded["problem"] if p)
     no_answer_left = sum(1 for p, labels in zip(encoded["problem"], encoded["labels"])
