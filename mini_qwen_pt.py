@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from transformers import Trainer, TrainingArguments, set_seed
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.checks import check_stage_files
 from mini_qwen.cli import parse_args
 from mini_qwen.data import find_parquet_files
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.memory import ChunkedLossTrainer
 from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.packing import PackedBlocks, collate_blocks, prepare_token_cache
 
@@ -54,6 +56,9 @@ class PTTrainingArguments(TrainingArguments):
     save_total_limit: int = 3
     logging_steps: float = 20
     dataloader_num_workers: int = 0
+    chunked_loss: bool = field(default=False, metadata={
+        "help": "Score the 152K-vocabulary output layer a chunk of tokens at a time, recomputed in backward, "
+                "so the full logits are never held (mini_qwen/memory.py); same loss, less memory."})
 
 
 def main(argv=None):
@@ -63,6 +68,8 @@ def main(argv=None):
         raise MiniQwenError(f"--packing must be 'documents' or 'concat', got '{data_args.packing}'.")
     set_seed(training_args.seed)
     check_launch(training_args)
+    files = find_parquet_files(data_args.data_dir, data_args.data_glob, what="PT data")
+    check_stage_files("pt", files, data_args.text_column)  # fail on a bad file before building the model
 
     checkpoint = model_args.model_name_or_path  # set: continue pretraining an existing model
     tokenizer = load_stage_tokenizer(model_args, checkpoint)
@@ -76,7 +83,6 @@ def main(argv=None):
     print(describe(model))
 
     # Rank 0 tokenizes into the shared cache first; the other ranks then just read it.
-    files = find_parquet_files(data_args.data_dir, data_args.data_glob, what="PT data")
     with training_args.main_process_first(desc="tokenizing the corpus"):
         cache = prepare_token_cache(files, tokenizer, data_args.cache_dir, data_args.text_column,
                                     on_bad_rows=data_args.on_bad_rows)
@@ -89,7 +95,7 @@ def main(argv=None):
     print(f"data: {len(dataset):,} blocks of {data_args.block_size} tokens ({data_args.packing} packing); "
           f"{tokens_per_step:,} tokens per optimizer step")
 
-    trainer = Trainer(
+    trainer = (ChunkedLossTrainer if training_args.chunked_loss else Trainer)(
         model=model,
         args=training_args,
         train_dataset=dataset,

@@ -5,30 +5,105 @@ Typed dataclasses parsed by TRL's `TrlParser` (an `HfArgumentParser` that also r
 over both. Precision defaults (bf16 / fp16 / use_cpu) come from the hardware.
 """
 
+import difflib
 import sys
 
 from trl import TrlParser
 
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.hardware import check_precision, precision_defaults
+from mini_qwen.hardware import check_precision, check_requested_precision, precision_defaults
+
+PRECISION_FLAGS = ("bf16", "fp16", "use_cpu")
+
+
+def _raise(message: str):
+    """argparse's `error` (bad value, unknown choice): one MiniQwenError instead of a 100-line usage + exit."""
+    raise MiniQwenError(f"invalid arguments: {message}.")
+
+
+def _suggest(name: str, known, prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _read_recipe(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            recipe = yaml.safe_load(f)
+    except OSError as err:
+        raise MiniQwenError(f"cannot read recipe '{path}': {err.strerror}.") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise MiniQwenError(f"recipe '{path}' is not valid YAML{at}: {problem}.") from None
+    if recipe is None:
+        return {}
+    if not isinstance(recipe, dict):
+        raise MiniQwenError(f"recipe '{path}' must be a YAML mapping of flag: value lines "
+                            f"(e.g. `learning_rate: 1e-4`), not a {type(recipe).__name__}.")
+    return recipe
+
+
+def _explicit(argv: list[str], recipe: dict, names) -> dict:
+    """The values of `names` set on the command line or in the recipe (the command line wins)."""
+    from transformers.hf_argparser import string_to_bool
+
+    found = {name: recipe[name] for name in names if name in recipe}
+    for i, arg in enumerate(argv):
+        flag, _, value = arg.partition("=")
+        name = flag[2:] if flag.startswith("--") else None
+        if name not in names:
+            continue
+        if not value:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "true"
+        try:
+            found[name] = string_to_bool(value) if isinstance(value, str) else bool(value)
+        except Exception:  # argparse reports the bad value itself
+            pass
+    return found
 
 
 def parse_args(dataclass_types, argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = TrlParser(dataclass_types)
-    parser.set_defaults_with_config(**precision_defaults())
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
+    parser = TrlParser(dataclass_types, allow_abbrev=False)  # `--learning_rat` must not pass for a real flag
+    parser.error = _raise
+    known = {action.dest for action in parser._actions}
+    recipe, cli = {}, list(argv)
+    if "--config" in cli:
+        i = cli.index("--config")
+        if i + 1 >= len(cli):
             raise MiniQwenError("--config needs a YAML file path.")
-        try:
-            open(argv[i + 1]).close()
-        except OSError as err:
-            raise MiniQwenError(f"cannot read recipe '{argv[i + 1]}': {err.strerror}.") from None
+        recipe = _read_recipe(cli[i + 1])
+        del cli[i:i + 2]
+        unknown = [key for key in recipe if key not in known and key != "env"]
+        if unknown:
+            raise MiniQwenError(f"recipe '{argv[i + 1]}': unknown key(s) "
+                                + ", ".join(f"'{k}'{_suggest(k, known)}" for k in unknown)
+                                + ". Fix the spelling or remove them.")
+    _, unknown = parser.parse_known_args(cli)
+    flags = [a for a in unknown if a.startswith("-")]
+    if unknown:
+        raise MiniQwenError("unknown argument(s) "
+                            + ", ".join(f"'{a}'{_suggest(a.lstrip('-').split('=')[0], known, '--')}"
+                                        for a in (flags or unknown))
+                            + ". See `--help` for the flags of this stage.")
+
+    # Hardware picks bf16/fp16 defaults; asking for one precision must switch off the other default
+    # (else `--fp16` on an A100 meets the default bf16 and fails as "both set").
+    defaults = precision_defaults()
+    asked = _explicit(cli, recipe, PRECISION_FLAGS)
+    for name, other in (("bf16", "fp16"), ("fp16", "bf16")):
+        if asked.get(name) and other not in asked:
+            defaults[other] = False
+    check_requested_precision({**defaults, **asked})  # before transformers' own, less helpful, check
+    parser.set_defaults_with_config(**defaults)
     try:
         parsed = parser.parse_args_and_config(argv)
     except (ValueError, TypeError) as err:
-        # TrainingArguments.__post_init__ and the YAML loader raise these for bad values.
+        # TrainingArguments.__post_init__ raises these for values that cannot work together.
         raise MiniQwenError(f"invalid arguments: {err}") from None
     for obj in parsed:
         if hasattr(obj, "bf16") and hasattr(obj, "fp16"):

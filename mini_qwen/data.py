@@ -35,7 +35,8 @@ def read_schema(path: Path) -> pa.Schema:
     try:
         return pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
-        raise MiniQwenError(f"cannot read parquet file '{path}': {err}. Re-download it or remove it.") from None
+        raise MiniQwenError(f"cannot read parquet file '{path}': {str(err).rstrip('.')}. "
+                            f"Re-download it or remove it.") from None
 
 
 def require_columns(path: Path, schema: pa.Schema, columns: dict[str, str]) -> None:
@@ -52,6 +53,15 @@ def check_string_column(path: Path, schema: pa.Schema, name: str) -> None:
     kind = schema.field(name).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise MiniQwenError(f"{path}: column '{name}' must hold text but has type {kind}.")
+
+
+def text_problem(text) -> str | None:
+    """Why a PT text cannot be trained on ("a null" / "an empty"), or None when it is fine."""
+    if text is None:
+        return "a null"
+    if not text.strip():
+        return "an empty"
+    return None
 
 
 def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int = 4096, on_bad_rows: str = "skip",
@@ -73,10 +83,10 @@ def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int =
                 texts = batch.column(0).to_pylist()
                 good = []
                 for i, text in enumerate(texts):
-                    if text is None or not text.strip():
+                    problem = text_problem(text)
+                    if problem:
                         if on_bad_rows == "error":
-                            kind = "a null" if text is None else "an empty"
-                            raise MiniQwenError(f"{path}: row {row + i} has {kind} '{column}'. Remove the row, "
+                            raise MiniQwenError(f"{path}: row {row + i} has {problem} '{column}'. Remove the row, "
                                                 f"or rerun with --on_bad_rows skip to skip and count such rows.")
                         stats["skipped_empty"] = stats.get("skipped_empty", 0) + 1
                     else:
@@ -120,13 +130,49 @@ def load_column_dataset(files: list[Path], columns: list[str], cache_dir: str | 
     """A `datasets.Dataset` of only `columns` from all files: the columns whose types clash
     between files (7M's int64 `id` vs Gen's string one, `label`) are never read."""
     import datasets
+    from datasets.exceptions import DatasetGenerationError
 
+    check_column_types(files, columns)
     try:
         return datasets.load_dataset("parquet", data_files=[str(f) for f in files], columns=columns,
                                      split="train", cache_dir=cache_dir)
-    except (ValueError, TypeError, pa.ArrowException) as err:
-        raise MiniQwenError(f"the files under {files[0].parent} disagree on the type of {columns}: {err}. "
-                            f"Run `python utils/check_data.py` to find the file.") from None
+    except (ValueError, TypeError, pa.ArrowException, DatasetGenerationError) as err:
+        cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
+        detail = " ".join(str(cause).split())
+        raise MiniQwenError(f"cannot load {columns} from the {len(files)} files under {files[0].parent}: {detail}. "
+                            f"Run `python utils/check_data.py` on the folder to find the file.") from None
+
+
+def type_name(kind: pa.DataType) -> str:
+    """A column type as text, with large_string / large_list spelled as string / list (they load alike)."""
+    return str(kind).replace("large_string", "string").replace("large_list", "list")
+
+
+def column_types(schemas: dict, columns=None) -> dict[str, dict[str, list]]:
+    """{column: {type: [files]}} over `schemas` ({file: pyarrow schema}), for `columns` or all of them."""
+    found: dict[str, dict[str, list]] = {}
+    for path, schema in schemas.items():
+        for field in schema:
+            if columns is None or field.name in columns:
+                found.setdefault(field.name, {}).setdefault(type_name(field.type), []).append(path)
+    return found
+
+
+def describe_clash(column: str, types: dict[str, list]) -> str:
+    """'id' is int64 in 2 files (e.g. a.parquet) and string in 1 file (e.g. b.parquet)."""
+    parts = [f"{kind} in {len(paths)} file{'s' * (len(paths) > 1)} (e.g. {paths[0]})" for kind, paths in types.items()]
+    return f"'{column}' is " + " but ".join(parts)
+
+
+def check_column_types(files: list[Path], columns: list[str], schemas: dict | None = None) -> None:
+    """The columns we read must have one type in every file: `datasets` cannot merge, e.g., conversations
+    whose records have an extra field in some files. Columns we never read may differ freely."""
+    schemas = schemas or {f: read_schema(f) for f in files}
+    clashes = {c: t for c, t in column_types(schemas, columns).items() if len(t) > 1}
+    if clashes:
+        raise MiniQwenError("the files disagree on the type of a column training reads: "
+                            + "; ".join(describe_clash(c, t) for c, t in clashes.items())
+                            + ". Convert them to one type, or train on one group of files at a time (--data_glob).")
 
 
 def map_fingerprint(raw, tokenizer, code_file: str, *settings) -> str:

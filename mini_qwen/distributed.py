@@ -4,13 +4,17 @@
 script's arguments disagree (the original project's FAQ 17: DeepSpeed's bare assertion
 `train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size`).
 `resume_checkpoint` finds the newest *complete* checkpoint, so a folder that was being written
-when the process died is never resumed from.
+when the process died is never resumed from (`--resume_from_checkpoint auto`); an explicit path
+is checked in `check_launch`, before any model or data is loaded. Trainer restores the weights,
+optimizer, scheduler, RNG states and the data position (it skips the batches already seen), so a
+resumed run ends with the same loss as an uninterrupted one (tests/test_resume.py).
 """
 
 import json
 import os
 import re
 import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -52,6 +56,9 @@ def check_launch(training_args) -> None:
                 raise MiniQwenError(
                     f"{key} disagrees: {ds_source} sets {value} but the script computes {ours} ({flag}). "
                     f"Set \"{key}\": \"auto\" in {ds_source} (recommended) or change the script's flag.")
+    wanted = training_args.resume_from_checkpoint
+    if wanted and wanted not in AUTO:
+        check_resume_path(wanted, training_args.output_dir)  # before any model or data is loaded
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if torch.cuda.is_available() and not training_args.use_cpu and local_world > torch.cuda.device_count():
         raise MiniQwenError(
@@ -79,19 +86,34 @@ def _safetensors_complete(path: Path) -> bool:
 
 
 def checkpoint_problem(folder: Path) -> str | None:
-    """Why `folder` cannot be resumed from, or None when it is complete."""
+    """Why `folder` cannot be resumed from, or None when it is complete.
+
+    Trainer writes a checkpoint in this order: weights, optimizer.pt, scheduler.pt, rng_state.pth,
+    trainer_state.json. A readable trainer_state.json therefore means the save finished; the other
+    checks catch files damaged afterwards (a copy cut short, a full disk)."""
     state = folder / "trainer_state.json"
     try:
         json.loads(state.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "trainer_state.json missing or unreadable (written last, so the save did not finish)"
     weights = list(folder.glob("*.safetensors"))
     if not weights and not any(folder.glob("pytorch_model*.bin")) and not any(folder.glob("global_step*")):
         return "no model weights"
     bad = [w.name for w in weights if not _safetensors_complete(w)]
+    # torch.save files are zip archives: a cut-off one has no end-of-archive record.
+    bad += [f.name for name in _TORCH_STATE for f in folder.glob(name) if not zipfile.is_zipfile(f)]
     if bad:
-        return f"truncated weights {bad}"
+        return f"truncated files {bad}"
     return None
+
+
+_TORCH_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
+
+
+def has_optimizer_state(folder: Path) -> bool:
+    """False for checkpoints saved with --save_only_model (weights and trainer_state.json only)."""
+    return ((folder / "optimizer.pt").is_file() or (folder / "optimizer.bin").is_file()
+            or any(p.is_dir() for p in folder.glob("global_step*")))  # DeepSpeed keeps it there
 
 
 def complete_checkpoints(output_dir: str) -> list[Path]:
@@ -119,15 +141,40 @@ def resume_checkpoint(training_args) -> str | None:
             print(f"note: {training_args.output_dir} already has {existing[0].name}; this run starts from scratch. "
                   f"Pass --resume_from_checkpoint auto to continue it instead.")
         return None
-    if wanted in ("auto", "true", "True", "latest"):
+    if wanted in AUTO:
         found = complete_checkpoints(training_args.output_dir)
         if not found:
             print(f"resume: no complete checkpoint in {training_args.output_dir}; starting from scratch")
             return None
         print(f"resume: continuing from {found[0]}")
+        _note_model_only(found[0])
         return str(found[0])
-    problem = checkpoint_problem(Path(wanted)) if Path(wanted).is_dir() else "folder does not exist"
+    check_resume_path(wanted, training_args.output_dir)
+    _note_model_only(Path(wanted))
+    return wanted
+
+
+AUTO = ("auto", "true", "True", "latest")
+
+
+def check_resume_path(wanted: str, output_dir: str) -> None:
+    """An explicit --resume_from_checkpoint must be a complete checkpoint-N folder."""
+    folder = Path(wanted)
+    if not folder.is_dir():
+        problem = "folder does not exist"
+    elif not _CHECKPOINT.match(folder.name) and not has_optimizer_state(folder):
+        problem = ("it is not a checkpoint-N folder written during training (a stage's final output has the weights "
+                   "but no optimizer or scheduler state); to start a new run from its weights use "
+                   "--model_name_or_path instead")
+    else:
+        problem = checkpoint_problem(folder)
     if problem:
         raise MiniQwenError(f"cannot resume from '{wanted}': {problem}. Use --resume_from_checkpoint auto to pick "
-                            f"the newest complete checkpoint in {training_args.output_dir}.")
-    return wanted
+                            f"the newest complete checkpoint in {output_dir}.")
+
+
+def _note_model_only(folder: Path) -> None:
+    if not has_optimizer_state(folder):
+        print(f"resume: note: {folder} holds no optimizer state (saved with --save_only_model): the weights, step "
+              f"count and data position resume, but the AdamW moments restart from zero and the learning-rate "
+              f"schedule restarts from its first step (warmup again).")

@@ -28,15 +28,24 @@ def precision_defaults() -> dict:
     return {"bf16": False, "fp16": True, "use_cpu": False}
 
 
-def check_precision(training_args) -> None:
-    if training_args.bf16 and training_args.fp16:
+def check_requested_precision(values: dict) -> None:
+    """bf16 / fp16 / use_cpu as asked (flags over hardware defaults), checked before TrainingArguments
+    is built: its own check says only "Your setup doesn't support bf16/gpu"."""
+    bf16, fp16, use_cpu = (bool(values.get(k)) for k in ("bf16", "fp16", "use_cpu"))
+    if bf16 and fp16:
         raise MiniQwenError("--bf16 and --fp16 are both set: choose one.")
-    on_gpu = torch.cuda.is_available() and not training_args.use_cpu
-    if training_args.bf16 and on_gpu and not torch.cuda.is_bf16_supported():
+    on_gpu = torch.cuda.is_available() and not use_cpu
+    if bf16 and on_gpu and not torch.cuda.is_bf16_supported():
         raise MiniQwenError(f"--bf16 was asked but {torch.cuda.get_device_name()} has no bf16: use --fp16 true "
-                            f"--bf16 false (or leave both unset to choose automatically).")
-    if training_args.fp16 and not on_gpu:
+                            f"(or leave both unset to choose automatically).")
+    if fp16 and not on_gpu:
         raise MiniQwenError("--fp16 needs a CUDA GPU; on CPU leave precision unset (fp32).")
+
+
+def check_precision(training_args) -> None:
+    check_requested_precision({k: getattr(training_args, k) for k in ("bf16", "fp16", "use_cpu")})
+    if training_args.bf16 and (training_args.use_cpu or not torch.cuda.is_available()):
+        print("note: --bf16 on CPU runs, but far slower than fp32 for a small model; leave precision unset for fp32.")
 
 
 def flash_attention_available() -> bool:

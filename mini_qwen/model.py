@@ -135,10 +135,8 @@ def new_model(preset_args: PresetArguments, model_args: ModelArguments, training
     return model
 
 
-def load_model(path: str, model_args: ModelArguments, training_args):
-    """Load a checkpoint written by an earlier stage, with a clear message when it is not one."""
-    from mini_qwen.hardware import choose_attention
-
+def check_model_folder(path: str) -> Path:
+    """`path` must be a saved model: config.json and weights."""
     folder = Path(path)
     if not (folder / "config.json").is_file():
         raise MiniQwenError(
@@ -149,6 +147,14 @@ def load_model(path: str, model_args: ModelArguments, training_args):
     if not has_weights:
         raise MiniQwenError(f"'{path}' has config.json but no weights (*.safetensors): the save did not finish; "
                             f"point to a complete checkpoint.")
+    return folder
+
+
+def load_model(path: str, model_args: ModelArguments, training_args):
+    """Load a checkpoint written by an earlier stage, with a clear message when it is not one."""
+    from mini_qwen.hardware import choose_attention
+
+    folder = check_model_folder(path)
     config = AutoConfig.from_pretrained(path)
     validate_config(config, source=f"model config ({folder / 'config.json'})")
     attn = choose_attention(model_args.attn_implementation, training_args)
@@ -171,6 +177,8 @@ def load_stage_tokenizer(model_args: ModelArguments, checkpoint: str | None = No
     """--tokenizer_path if given, else the checkpoint's own tokenizer, else the project default."""
     from mini_qwen.tokenizer import has_tokenizer_files, load_tokenizer
 
+    if checkpoint:
+        check_model_folder(checkpoint)  # "no model here" says more than "no tokenizer here"
     if model_args.tokenizer_path:
         return load_tokenizer(model_args.tokenizer_path)
     if checkpoint and Path(checkpoint).is_dir():

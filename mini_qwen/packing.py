@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mini_qwen.data import iter_text_batches, read_schema
+from mini_qwen.checks import check_stage_files
+from mini_qwen.data import iter_text_batches
+from mini_qwen.errors import MiniQwenError
 
 BYTES_PER_TOKEN = 3
 
@@ -91,8 +93,8 @@ def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, text_colu
                         batch_rows: int = 4096, on_bad_rows: str = "skip", log=print,
                         max_chars: int = 1 << 21) -> Path:
     """Tokenize every document of `files` into `cache_root/<key>/`, or reuse that folder if complete."""
-    for f in files:  # fail on a bad file before spending time on the good ones
-        read_schema(f)
+    # Fail on a bad file (unreadable, no text column, wrong type) before spending time on the good ones.
+    check_stage_files("pt", files, text_column)
     final = Path(cache_root) / f"pt-{cache_key(files, tokenizer, text_column)}"
     if (final / "meta.json").is_file():
         log(f"data: reusing token cache {final}")
@@ -105,14 +107,23 @@ def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, text_colu
     all_lengths = []
     n_tokens = 0
     t0 = time.time()
-    with open(tmp / "tokens.u24", "wb") as out:
-        for texts in iter_text_batches(files, text_column, batch_rows, on_bad_rows, stats):
-            # ~2M characters a call: enough documents for the tokenizer's threads, a bounded transient peak
-            for chunk in chunks_by_chars(texts, max_chars):
-                ids, lengths = tokenize_batch(tokenizer, chunk, eos_id)
-                out.write(encode_u24(ids))
-                all_lengths.append(lengths)
-                n_tokens += len(ids)
+    try:
+        with open(tmp / "tokens.u24", "wb") as out:
+            for texts in iter_text_batches(files, text_column, batch_rows, on_bad_rows, stats):
+                # ~2M characters a call: enough documents for the tokenizer's threads, a bounded transient peak
+                for chunk in chunks_by_chars(texts, max_chars):
+                    ids, lengths = tokenize_batch(tokenizer, chunk, eos_id)
+                    out.write(encode_u24(ids))
+                    all_lengths.append(lengths)
+                    n_tokens += len(ids)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if n_tokens == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MiniQwenError(f"no text to train on: all {stats.get('rows', 0)} rows of the {len(files)} files have a "
+                            f"null or empty '{text_column}' (check the files with `python utils/check_data.py pt "
+                            f"DATA_DIR`).")
     lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, dtype=np.int32)
     np.save(tmp / "doc_lens.npy", lengths)
     seconds = time.time() - t0
@@ -120,7 +131,12 @@ def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, text_colu
             "skipped_empty": stats.get("skipped_empty", 0), "files": [str(f) for f in files],
             "seconds": round(seconds, 2), "tokenizer": tokenizer.name_or_path}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    os.replace(tmp, final)  # atomic: a half-written cache is never picked up
+    try:
+        os.replace(tmp, final)  # atomic: a half-written cache is never picked up
+    except OSError:
+        if not (final / "meta.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another run on the same corpus finished first: same contents
     log(f"data: {meta['documents']} documents, {n_tokens:,} tokens from {len(files)} files "
         f"({meta['skipped_empty']} empty rows skipped) in {seconds:.1f}s "
         f"= {n_tokens / max(seconds, 1e-9):,.0f} tokens/s -> {final}")

@@ -1,0 +1,83 @@
+"""Check a stage's parquet files before training: one line per file, then a verdict.
+
+Run as:
+    python utils/check_data.py pt data/pt
+    python utils/check_data.py sft data/sft --max_length 1024          # also count over-long conversations
+    python utils/check_data.py dpo data/dpo --on_bad_rows skip         # report bad rows, exit 0 anyway
+    python utils/check_data.py pt data/pt --glob "news_media/**/*.parquet"
+
+For every selected file: rows; columns the stage never reads (extra) and those it needs but
+the file lacks (pt needs `text`, sft `conversations`, dpo `prompt` / `chosen` / `rejected`);
+null, empty or whitespace-only texts; conversations with an unknown role, no final assistant
+answer or turns out of order; DPO pairs whose chosen equals rejected. Across files: columns
+whose type differs (7M's int64 `id` vs Gen's string one is reported as info, since no stage
+reads `id`; a clash in a column the stage reads is an error). With `--max_length`, rows
+longer than that many tokens are counted with what the stage will do to them (this loads the
+tokenizer and tokenizes every row, so it is the slow part; leave it out for a quick check).
+
+The checks are the stage loaders' own (mini_qwen/checks.py), so a row reported here is a row
+the stage skips (default) or stops on (`--on_bad_rows error`). Exit code: 0 when the data
+can be trained on, 2 with one `error:` line otherwise. `--on_bad_rows skip` (what the stages
+do by default) turns bad rows into counts; missing columns, unreadable files and type clashes
+in a column the stage reads always fail, since no stage can get past them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mini_qwen.checks import STAGES, check_data, verdict  # noqa: E402
+from mini_qwen.data import find_parquet_files  # noqa: E402
+from mini_qwen.errors import MiniQwenError, run_main  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python utils/check_data.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=STAGES, help="which stage's schema the files must follow")
+    parser.add_argument("data_dir", help="a folder of parquet files (or one file)")
+    parser.add_argument("--glob", "--data_glob", dest="glob", default="**/*.parquet",
+                        help="which files under data_dir (default: **/*.parquet, as the stages)")
+    parser.add_argument("--max_length", type=int, default=None,
+                        help="also count rows longer than this many tokens (loads the tokenizer; slower)")
+    parser.add_argument("--max_prompt_length", type=int, default=None,
+                        help="dpo with --max_length: the prompt budget (default: half of --max_length)")
+    parser.add_argument("--tokenizer_path", default=None,
+                        help="tokenizer folder for --max_length (default: the project's, see mini_qwen/tokenizer.py)")
+    parser.add_argument("--text_column", default="text", help="pt: the column holding the text (default: text)")
+    parser.add_argument("--on_bad_rows", choices=("error", "skip"), default="error",
+                        help="error (default): bad rows fail the check; skip: report their counts and exit 0")
+    parser.add_argument("--batch_rows", type=int, default=2048, help="rows read at a time (memory bound)")
+    args = parser.parse_args(argv)
+    if args.max_length is not None and args.max_length < 1:
+        raise MiniQwenError(f"--max_length must be at least 1 (got {args.max_length}).")
+
+    start = time.perf_counter()
+    files = find_parquet_files(args.data_dir, args.glob, what=f"{args.stage.upper()} data")
+    tokenizer = None
+    if args.max_length:
+        from mini_qwen.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer_path)
+    print(f"checking {len(files)} {args.stage} files under {args.data_dir}"
+          + (f" (max_length {args.max_length})" if args.max_length else ""), flush=True)
+    report = check_data(args.stage, files, args.text_column, tokenizer, args.max_length, args.max_prompt_length,
+                        args.batch_rows, log=lambda line: print(line, flush=True))
+    for line in report.lines()[len(report.files):]:
+        print(line)
+    problem = verdict(report, args.on_bad_rows)
+    if problem:
+        raise MiniQwenError(problem)
+    bad = sum(report.bad.values())
+    note = f" ({bad} bad rows will be skipped)" if bad else ""
+    print(f"ok: {report.rows - bad} usable rows{note}; checked in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
