@@ -25,7 +25,9 @@ from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.checks import check_stage_files
 from mini_qwen.cli import parse_args
+from mini_qwen.data import find_parquet_files
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
@@ -103,6 +105,7 @@ def main(argv=None):
         raise MiniQwenError(f"--max_pairs must be at least 1 (got {data_args.max_pairs}).")
     set_seed(training_args.seed)
     check_launch(training_args)
+    check_stage_files("dpo", find_parquet_files(data_args.data_dir, data_args.data_glob, what="DPO data"))
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args)
