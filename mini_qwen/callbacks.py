@@ -68,7 +68,11 @@ class LossPlotCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from mini_qwen.plotting import plot_loss_curves
+        try:
+            from mini_qwen.plotting import plot_loss_curves
+        except ImportError as err:  # e.g. a GPU image without matplotlib: never lose the run over a plot
+            print(f"loss curve skipped ({err}); plot later with utils/plot_losses.py {args.output_dir}")
+            return
 
         curves = {}
         for name in self.metrics:
