@@ -68,11 +68,7 @@ class LossPlotCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        try:
-            from mini_qwen.plotting import plot_loss_curves
-        except ImportError as err:  # e.g. a GPU image without matplotlib: never lose the run over a plot
-            print(f"loss curve skipped ({err}); plot later with utils/plot_losses.py {args.output_dir}")
-            return
+        from mini_qwen.plotting import plot_loss_curves
 
         curves = {}
         for name in self.metrics:
@@ -82,7 +78,11 @@ class LossPlotCallback(TrainerCallback):
         if curves:
             out = Path(args.output_dir) / "training_loss.png"
             out.parent.mkdir(parents=True, exist_ok=True)
-            plot_loss_curves(curves, out, title=self.title, xlabel="step")
+            try:
+                plot_loss_curves(curves, out, title=self.title, xlabel="step")
+            except ImportError as err:  # e.g. a GPU image without matplotlib: never lose a run over its plot
+                print(f"loss curve skipped ({err}); plot it later with utils/plot_losses.py {args.output_dir}")
+                return
             print(f"loss curve: {out}")
 
 
