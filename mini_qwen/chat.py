@@ -27,6 +27,15 @@ def format_prompt(question: str, system: str | None = None) -> str:
     return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def parse_turn(turn: dict) -> tuple[str | None, str | None, object]:
+    """(role, text, role as written) of a `from`/`value` (Infinity-Instruct) or `role`/`content` record;
+    role is None when it is not one we know."""
+    raw_role = turn.get("from", turn.get("role"))
+    content = turn.get("value", turn.get("content"))
+    role = ROLE_MAP.get(str(raw_role).strip().lower()) if raw_role is not None else None
+    return role, content, raw_role
+
+
 class BadConversation(ValueError):
     """A row that cannot be trained on; the message says why."""
 
@@ -39,9 +48,7 @@ def normalize_messages(conversation, first_turn_only: bool = False) -> list[dict
     for i, turn in enumerate(conversation):
         if not isinstance(turn, dict):
             raise BadConversation(f"turn {i} is not a {{from, value}} record")
-        raw_role = turn.get("from", turn.get("role"))
-        content = turn.get("value", turn.get("content"))
-        role = ROLE_MAP.get(str(raw_role).strip().lower()) if raw_role is not None else None
+        role, content, raw_role = parse_turn(turn)
         if role is None:
             raise BadConversation(f"turn {i} has unknown role {raw_role!r} (expected human/gpt/system)")
         if content is None:

@@ -186,3 +186,19 @@ def map_fingerprint(raw, tokenizer, code_file: str, *settings) -> str:
     for part in (raw._fingerprint, tokenizer.backend_tokenizer.to_str(), repr(settings), Path(code_file).read_text()):
         h.update(part.encode())
     return h.hexdigest()[:32]
+
+
+def map_rows(files: list[Path], columns: list[str], encode_batch, tokenizer, num_proc: int | None, desc: str,
+             code_file: str, **settings):
+    """Run `encode_batch(batch, indices, tokenizer=..., locate=..., **settings)` over `columns` of `files`
+    with `datasets.map` (batched, cached under a cheap fingerprint). Returns (encoded dataset, rows read);
+    `locate(index)` gives an encoder the (file, row) of a bad row for its message."""
+    locate, n_rows = row_locator(files)
+    raw = load_column_dataset(files, columns)
+    encoded = raw.map(
+        encode_batch, batched=True, with_indices=True, remove_columns=raw.column_names,
+        num_proc=num_proc if num_proc and num_proc > 1 and len(raw) > 10_000 else None,
+        fn_kwargs=dict(tokenizer=tokenizer, locate=locate, **settings), desc=desc,
+        new_fingerprint=map_fingerprint(raw, tokenizer, code_file, *settings.values()),
+    )
+    return encoded, n_rows

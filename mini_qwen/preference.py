@@ -31,9 +31,8 @@ from collections import Counter
 
 import pyarrow as pa
 
-from mini_qwen.chat import ROLE_MAP, ChatTokens
-from mini_qwen.data import (check_string_column, find_parquet_files, load_column_dataset, map_fingerprint,
-                            read_schema, require_columns, row_locator)
+from mini_qwen.chat import ChatTokens, parse_turn
+from mini_qwen.data import check_string_column, find_parquet_files, map_rows, read_schema, require_columns
 from mini_qwen.errors import MiniQwenError
 
 COLUMNS = {
@@ -71,9 +70,7 @@ def _answer(messages, side: str) -> tuple[str | None, str]:
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise BadPair(f"{side} message {i} is not a {{content, role}} record")
-        raw_role = message.get("role", message.get("from"))
-        content = message.get("content", message.get("value"))
-        role = ROLE_MAP.get(str(raw_role).strip().lower()) if raw_role is not None else None
+        role, content, raw_role = parse_turn(message)
         if role is None:
             raise BadPair(f"{side} message {i} has unknown role {raw_role!r} (expected user/assistant/system)")
         if role == "system":
@@ -204,16 +201,9 @@ def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_lengt
     files = find_parquet_files(data_dir, data_glob, what="DPO data")
     for f in files:
         check_preference_columns(f, read_schema(f))
-    locate, n_rows = row_locator(files)
-    raw = load_column_dataset(files, list(COLUMNS))
-    encoded = raw.map(
-        _encode_batch, batched=True, with_indices=True, remove_columns=raw.column_names,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(raw) > 10_000 else None,
-        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                       on_bad_rows=on_bad_rows, locate=locate),
-        desc="tokenizing preference pairs",
-        new_fingerprint=map_fingerprint(raw, tokenizer, __file__, max_length, max_prompt_length, on_bad_rows),
-    )
+    encoded, n_rows = map_rows(files, list(COLUMNS), _encode_batch, tokenizer, num_proc,
+                               "tokenizing preference pairs", __file__, max_length=max_length,
+                               max_prompt_length=max_prompt_length, on_bad_rows=on_bad_rows)
     problems = Counter(p for p in encoded["problem"] if p)
     dropped = Counter(d for d in encoded["dropped"] if d)
     kept = [not p and not d for p, d in zip(encoded["problem"], encoded["dropped"])]  # counts below: trained pairs

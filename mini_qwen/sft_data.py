@@ -9,8 +9,7 @@ import re
 from collections import Counter
 
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
-from mini_qwen.data import (check_conversations_column, find_parquet_files, load_column_dataset, map_fingerprint,
-                            read_schema, row_locator)
+from mini_qwen.data import check_conversations_column, find_parquet_files, map_rows, read_schema
 from mini_qwen.errors import MiniQwenError
 
 
@@ -46,16 +45,9 @@ def build_sft_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int,
     files = find_parquet_files(data_dir, data_glob, what="SFT data")
     for f in files:
         check_conversations_column(f, read_schema(f))
-    locate, n_rows = row_locator(files)
-    raw = load_column_dataset(files, ["conversations"])
-    encoded = raw.map(
-        _encode_batch, batched=True, with_indices=True, remove_columns=raw.column_names,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(raw) > 10_000 else None,
-        fn_kwargs=dict(tokenizer=tokenizer, max_length=max_length, first_turn_only=first_turn_only,
-                       on_bad_rows=on_bad_rows, locate=locate),
-        desc="tokenizing conversations",
-        new_fingerprint=map_fingerprint(raw, tokenizer, __file__, max_length, first_turn_only, on_bad_rows),
-    )
+    encoded, n_rows = map_rows(files, ["conversations"], _encode_batch, tokenizer, num_proc,
+                               "tokenizing conversations", __file__, max_length=max_length,
+                               first_turn_only=first_turn_only, on_bad_rows=on_bad_rows)
     problems = Counter(p for p in encoded["problem"] if p)
     no_answer_left = sum(1 for p, labels in zip(encoded["problem"], encoded["labels"])
                          if not p and all(t == -100 for t in labels))
