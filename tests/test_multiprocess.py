@@ -74,3 +74,14 @@ def test_grad_accum_mismatch_gets_a_clear_message(tmp_path):
     assert "gradient_accumulation_steps disagrees" in proc.stderr
     assert "sets 4 but the script computes 2" in proc.stderr
     assert "AssertionError" not in proc.stderr and "train_batch_size is not equal" not in proc.stderr
+
+
+def test_sft_on_two_processes(tmp_path, tiny_checkpoint):
+    proc = run_sh("sft", "multi", "--config", "demo/sft.yaml", "--model_name_or_path", str(tiny_checkpoint),
+                  "--max_steps", "2", "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "sft"),
+                  env_extra={"ACCELERATE_CONFIG": "accelerate_config_cpu.yaml"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "launch: process 0/2" in log and "launch: process 1/2" in log
+    assert len(logged_losses(tmp_path / "sft")) == 2
+    AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
