@@ -7,7 +7,6 @@ seconds on a CPU.
 """
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,9 +167,6 @@ def describe(model) -> str:
             f"{c.num_attention_heads} heads, {c.num_key_value_heads} KV heads, vocab {c.vocab_size}), "
             f"dtype {next(model.parameters()).dtype}, attention {c._attn_implementation}")
 
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def load_stage_tokenizer(model_args: ModelArguments, checkpoint: str | None = None):
