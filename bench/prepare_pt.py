@@ -255,7 +255,7 @@ def main():
                   f"   (median {statistics.median(times[k]):.2f} s)")
         best_cpu = {k: min(v) for k, v in cpu.items() if v}
         res["cpu_s"], res["best_cpu_s"] = cpu, best_cpu
-        print(f"  CPU time (all threads, best): " + ", ".join(f"{k} {v:.2f} s (x{v / best_cpu['bare']:.2f})"
+        print("  CPU time (all threads, best): " + ", ".join(f"{k} {v:.2f} s (x{v / best_cpu['bare']:.2f})"
                                                             for k, v in best_cpu.items()))
         res["ratio_ours_bare"] = best["ours"] / best["bare"]
         res["cpu_ratio_ours_bare"] = best_cpu["ours"] / best_cpu["bare"]
@@ -288,8 +288,8 @@ def main():
             if args.json:
                 Path(args.json).write_text(json.dumps(res, indent=1))
             return
-        print(f"\n== streaming: peak RSS of prepare_token_cache, fresh subprocess each ==")
-        files_nx = write_copies(base, work / "in_nx", copies * args.rss_factor)
+        print("\n== streaming: peak RSS of prepare_token_cache, fresh subprocess each ==")
+        write_copies(base, work / "in_nx", copies * args.rss_factor)
         from mini_qwen.packing import prepare_token_cache
 
         default_chars = inspect.signature(prepare_token_cache).parameters["max_chars"].default
