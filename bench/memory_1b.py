@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.rss import proc_status_mb, reset_peak_rss  # noqa: E402
 
 CONFIGS = {
     "baseline": [],
@@ -32,22 +33,6 @@ CONFIGS = {
     "chunked_loss": ["--chunked_loss", "true"],
     "both": ["--gradient_checkpointing", "true", "--chunked_loss", "true"],
 }
-
-
-def proc_status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM (Linux >= 4.0). ru_maxrss cannot be reset and, across exec, starts at the parent's peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def child(argv: list[str]) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from bench.rss import proc_status_mb, reset_peak_rss  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "reference" / "mini_data_baai" / "pt"
 SEED_BLOCK = 1024
@@ -41,24 +42,6 @@ SEED_BATCH = 5000
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def proc_status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process, from /proc (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0). ru_maxrss cannot be reset: the kernel also folds into it the
-    peak of exited threads and, across exec, the parent's peak (subprocess uses vfork), so VmHWM is what we read."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def source_files(data_dir: str | None):

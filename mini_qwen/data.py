@@ -8,6 +8,7 @@ with the file (and row) it comes from.
 """
 
 import difflib
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -202,3 +203,21 @@ def map_rows(files: list[Path], columns: list[str], encode_batch, tokenizer, num
         new_fingerprint=map_fingerprint(raw, tokenizer, code_file, *settings.values()),
     )
     return encoded, n_rows
+
+
+def parse_rows(rows, indices, parse, bad_row_error, on_bad_rows: str, locate) -> tuple[list, list[str]]:
+    """`parse(*row)` for each row of a batch. A row raising `bad_row_error` is skipped with its reason in
+    `problems` (digits folded to N so reasons can be counted), or, with on_bad_rows="error", stops the
+    run with its file and row. Returns (parsed good rows, one problem string per row, "" when fine)."""
+    good, problems = [], []
+    for row, index in zip(rows, indices):
+        try:
+            good.append(parse(*row))
+            problems.append("")
+        except bad_row_error as err:
+            if on_bad_rows == "error":
+                path, line = locate(index)
+                raise MiniQwenError(f"{path}: row {line}: {err}. Fix or remove the row, or rerun with "
+                                    f"--on_bad_rows skip to skip and count such rows.") from None
+            problems.append(re.sub(r"\d+", "N", str(err)))
+    return good, problems

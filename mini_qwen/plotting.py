@@ -65,6 +65,14 @@ def _add_point(series: dict, name: str, step: float, value: float) -> None:
     values.append(value)
 
 
+def _add_entry(series: dict, step: float, entry: dict) -> None:
+    """Every numeric value of one logged entry, as a point of its series (names in _NOT_SERIES skipped)."""
+    for key, raw in entry.items():
+        value = _to_float(raw)
+        if key not in _NOT_SERIES and value is not None:
+            _add_point(series, key, step, value)
+
+
 def _entry_kind(entry: dict) -> str | None:
     """'train' for a training log dict, 'eval' for an evaluation dict, None for anything else."""
     if _SUMMARY_KEYS & entry.keys():
@@ -138,11 +146,7 @@ def series_from_log_history(history: list[dict]) -> dict[str, Series]:
         step = _to_float(entry.get("step"))
         if step is None:
             step = float(index)
-        for key, raw in entry.items():
-            value = _to_float(raw)
-            if key in _NOT_SERIES or value is None:
-                continue
-            _add_point(series, key, step, value)
+        _add_entry(series, step, entry)
     return series
 
 
@@ -256,11 +260,7 @@ def parse_training_log(path, logging_steps: int | None = None) -> dict[str, Seri
 
     series: dict[str, Series] = {}
     for step, (_, entry) in zip(steps, entries):
-        for key, raw in entry.items():
-            value = _to_float(raw)
-            if key in _NOT_SERIES or value is None:
-                continue
-            _add_point(series, key, step, value)
+        _add_entry(series, step, entry)
     return series
 
 

@@ -26,13 +26,13 @@ Bad rows (empty prompt, no assistant answer, chosen == rejected, ...) are skippe
 by default; `on_bad_rows="error"` stops at the first one with its file and row instead.
 """
 
-import re
 from collections import Counter
 
 import pyarrow as pa
 
 from mini_qwen.chat import ChatTokens, parse_turn
-from mini_qwen.data import check_string_column, find_parquet_files, map_rows, read_schema, require_columns
+from mini_qwen.data import (check_string_column, find_parquet_files, map_rows, parse_rows, read_schema,
+                            require_columns)
 from mini_qwen.errors import MiniQwenError
 
 COLUMNS = {
@@ -165,17 +165,8 @@ def encode_pairs(tokenizer, pairs: list[tuple], max_length: int, max_prompt_leng
 
 
 def _encode_batch(batch, indices, tokenizer, max_length, max_prompt_length, on_bad_rows, locate):
-    good, problems = [], []
-    for prompt, chosen, rejected, index in zip(batch["prompt"], batch["chosen"], batch["rejected"], indices):
-        try:
-            good.append(parse_pair(prompt, chosen, rejected))
-            problems.append("")
-        except BadPair as err:
-            if on_bad_rows == "error":
-                path, row = locate(index)
-                raise MiniQwenError(f"{path}: row {row}: {err}. Fix or remove the row, or rerun with "
-                                    f"--on_bad_rows skip to skip and count such rows.") from None
-            problems.append(re.sub(r"\d+", "N", str(err)))
+    good, problems = parse_rows(zip(batch["prompt"], batch["chosen"], batch["rejected"]), indices, parse_pair,
+                                BadPair, on_bad_rows, locate)
     encoded = iter(encode_pairs(tokenizer, good, max_length, max_prompt_length))
     keys = ID_COLUMNS + ("prompt_cut", "answer_cut", "dropped")
     out = {key: [] for key in keys}

@@ -5,26 +5,17 @@ counted by default, since one odd row in millions should not stop a day-long run
 `on_bad_rows="error"` stops at the first one with its file and row instead.
 """
 
-import re
 from collections import Counter
 
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
-from mini_qwen.data import check_conversations_column, find_parquet_files, map_rows, read_schema
+from mini_qwen.data import check_conversations_column, find_parquet_files, map_rows, parse_rows, read_schema
 from mini_qwen.errors import MiniQwenError
 
 
 def _encode_batch(batch, indices, tokenizer, max_length, first_turn_only, on_bad_rows, locate):
-    good, problems = [], []
-    for conv, index in zip(batch["conversations"], indices):
-        try:
-            good.append(normalize_messages(conv, first_turn_only))
-            problems.append("")
-        except BadConversation as err:
-            if on_bad_rows == "error":
-                path, row = locate(index)
-                raise MiniQwenError(f"{path}: row {row}: {err}. Fix or remove the row, or rerun with "
-                                    f"--on_bad_rows skip to skip and count such rows.") from None
-            problems.append(re.sub(r"\d+", "N", str(err)))
+    good, problems = parse_rows(zip(batch["conversations"]), indices,
+                                lambda conv: normalize_messages(conv, first_turn_only), BadConversation,
+                                on_bad_rows, locate)
     encoded = encode_conversations(tokenizer, good, max_length)
     out = {"input_ids": [], "labels": [], "truncated": [], "problem": problems}
     it = iter(range(len(good)))
