@@ -204,7 +204,7 @@ def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_lengt
     dataset = encoded.filter(lambda ex: not ex["problem"] and not ex["dropped"],
                              desc="dropping pairs with nothing to compare")
     dataset = dataset.remove_columns([c for c in dataset.column_names if c not in ID_COLUMNS])
-    log(f"data: {n_rows} pairs in {len(files)} files -> {len(dataset)} trained ({truncated} of them truncated: "
+    log(f"data: {n_rows} pairs in {len(files)} file(s) -> {len(dataset)} trained ({truncated} of them truncated: "
         f"{prompt_cut} prompts cut to {max_prompt_length} tokens, {answer_cut} with an answer cut to fit "
         f"{max_length}), {sum(dropped.values())} dropped, {sum(problems.values())} skipped as bad rows")
     for reason, count in dropped.most_common():

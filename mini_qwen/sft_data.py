@@ -46,7 +46,7 @@ def build_sft_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int,
     dataset = encoded.filter(lambda ex: not ex["problem"] and any(t != -100 for t in ex["labels"]),
                              desc="dropping rows with no trainable token")
     dataset = dataset.remove_columns(["problem", "truncated"])
-    log(f"data: {n_rows} conversations in {len(files)} files -> {len(dataset)} trained; "
+    log(f"data: {n_rows} conversations in {len(files)} file(s) -> {len(dataset)} trained; "
         f"{truncated} truncated to {max_length} tokens, {no_answer_left} dropped (no answer token left), "
         f"{sum(problems.values())} skipped as bad rows")
     for problem, count in problems.most_common():

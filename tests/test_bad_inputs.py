@@ -294,7 +294,7 @@ def test_check_data_mini_data_is_clean_and_reports_the_id_clash_as_info():
     rc, out, err = check_data("sft", MINI / "sft")
     assert rc == 0, err
     assert "info: type clash: 'id' is int64 in 2 files" in out and "sft never reads 'id'" in out
-    assert "train-00000-of-00002.parquet: 56 rows; extra columns (not read): id, label" in out
+    assert "train-00000-of-00002.parquet: 41 rows; extra columns (not read): id, label" in out
     assert "ok: 164 usable rows" in out
 
 

@@ -42,7 +42,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("chunk_size", [7, 64, 10_000])
 @pytest.mark.parametrize("use_num_items", [False, True])
-def test_chunked_loss_equals_model_loss(tiny_model, chunk_size, use_num_items):
+@pytest.mark.parametrize("recompute", [True, False])
+def test_chunked_loss_equals_model_loss(tiny_model, chunk_size, use_num_items, recompute):
     model = tiny_model
     input_ids, labels = make_batch(model.config.vocab_size)
     # What Trainer passes under gradient accumulation: the trainable targets of all micro-batches (here x2).
@@ -57,7 +58,8 @@ def test_chunked_loss_equals_model_loss(tiny_model, chunk_size, use_num_items):
     hidden = out.hidden_states[-1]
     assert hidden.shape == (3, 41, model.config.hidden_size)
     assert all(h is None for h in out.hidden_states[:-1])  # only the last one is kept
-    loss = chunked_causal_lm_loss(hidden, model.lm_head.weight, labels, num_items, chunk_size=chunk_size)
+    loss = chunked_causal_lm_loss(hidden, model.lm_head.weight, labels, num_items, chunk_size=chunk_size,
+                                  recompute=recompute)
     grads = grads_of(model, loss)
 
     assert abs(loss.item() - ref.item()) <= TOL
@@ -124,3 +126,28 @@ def test_trainer_compute_loss_equals_standard(tiny_model, tmp_path, gradient_che
     (ref_loss, ref_grads), (loss, grads) = results
     assert abs(loss - ref_loss) <= TOL
     assert max_diff(grads, ref_grads) <= TOL
+
+
+def test_answer_loss_sft_trainer_equals_model_loss(tiny_model, tmp_path):
+    """The CPU SFT loss (lm_head on answer positions only) is the model's own loss, on a padding-free batch."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from mini_qwen_sft import AnswerLossSFTTrainer
+
+    model = tiny_model
+    input_ids, labels = make_batch(model.config.vocab_size, batch=1, seq=60)
+    position_ids = torch.cat([torch.arange(25), torch.arange(35)])[None]  # two packed conversations
+    batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    num_items = (labels[..., 1:] != -100).sum()
+    ref = model(**batch, num_items_in_batch=num_items).loss
+    ref_grads = grads_of(model, ref)
+
+    args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", padding_free=True, max_length=None,
+                     dataset_kwargs={"skip_prepare_dataset": True})
+    data = Dataset.from_dict({"input_ids": input_ids.tolist(), "labels": labels.tolist()})
+    trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=data)
+    model.train()
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    assert abs(loss.item() - ref.item()) <= TOL
+    assert max_diff(grads_of(model, loss), ref_grads) <= TOL

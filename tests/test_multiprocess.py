@@ -78,7 +78,8 @@ def test_grad_accum_mismatch_gets_a_clear_message(tmp_path):
 
 def test_sft_on_two_processes(tmp_path, tiny_checkpoint):
     proc = run_sh("sft", "multi", "--config", "demo/sft.yaml", "--model_name_or_path", str(tiny_checkpoint),
-                  "--max_steps", "2", "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / "sft"),
+                  "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "2",
+                  "--output_dir", str(tmp_path / "sft"),
                   env_extra={"ACCELERATE_CONFIG": "accelerate_config_cpu.yaml"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr

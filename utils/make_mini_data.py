@@ -1710,6 +1710,10 @@ def _label(cat):
     return {"ability_en": a_en, "ability_zh": a_zh, "cate_ability_en": c_en, "cate_ability_zh": c_zh}
 
 
+def _on_seed_prompt(msgs) -> bool:
+    return any(p in value for _, value in msgs for p in SEED_PROMPTS)
+
+
 def sft_tables(seed):
     convs = build_sft_conversations(seed)
     rng = random.Random(f"{seed}-sft-rows")
@@ -1721,22 +1725,25 @@ def sft_tables(seed):
             "langdetect": "zh-cn" if lang == "zh" else "en",
             "reward": round(rng.uniform(-5.0, 30.0) * 32) / 32,  # the real rewards are multiples of 1/32
         }
-        # About a third goes to Gen, as in the real mix (7M is the larger set).
-        if rng.random() < 0.33:
+        # About a third goes to Gen, as in the real mix (7M is the larger set); conversations on the
+        # seed prompts all go to the first 7M file, which the CPU demo trains on (see demo/sft.yaml).
+        if rng.random() < 0.33 and not _on_seed_prompt(msgs):
             row["source"] = "Subjective"
             rows_gen.append(row)
         else:
             row["source"] = SOURCES[cat]
             rows_7m.append(row)
-    for i, row in enumerate(rows_7m):
-        row["id"] = i
     for i, row in enumerate(rows_gen):
         key = f"{seed}-gen-{i}-" + "".join(m["value"] for m in row["conversations"])
         row["id"] = hashlib.md5(key.encode("utf-8")).hexdigest()
-    half = (len(rows_7m) + 1) // 2
+    on_seed = [_on_seed_prompt([(m["from"], m["value"]) for m in r["conversations"]]) for r in rows_7m]
+    seed_rows = [r for r, keep in zip(rows_7m, on_seed) if keep]
+    other_rows = [r for r, keep in zip(rows_7m, on_seed) if not keep]
+    for i, row in enumerate(seed_rows + other_rows):
+        row["id"] = i
     return {
-        "sft/7M/train-00000-of-00002.parquet": pa.Table.from_pylist(rows_7m[:half], schema=SFT_7M_SCHEMA),
-        "sft/7M/train-00001-of-00002.parquet": pa.Table.from_pylist(rows_7m[half:], schema=SFT_7M_SCHEMA),
+        "sft/7M/train-00000-of-00002.parquet": pa.Table.from_pylist(seed_rows, schema=SFT_7M_SCHEMA),
+        "sft/7M/train-00001-of-00002.parquet": pa.Table.from_pylist(other_rows, schema=SFT_7M_SCHEMA),
         "sft/Gen/train-00000-of-00001.parquet": pa.Table.from_pylist(rows_gen, schema=SFT_GEN_SCHEMA),
     }
 
