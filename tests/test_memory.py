@@ -128,7 +128,7 @@ def test_trainer_compute_loss_equals_standard(tiny_model, tmp_path, gradient_che
     assert max_diff(grads, ref_grads) <= TOL
 
 
-def test_answer_loss_sft_trainer_equals_model_loss(tiny_model, tmp_path):
+def test_answer_loss_sft_trainer_equals_model_loss(tiny_model, tokenizer, tmp_path):
     """The CPU SFT loss (lm_head on answer positions only) is the model's own loss, on a padding-free batch."""
     from datasets import Dataset
     from trl import SFTConfig
@@ -136,7 +136,7 @@ def test_answer_loss_sft_trainer_equals_model_loss(tiny_model, tmp_path):
     from mini_qwen_sft import AnswerLossSFTTrainer
 
     model = tiny_model
-    input_ids, labels = make_batch(model.config.vocab_size, batch=1, seq=60)
+    input_ids, labels = (t[:1] for t in make_batch(model.config.vocab_size, batch=2, seq=60))
     position_ids = torch.cat([torch.arange(25), torch.arange(35)])[None]  # two packed conversations
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     num_items = (labels[..., 1:] != -100).sum()
@@ -146,7 +146,7 @@ def test_answer_loss_sft_trainer_equals_model_loss(tiny_model, tmp_path):
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", padding_free=True, max_length=None,
                      dataset_kwargs={"skip_prepare_dataset": True})
     data = Dataset.from_dict({"input_ids": input_ids.tolist(), "labels": labels.tolist()})
-    trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=data)
+    trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     model.train()
     loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
     assert abs(loss.item() - ref.item()) <= TOL
