@@ -1717,7 +1717,7 @@ def _on_seed_prompt(msgs) -> bool:
 def sft_tables(seed):
     convs = build_sft_conversations(seed)
     rng = random.Random(f"{seed}-sft-rows")
-    rows_7m, rows_gen = [], []
+    seed_rows, other_rows, rows_gen = [], [], []  # 7M file 0, 7M file 1, Gen
     for cat, lang, msgs in convs:
         row = {
             "conversations": [{"from": f, "value": v} for f, v in msgs],
@@ -1727,18 +1727,16 @@ def sft_tables(seed):
         }
         # About a third goes to Gen, as in the real mix (7M is the larger set); conversations on the
         # seed prompts all go to the first 7M file, which the CPU demo trains on (see demo/sft.yaml).
-        if rng.random() < 0.33 and not _on_seed_prompt(msgs):
+        on_seed = _on_seed_prompt(msgs)
+        if rng.random() < 0.33 and not on_seed:
             row["source"] = "Subjective"
             rows_gen.append(row)
         else:
             row["source"] = SOURCES[cat]
-            rows_7m.append(row)
+            (seed_rows if on_seed else other_rows).append(row)
     for i, row in enumerate(rows_gen):
         key = f"{seed}-gen-{i}-" + "".join(m["value"] for m in row["conversations"])
         row["id"] = hashlib.md5(key.encode("utf-8")).hexdigest()
-    on_seed = [_on_seed_prompt([(m["from"], m["value"]) for m in r["conversations"]]) for r in rows_7m]
-    seed_rows = [r for r, keep in zip(rows_7m, on_seed) if keep]
-    other_rows = [r for r, keep in zip(rows_7m, on_seed) if not keep]
     for i, row in enumerate(seed_rows + other_rows):
         row["id"] = i
     return {
