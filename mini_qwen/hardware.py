@@ -1,8 +1,12 @@
 """Precision and attention picked from the hardware; every choice can be overridden by a flag.
 
-- bf16 on GPUs that have it (Ampere and newer), fp16 on older ones such as the T4,
-  fp32 on CPU (bf16 on CPU is ~25x slower than fp32 for a small model).
+- bf16 on GPUs with native bf16 tensor cores (compute capability 8.0 and newer: A100, L4, 4090, H100),
+  fp16 on older ones (T4 sm_75, V100 sm_70), fp32 on CPU (bf16 on CPU is ~25x slower than fp32 for a
+  small model). Decided from the compute capability, not `torch.cuda.is_bf16_supported()`: that
+  defaults to `including_emulation=True` and answers True on a T4, where bf16 runs emulated and slow.
 - flash_attention_2 when the package is installed and the GPU supports it, else SDPA.
+- The demo's model size from the GPU's memory (`demo_layers`): the 1b preset where its training state
+  fits, fewer layers of it on a 16 GB card with fp16.
 """
 
 import importlib.util
@@ -19,11 +23,24 @@ PEAK_FLOPS = {
 }
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs with bf16 tensor cores
+
+
+def native_bf16() -> bool:
+    """True on a CUDA GPU of compute capability 8.0 or newer (bf16 in hardware, not emulated)."""
+    return torch.cuda.is_available() and tuple(torch.cuda.get_device_capability()) >= BF16_MIN_CAPABILITY
+
+
+def gpu_description() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    return f"{torch.cuda.get_device_name()} (compute capability {major}.{minor})"
+
+
 def precision_defaults() -> dict:
     """Defaults for TrainingArguments' bf16 / fp16 / use_cpu, set before parsing so flags still win."""
     if not torch.cuda.is_available():
         return {"bf16": False, "fp16": False, "use_cpu": True}
-    if torch.cuda.is_bf16_supported():
+    if native_bf16():
         return {"bf16": True, "fp16": False, "use_cpu": False}
     return {"bf16": False, "fp16": True, "use_cpu": False}
 
@@ -35,8 +52,9 @@ def check_requested_precision(values: dict) -> None:
     if bf16 and fp16:
         raise MiniQwenError("--bf16 and --fp16 are both set: choose one.")
     on_gpu = torch.cuda.is_available() and not use_cpu
-    if bf16 and on_gpu and not torch.cuda.is_bf16_supported():
-        raise MiniQwenError(f"--bf16 was asked but {torch.cuda.get_device_name()} has no bf16: use --fp16 true "
+    if bf16 and on_gpu and not native_bf16():
+        raise MiniQwenError(f"--bf16 was asked but {gpu_description()} has no bf16 tensor cores (they start at "
+                            f"compute capability 8.0; torch would emulate bf16, slowly): use --fp16 true "
                             f"(or leave both unset to choose automatically).")
     if fp16 and not on_gpu:
         raise MiniQwenError("--fp16 needs a CUDA GPU; on CPU leave precision unset (fp32).")
@@ -79,3 +97,37 @@ def peak_flops() -> float | None:
         if key in name:
             return flops
     return None
+
+
+# Training-state bytes per parameter on the plain (non-DeepSpeed) path, as mini_qwen.model.model_dtype loads it:
+# bf16: bf16 weights + bf16 grads + two bf16 AdamW moments; fp16 AMP or fp32: fp32 master weights + fp32 grads +
+# two fp32 moments. DPO adds a frozen reference model in the same dtype as the weights.
+STATE_BYTES = {"bf16": 2 + 2 + 4, "fp16": 4 + 4 + 8}
+REFERENCE_BYTES = {"bf16": 2, "fp16": 4}
+STATE_SHARE = 0.7  # of the GPU's memory; the rest is the CUDA context, activations and the 152K-vocab logits
+
+
+def demo_layers(total_memory: int, bf16: bool, config) -> int:
+    """How many of `config`'s decoder layers the GPU demo trains so that all three stages fit `total_memory`.
+
+    The demo's activations are small (128-token rows), so the training state decides: DPO, the largest
+    (state + a frozen reference), must fit in STATE_SHARE of the memory. The 1b preset (0.99B params) needs
+    20 bytes a parameter under fp16 AMP, ~20 GB: too much for a 16 GB T4 or V100, so there it keeps
+    fewer layers (23 of 48, ~0.56B). With bf16 (8 + 2 bytes) it fits any card of 16 GB or more.
+    """
+    kind = "bf16" if bf16 else "fp16"
+    h, inter = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * (h // config.num_attention_heads)
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + h + 2 * kv + 2 * h  # projections, biases, two norms
+    fixed = config.vocab_size * h * (1 if config.tie_word_embeddings else 2) + h
+    budget = STATE_SHARE * total_memory / (STATE_BYTES[kind] + REFERENCE_BYTES[kind])
+    return max(1, min(config.num_hidden_layers, int((budget - fixed) // per_layer)))
+
+
+def demo_model_flags(config) -> list[str]:
+    """Extra PT flags for the GPU demo: `--num_hidden_layers N` when the whole preset would not fit this GPU."""
+    if not torch.cuda.is_available():
+        return []
+    total = torch.cuda.get_device_properties(0).total_memory
+    layers = demo_layers(total, native_bf16(), config)
+    return [] if layers >= config.num_hidden_layers else ["--num_hidden_layers", str(layers)]
