@@ -27,6 +27,24 @@ def format_prompt(question: str, system: str | None = None) -> str:
     return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
+def format_messages(messages: list[dict]) -> str:
+    """The chat prompt of a conversation so far ([system], user, assistant, ..., user), ending with the
+    assistant header: the text `encode_conversations` trains on for those turns (serving renders with this)."""
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return f"{turns}<|im_start|>assistant\n"
+
+
+def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of `format_messages(messages)` built the way training builds them: each content tokenized
+    on its own and joined with the fixed header ids (tokenizing the whole text could merge a content's first
+    characters with the header's newline, a sequence the model never saw)."""
+    ct = ChatTokens.of(tokenizer)
+    ids = []
+    for m in messages:
+        ids += _turn(ct, m["role"], tokenizer(m["content"], add_special_tokens=False)["input_ids"])[0]
+    return ids + ct.role_header["assistant"]
+
+
 def parse_turn(turn: dict) -> tuple[str | None, str | None, object]:
     """(role, text, role as written) of a `from`/`value` (Infinity-Instruct) or `role`/`content` record;
     role is None when it is not one we know."""

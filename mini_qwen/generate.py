@@ -135,10 +135,14 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def generate_tokens(model, tokenizer, text: str, max_new_tokens: int = 256, temperature: float = 0.7,
+def generate_tokens(model, tokenizer, text: str | list[int], max_new_tokens: int = 256, temperature: float = 0.7,
                     top_p: float = 0.9, repetition_penalty: float = 1.0, do_sample: bool = False,
-                    streamer=None, seed: int | None = None) -> tuple[list[int], bool]:
-    """(new token ids without the stop token, whether a stop token ended the answer)."""
+                    streamer=None, seed: int | None = None, stopping_criteria=None) -> tuple[list[int], bool]:
+    """(new token ids without the stop token, whether a stop token ended the answer).
+
+    `text` is the prompt as text or as token ids already built (`mini_qwen.chat.encode_prompt`);
+    `stopping_criteria` (transformers StoppingCriteria) can end the answer early, e.g. a server's
+    cancel flag when the client went away."""
     from transformers import GenerationConfig, set_seed
 
     if max_new_tokens < 1:
@@ -148,7 +152,11 @@ def generate_tokens(model, tokenizer, text: str, max_new_tokens: int = 256, temp
                             f"for deterministic answers use --do_sample false.")
     if repetition_penalty <= 0:
         raise MiniQwenError(f"repetition_penalty must be > 0 (1.0 = off), got {repetition_penalty}.")
-    enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    if isinstance(text, str):
+        enc = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    else:
+        ids = torch.tensor([list(text)], dtype=torch.long)
+        enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if enc["input_ids"].shape[1] == 0:
         raise MiniQwenError("the prompt is empty: type some text.")
     stops = stop_token_ids(tokenizer)
@@ -162,7 +170,8 @@ def generate_tokens(model, tokenizer, text: str, max_new_tokens: int = 256, temp
         set_seed(seed)
     device = next(model.parameters()).device
     out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                         generation_config=GenerationConfig(**options), streamer=streamer)
+                         generation_config=GenerationConfig(**options), streamer=streamer,
+                         stopping_criteria=stopping_criteria)
     new = out[0, enc["input_ids"].shape[1]:].tolist()
     stopped = False
     for i, token_id in enumerate(new):
