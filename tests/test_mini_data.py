@@ -4,8 +4,11 @@ Schema tests compare against the real BAAI samples in ../shared/reference/mini_d
 when that folder is absent; the rest need only the committed mini_data/.
 """
 
+import hashlib
 import importlib.util
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,17 +110,51 @@ def test_industry_type_values_are_chinese_labels_like_the_real_ones(mini_tables)
                 assert set(table.column("industry_type").to_pylist()) == {"住宿_餐饮_酒店"}
 
 
-# --- (b) determinism ----------------------------------------------------------------------------
-def test_generator_reproduces_the_committed_files(tmp_path, mini_tables):
+# --- (b) determinism: the generator and its sources reproduce the committed files -----------------
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_generator_reproduces_the_committed_files_byte_for_byte(tmp_path):
     out = tmp_path / "mini"
-    res = subprocess.run([sys.executable, str(REPO / "utils" / "make_mini_data.py"), "--out", str(out), "--quiet"],
-                         capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    res = subprocess.run([sys.executable, str(REPO / "utils" / "make_mini_data.py"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
-    fresh = _files(out)
-    assert set(fresh) == set(mini_tables), "the generator writes other files than the committed ones"
-    for rel, path in fresh.items():
-        assert pq.read_table(path).equals(mini_tables[rel]), (
+    committed, fresh = _files(MINI), _files(out)
+    assert committed, "mini_data/ is empty: run python utils/make_mini_data.py"
+    assert not set(committed) - set(fresh), f"the generator no longer writes {sorted(set(committed) - set(fresh))}"
+    assert not set(fresh) - set(committed), f"uncommitted files written: {sorted(set(fresh) - set(committed))}"
+    for rel, path in committed.items():
+        assert _sha256(fresh[rel]) == _sha256(path), (
             f"{rel} differs from the committed file: re-run python utils/make_mini_data.py and commit mini_data/")
+
+
+@pytest.fixture()
+def source_copy(tmp_path):
+    """A writable copy of mini_data/source/ for breaking one file."""
+    return Path(shutil.copytree(MINI / "source", tmp_path / "source"))
+
+
+def test_a_missing_field_in_the_sources_names_the_file_and_line(source_copy, tmp_path):
+    make = _load_module("make_mini_data")
+    travel = source_copy / "pt_travel.yaml"
+    lines = travel.read_text(encoding="utf-8").splitlines(keepends=True)
+    n = next(i for i, line in enumerate(lines) if line.strip().startswith("foods:"))  # the first city's foods
+    travel.write_text("".join(lines[:n] + lines[n + 1:]), encoding="utf-8")
+    city_line = next(i for i in range(n, -1, -1) if lines[i].lstrip().startswith("- name:")) + 1
+    with pytest.raises(make.MiniQwenError, match=rf"^{re.escape(str(travel))}:{city_line}: this entry has no 'foods'"):
+        make.build_all(source_copy)
+
+
+def test_broken_yaml_is_a_one_line_error(source_copy, tmp_path):
+    (source_copy / "dpo.yaml").write_text("off_topic:\n  zh: [unclosed\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, str(REPO / "utils" / "make_mini_data.py"), "--out", str(tmp_path / "out"),
+                          "--source", str(source_copy)], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().startswith(f"error: {source_copy / 'dpo.yaml'}:") and "not valid YAML" in res.stderr
+    assert not (tmp_path / "out").exists(), "nothing is written when a source is broken"
 
 
 # --- (c) content the demo relies on -------------------------------------------------------------

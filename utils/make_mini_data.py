@@ -1,23 +1,18 @@
 """Write mini_data/: the project's own tiny PT / SFT / DPO data, in the exact schemas of the BAAI data.
 
 Run as (from the repository root; `PYTHONPATH=.` until the package is installed):
-    python utils/make_mini_data.py                      # writes mini_data/ from mini_data/source/*.yaml
+    python utils/make_mini_data.py                      # mini_data/source/*.yaml -> mini_data/**.parquet
     python utils/make_mini_data.py --out /tmp/mini      # anywhere else
-    python utils/make_mini_data.py --tokenizer models/tokenizer   # count real tokens in the summary
+    python utils/check_data.py sft mini_data/sft --max_length 128   # then: rows over the demo's length
 
-Why this exists: the demo must run the whole PT -> SFT -> DPO pipeline on a CPU in minutes, on files that
-look to the loaders exactly like the real downloads (folders, file names, column names and order, Arrow
-types), while every word in them is text this project wrote. The texts live in mini_data/source/*.yaml
-(each file says what it holds); this script only assembles them. PT (IndustryCorpus2 layout) teaches
-facts -- who Li Bai is, what 绿豆糕 is, who mini_qwen is -- in several wordings, plus stories and ordinary
-hotel / cooking / programming texts; SFT (Infinity-Instruct: 7M and Gen) asks questions whose answers PT
-holds, the seed README's four prompts verbatim among them; DPO (Infinity-Preference) pairs each clean
-answer with a degenerate one (a "复读机" loop, a wrong fact, a cut-off or off-topic reply).
-
-Everything is drawn from fixed seeds (one stream per section), so re-running gives byte-identical files
-(tests/test_mini_data.py checks the hashes). PT's quality columns are computed from the text the way
-Data-Juicer style filters define them; perplexity and quality_score need the original scoring models, so
-they are seeded random numbers in the real "high" files' range.
+The demo runs PT -> SFT -> DPO on a CPU in minutes, on files that look to the loaders exactly like the real
+downloads (folders, file names, columns, Arrow types) while every word is this project's own. The texts live
+in mini_data/source/*.yaml, each file's header says what it holds; this script assembles them. PT teaches facts
+(Li Bai, 绿豆糕, mini_qwen) in several wordings, SFT asks about them (the seed README's four prompts among
+them), DPO pairs each clean answer with a degenerate one. Every draw comes from a fixed seed, so the files come
+out byte-identical (tests/test_mini_data.py checks the hashes). PT's quality columns are computed from the text
+as Data-Juicer style filters define them; perplexity and quality_score need the original raters, so they are
+seeded draws in the real "high" files' range.
 """
 
 import argparse
@@ -60,7 +55,7 @@ _MSGS = pa.list_(pa.field("element", pa.struct([("content", _S), ("role", _S)]))
 DPO_SCHEMA = pa.schema([("task_category", _S), ("prompt", _S), ("chosen", _MSGS), ("rejected", _MSGS), ("id", _I)])
 
 
-# --- reading the sources -------------------------------------------------------------------------
+# --- reading the sources -------------------------------------------------------------------------------
 class Entry(dict):
     """A YAML mapping that names its file and line when a field the generator needs is missing."""
     where = "mini_data/source"
@@ -68,18 +63,20 @@ class Entry(dict):
     def __missing__(self, key):
         raise MiniQwenError(f"{self.where}: this entry has no '{key}'; add it (see the entries beside it)")
 
-
-class _Loader(yaml.CSafeLoader if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader):
-    pass
-
-
-def _entry(loader, node):
-    entry = Entry(loader.construct_mapping(node, deep=True))
-    entry.where = f"{loader.source_name}:{node.start_mark.line + 1}"
-    return entry
+    def with_(self, **fields):  # a copy with more fields, still naming where it came from
+        out = Entry(self, **fields)
+        out.where = self.where
+        return out
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _entry)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    def construct_entry(self, node):
+        entry = Entry(self.construct_mapping(node, deep=True))
+        entry.where = f"{self.source_name}:{node.start_mark.line + 1}"
+        return entry
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_entry)
 
 
 def load_sources(folder):
@@ -91,133 +88,125 @@ def load_sources(folder):
             loader.source_name = str(path)
             src[name] = loader.get_single_data()
         except OSError as err:
-            raise MiniQwenError(f"cannot read {path}: {err.strerror}; restore it (git checkout {path})") from None
+            raise MiniQwenError(f"cannot read {path}: {err.strerror}; restore it from git") from None
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f":{mark.line + 1}" if mark else ""
+            at = f":{err.problem_mark.line + 1}" if getattr(err, "problem_mark", None) else ""
             raise MiniQwenError(f"{path}{at} is not valid YAML ({getattr(err, 'problem', err)}); fix that line")
     return src
 
 
 def language(src, lang):
-    """Every PT section of one language in one mapping, e.g. t["cities"]; plus the language's style."""
+    """All PT sections of one language in one mapping (t["cities"], ...), with the language's style."""
     t = Entry(src["pt_files"]["style"][lang])
-    t.where = f"mini_data/source/pt_*.yaml ({lang})"
+    t.where = f"the '{lang}' sections of mini_data/source/pt_*.yaml"
     for name in PT_SOURCES:
         t.update((key, per_lang[lang]) for key, per_lang in src[name].items() if lang in per_lang)
     return t
 
 
-# --- PT documents ----------------------------------------------------------------------------------
+# --- PT documents ------------------------------------------------------------------------------------------
 def fact(item, rng):
     """A fact; one of its wordings when it has several, so the same fact reads differently across documents."""
     return rng.choice(item) if isinstance(item, list) else item
 
 
-_REF = re.compile(r"\{(\w+)\.(\d+)(?:\.(\d+))?\}")
-
-
 def fill(text, pools, rng):
     """Replace {pool.i} by fact i of a pool and {pool.i.j} by its wording j, left to right."""
-    return _REF.sub(lambda m: pools[m[1]][int(m[2])][int(m[3])] if m[3] else fact(pools[m[1]][int(m[2])], rng),
-                    text)
+    return re.sub(r"\{(\w+)\.(\d+)(?:\.(\d+))?\}", lambda m: pools[m[1]][int(m[2])][int(m[3])] if m[3]
+                  else fact(pools[m[1]][int(m[2])], rng), text)
 
 
 class Writer:
-    """Writes documents of one language from one random stream; the order of calls fixes the output."""
+    """Documents of one language from one random stream; the order of the calls fixes the output."""
+    KINDS = ("hotel_reviews", "city_guides", "topic", "recipes", "articles", "poems", "festivals", "stories")
 
     def __init__(self, t, rng):
-        self.t, self.rng = t, rng
+        self.t, self.rng, self.choice = t, rng, rng.choice
         self.sent, self.para = t["sentence_sep"], t["paragraph_sep"]
 
     def pick(self, pool, k):  # k distinct items in random order
         return self.rng.sample(pool, min(k, len(pool)))
 
-    def group(self, spec):
-        """One `docs` entry of pt_files.yaml, e.g. "hotel_reviews 3" or "poems :4", as a list of documents."""
-        kind, *arg = spec.split()
-        t, a = self.t, arg[0] if arg else ":"
-        if kind == "hotel_reviews":
-            return [self.hotel(c) for c in t["cities"] for _ in range(int(a))]
-        if kind == "city_guides":
-            return [self.guide(c) for c in t["cities"]]
-        if kind == "topic":
-            return self.topic(t["topics"][a])
-        if kind == "recipes":
-            return [self.recipe(r) for r in t["recipes"]]
-        if kind == "articles":
-            return [self.para.join([x["title"]] + x["paragraphs"]) for x in t["articles"][a]]
-        if kind in ("poems", "festivals"):
-            return [getattr(self, kind[:-1])(t[kind][slice(*[int(x) if x else None for x in a.split(":")])])]
-        if kind == "stories":
-            return [self.stories() for _ in range(int(a))]
-        raise MiniQwenError(f"mini_data/source/pt_files.yaml: unknown docs entry '{spec}'; see the comment above "
-                            f"`files:` for the kinds")
+    def docs(self, spec):
+        """One `docs` entry of pt_files.yaml ("hotel_reviews 3", "poems :4", ...): its list of documents."""
+        kind, *args = spec.split()
+        if kind not in self.KINDS:
+            raise MiniQwenError(f"mini_data/source/pt_files.yaml: unknown docs entry '{spec}'; the kinds are "
+                                f"{', '.join(self.KINDS)}")
+        return getattr(self, kind)(*args)
 
-    def hotel(self, c):
-        t, choice = self.t, self.rng.choice
-        hotel = choice(t["hotel_names"]).format(**c)
-        title = choice(t["hotel_titles"]).format(hotel=hotel, **c)
-        price = choice(t["hotel_prices"]) if "hotel_prices" in t else None  # the English reviews quote none
-        fields = dict(c, hotel=hotel, price=price, minutes=choice([5, 8, 10, 15]))
-        return self.para.join([title, t["hotel_location"].format(**fields), self.sent.join(self.pick(t["hotel_rooms"], 3)),
-                               t["hotel_breakfast"].format(**fields), c["sight"],
-                               self.sent.join(self.pick(t["hotel_tips"], 2))])
+    def hotel_reviews(self, per_city):
+        t, choice, docs = self.t, self.choice, []
+        for c in (c for c in t["cities"] for _ in range(int(per_city))):
+            c = c.with_(hotel=choice(t["hotel_names"]).format_map(c))
+            title = choice(t["hotel_titles"]).format_map(c)
+            price = choice(t["hotel_prices"]) if "hotel_prices" in t else None  # the English reviews quote none
+            c = c.with_(price=price, minutes=choice([5, 8, 10, 15]))
+            rooms = self.sent.join(self.pick(t["hotel_rooms"], 3))
+            docs.append(self.para.join([title, t["hotel_location"].format_map(c), rooms,
+                                        t["hotel_breakfast"].format_map(c), c["sight"],
+                                        self.sent.join(self.pick(t["hotel_tips"], 2))]))
+        return docs
 
-    def guide(self, c):
-        t, choice = self.t, self.rng.choice
-        return self.para.join([choice(t["guide_titles"]).format(**c), t["guide_season"].format(**c),
-                               self.sent.join(self.pick(c["more"], 3)), t["guide_food"].format(**c),
-                               choice(t["guide_stay"]).format(**c), choice(t["guide_tips"])])
+    def city_guides(self):
+        t, choice = self.t, self.choice
+        return [self.para.join([choice(t["guide_titles"]).format_map(c), t["guide_season"].format_map(c),
+                                self.sent.join(self.pick(c["more"], 3)), t["guide_food"].format_map(c),
+                                choice(t["guide_stay"]).format_map(c), choice(t["guide_tips"])]) for c in t["cities"]]
 
-    def recipe(self, r):
+    def recipes(self):
         heading = [self.t["recipe_steps_heading"]] if "recipe_steps_heading" in self.t else []
-        steps = "\n".join(f"{i}. {s}" for i, s in enumerate(r["steps"], 1))
-        return self.para.join([r["title"], r["intro"]] + heading + [steps, r["tip"]])
+        return [self.para.join([r["title"], r["intro"]] + heading
+                               + ["\n".join(f"{i}. {s}" for i, s in enumerate(r["steps"], 1)), r["tip"]])
+                for r in self.t["recipes"]]
 
-    def topic(self, topic):
+    def articles(self, group):
+        return [self.para.join([a["title"]] + a["paragraphs"]) for a in self.t["articles"][group]]
+
+    def topic(self, name):
         """The fact documents (two or three facts per paragraph, like an ordinary article), then the extras."""
-        docs = []
+        topic, docs = self.t["topics"][name], []
+        intros, in_body = topic.get("intros"), self.t["intro_in_body"]
         for k in topic["doc_sizes"]:
-            lines, intros = [self.rng.choice(topic["titles"])], topic.get("intros")
-            if intros and not self.t["intro_in_body"]:
-                lines.append(self.rng.choice(intros))
-            # k facts in the pool's own (narrative) order
+            lines = [self.choice(topic["titles"])] + ([self.choice(intros)] if intros and not in_body else [])
+            # k facts, kept in the pool's own (narrative) order
             idx = sorted(self.rng.sample(range(len(topic["facts"])), min(k, len(topic["facts"]))))
             body = [fact(topic["facts"][i], self.rng) for i in idx]
-            if intros and self.t["intro_in_body"]:
-                body = [self.rng.choice(intros)] + body
+            body = [self.choice(intros)] + body if intros and in_body else body
             while body:
-                n = self.rng.choice([2, 3])
-                lines.append(self.sent.join(body[:n]))
-                body = body[n:]
-            if topic.get("outros"):
-                lines.append(self.rng.choice(topic["outros"]))
-            docs.append(self.para.join(lines))
-        pools = {name: x["facts"] for name, x in self.t["topics"].items()}
+                n = self.choice([2, 3])
+                lines, body = lines + [self.sent.join(body[:n])], body[n:]
+            docs.append(self.para.join(lines + ([self.choice(topic["outros"])] if topic.get("outros") else [])))
+        pools = {key: x["facts"] for key, x in self.t["topics"].items()}
         return docs + [self.para.join(fill(line, pools, self.rng) for line in d) for d in topic.get("extra_docs", [])]
 
-    def poem(self, poems):
-        return self.para.join([self.rng.choice(self.t["poem_doc_titles"])]
-                              + ["\n".join([self.t["poem_heading"].format(**p), p["text"], p["note"]]) for p in poems])
+    def _slice(self, key, where):  # "3:" -> items[3:], one document
+        return self.t[key][slice(*[int(x) if x else None for x in where.split(":")])]
 
-    def festival(self, items):
-        return self.para.join([self.rng.choice(self.t["festival_doc_titles"])]
-                              + [self.t["festival_line"].format(**x) for x in items])
+    def poems(self, where=":"):
+        heading, poems = self.t["poem_heading"], self._slice("poems", where)
+        return [self.para.join([self.choice(self.t["poem_doc_titles"])]
+                               + ["\n".join([heading.format_map(p), p["text"], p["note"]]) for p in poems])]
+
+    def festivals(self, where=":"):
+        return [self.para.join([self.choice(self.t["festival_doc_titles"])]
+                               + [self.t["festival_line"].format_map(x) for x in self._slice("festivals", where)])]
 
     def story(self, char=None, plot=None):
-        t, choice = self.t, self.rng.choice
+        t, choice = self.t, self.choice
         full, n = char or choice(t["characters"])
         p = plot or choice(t["plots"])
         parts = [t["story_opening"].format(place=choice(t["places"]), full=full), choice(t["traits"]),
-                 p["problem"], p["attempt"], p["result"], choice(t["endings"]), t["story_moral"].format(**p)]
+                 p["problem"], p["attempt"], p["result"], choice(t["endings"]), t["story_moral"].format_map(p)]
         return self.sent.join(x.format(n=n, N=n[:1].upper() + n[1:]) for x in parts)
 
-    def stories(self):
-        title = self.rng.choice(self.t["story_doc_titles"])
-        k = self.rng.choice([2, 3])
-        pairs = zip(self.pick(self.t["characters"], k), self.pick(self.t["plots"], k))
-        return self.para.join([title] + [self.story(c, p) for c, p in pairs])
+    def stories(self, count):
+        docs = []
+        for _ in range(int(count)):
+            title, k = self.choice(self.t["story_doc_titles"]), self.choice([2, 3])
+            pairs = zip(self.pick(self.t["characters"], k), self.pick(self.t["plots"], k))
+            docs.append(self.para.join([title] + [self.story(c, p) for c, p in pairs]))
+        return docs
 
 
 # --- PT quality columns, computed from the text ---------------------------------------------------
@@ -258,7 +247,7 @@ def pt_tables(src, seed):
     writers = {lang: Writer(language(src, lang), random.Random(f"{seed}-pt-{lang}")) for lang in ("zh", "en")}
     rng, next_id, out = random.Random(f"{seed}-pt-scores"), 0, {}
     for f in src["pt_files"]["files"]:
-        docs = [doc for spec in f["docs"] for doc in writers[f["lang"]].group(spec)]
+        docs = [doc for spec in f["docs"] for doc in writers[f["lang"]].docs(spec)]
         random.Random(f"{seed}-pt-order-{f['order']}").shuffle(docs)
         rows = []
         for text in docs:
@@ -273,15 +262,12 @@ def pt_tables(src, seed):
 
 # --- SFT and DPO -------------------------------------------------------------------------------------
 def seed_answers(src, seed):
-    """{key: answers} of the seed prompts; the story prompt's answers come from the story writer."""
+    """{key: answers} of the seed prompts; the story prompt's come from the story writer, with their own seed."""
     out = {}
     for sp in src["sft"]["seed_prompts"]:
-        if "stories" in sp:
-            w = Writer(language(src, sp["lang"]), random.Random(f"{seed}-seed-stories"))
-            t = w.t
-            out[sp["key"]] = [w.story(t["characters"][i], t["plots"][j]) for i, j in sp["stories"]]
-        else:
-            out[sp["key"]] = sp["answers"]
+        w = Writer(language(src, sp["lang"]), random.Random(f"{seed}-seed-stories"))
+        out[sp["key"]] = ([w.story(w.t["characters"][i], w.t["plots"][j]) for i, j in sp["stories"]]
+                          if "stories" in sp else sp["answers"])
     return out
 
 
@@ -366,8 +352,9 @@ def dpo_tables(src, answers, seed):
             items.append((q["cat"], q["lang"], q["prompts"][0], q["answer"], kind))
     pairs = []
     for cat, lang, prompt, answer, kind in items:
-        bad = {"repeat": lambda: repetitive(answer, lang, rng), "wrong": lambda: rng.choice(dpo["wrong_answers"][prompt]),
-               "truncated": lambda: truncated(answer, lang), "off_topic": lambda: rng.choice(dpo["off_topic"][lang])}
+        bad = {"repeat": lambda: repetitive(answer, lang, rng), "truncated": lambda: truncated(answer, lang),
+               "wrong": lambda: rng.choice(dpo["wrong_answers"][prompt]),
+               "off_topic": lambda: rng.choice(dpo["off_topic"][lang])}
         pairs.append({"task_category": dpo["task_categories"][cat], "prompt": prompt,
                       "chosen": [{"content": prompt, "role": "user"}, {"content": answer, "role": "assistant"}],
                       "rejected": [{"content": prompt, "role": "user"}, {"content": bad[kind](), "role": "assistant"}]})
@@ -380,54 +367,12 @@ def dpo_tables(src, answers, seed):
             "dpo/test-00000-of-00001.parquet": pa.Table.from_pylist(test, schema=DPO_SCHEMA)}
 
 
-# --- writing and the summary ---------------------------------------------------------------------------
+# --- writing ------------------------------------------------------------------------------------------------
 def build_all(source=ROOT / "mini_data" / "source", seed=SEED):
     """{relative path: pyarrow.Table} for every parquet file of mini_data/."""
     src = load_sources(source)
     answers = seed_answers(src, seed)
     return {**pt_tables(src, seed), **sft_tables(src, answers, seed), **dpo_tables(src, answers, seed)}
-
-
-def write_all(out, source=ROOT / "mini_data" / "source", seed=SEED):
-    tables = build_all(source, seed)
-    for rel, table in tables.items():
-        (Path(out) / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, Path(out) / rel)
-    return tables
-
-
-def token_counter(tokenizer):
-    """text -> token count with tokenizer.json of `tokenizer`; without one, an estimate from characters."""
-    path = Path(tokenizer or ROOT / "models" / "tokenizer") / "tokenizer.json"
-    if path.exists():
-        from tokenizers import Tokenizer  # the bare tokenizer: the same ids as the transformers wrapper
-
-        tok = Tokenizer.from_file(str(path))
-        return (lambda text: len(tok.encode(text, add_special_tokens=False).ids)), "tokens"
-    if tokenizer:
-        raise MiniQwenError(f"--tokenizer {tokenizer}: no tokenizer.json there; build one with "
-                            f"`python -m mini_qwen.tokenizer` or drop the flag for an estimate")
-    # Qwen2.5's tokenizer gives about 0.7 tokens per Chinese character and 1.15 per English word.
-    return (lambda text: round(0.7 * len(re.findall(r"[\u4e00-\u9fff]", text)) + 0.5 * len(re.findall(r"[^\w\s]", text))
-                               + 1.15 * len(re.findall(r"[A-Za-z0-9_]+", text)))), "~tokens (estimated)"
-
-
-def summarize(tables, count, unit):
-    """Rows and tokens per file; >100 / >128: rows whose longest training sequence (PT: the document;
-    SFT: all turns; DPO: the prompt plus the longer answer) exceeds that many tokens, before any template."""
-    print(f"{'file':64s} {'rows':>5s} {unit.split()[0]:>8s} {'>100':>5s} {'>128':>5s}")
-    for rel, table in tables.items():
-        c = table.to_pydict()
-        if rel.startswith("pt/"):
-            lengths = [(count(t),) * 2 for t in c["text"]]
-        elif rel.startswith("sft/"):
-            lengths = [(n, n) for n in (sum(count(m["value"]) for m in conv) for conv in c["conversations"])]
-        else:
-            lengths = [(count(p) + count(a[1]["content"]) + count(b[1]["content"]),
-                        count(p) + max(count(a[1]["content"]), count(b[1]["content"])))
-                       for p, a, b in zip(c["prompt"], c["chosen"], c["rejected"])]
-        print(f"{rel:64s} {table.num_rows:5d} {sum(t for t, _ in lengths):8d} "
-              f"{sum(m > 100 for _, m in lengths):5d} {sum(m > 128 for _, m in lengths):5d}")
 
 
 def main(argv=None):
@@ -437,14 +382,12 @@ def main(argv=None):
     parser.add_argument("--source", default=str(ROOT / "mini_data" / "source"),
                         help="folder of the source texts (default: mini_data/source/)")
     parser.add_argument("--seed", type=int, default=SEED, help="random seed; the committed files use the default")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder for the summary's token counts "
-                        "(default: models/tokenizer when built, else an estimate from characters)")
-    parser.add_argument("--quiet", action="store_true", help="write the files, print no summary")
     args = parser.parse_args(argv)
-    tables = write_all(args.out, args.source, args.seed)
-    print(f"wrote {len(tables)} parquet files under {args.out}")
-    if not args.quiet:
-        summarize(tables, *token_counter(args.tokenizer))
+    tables = build_all(args.source, args.seed)  # all of it first: a bad source writes nothing
+    for rel, table in tables.items():
+        (Path(args.out) / rel).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, Path(args.out) / rel)
+        print(f"{table.num_rows:5d} rows  {Path(args.out) / rel}")
     return 0
 
 
