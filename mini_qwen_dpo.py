@@ -16,7 +16,7 @@ new epoch, i.e. the model memorised pairs it had seen), 1e-7 barely moved the lo
 
 Prompts are cut to `--max_prompt_length` tokens from the head of the question (the end of the
 question and the assistant header stay), then each answer's tail so prompt + answer fits
-`--max_length`; see mini_qwen/preference.py.
+`--max_length`; see mini_qwen/dpo_data.py.
 """
 
 from dataclasses import dataclass, field
@@ -25,13 +25,13 @@ from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
-from mini_qwen.checks import check_stage_files
+from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
-from mini_qwen.data import find_parquet_files
+from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
-from mini_qwen.preference import ID_COLUMNS, build_preference_dataset
+from mini_qwen.dpo_data import ID_COLUMNS, build_dataset
 
 
 @dataclass
@@ -42,7 +42,7 @@ class DPODataArguments:
     max_prompt_length: int = field(default=512, metadata={"help": "Prompt budget in tokens (chat headers included): "
                                                                   "the head of longer questions is cut."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad pairs.",
-                                                       "choices": ["skip", "error"]})
+                                                       "choices": list(ON_BAD_ROWS)})
     max_pairs: int | None = field(default=None, metadata={"help": "Train on the first N usable pairs only "
                                                                   "(demos and smoke tests). Default: all."})
 
@@ -105,7 +105,8 @@ def main(argv=None):
         raise MiniQwenError(f"--max_pairs must be at least 1 (got {data_args.max_pairs}).")
     set_seed(training_args.seed)
     check_launch(training_args)
-    check_stage_files("dpo", find_parquet_files(data_args.data_dir, data_args.data_glob, what="DPO data"))
+    # Found and checked once, before the models are loaded; the builder below trusts this list.
+    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args)
@@ -123,9 +124,8 @@ def main(argv=None):
         print(f"reference: a frozen copy of {model_args.model_name_or_path}")
 
     with training_args.main_process_first(desc="tokenizing preference pairs"):
-        dataset, _ = build_preference_dataset(data_args.data_dir, data_args.data_glob, tokenizer,
-                                              training_args.max_length, data_args.max_prompt_length,
-                                              data_args.on_bad_rows, training_args.dataset_num_proc)
+        dataset, _ = build_dataset(files, tokenizer, training_args.max_length, data_args.max_prompt_length,
+                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir)
         if data_args.max_pairs is not None and data_args.max_pairs < len(dataset):
             dataset = dataset.select(range(data_args.max_pairs))
             print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 from transformers import Trainer, TrainingArguments, set_seed
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
-from mini_qwen.checks import check_stage_files
+from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
-from mini_qwen.data import find_parquet_files
+from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.memory import ChunkedLossTrainer
 from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
-from mini_qwen.packing import PackedBlocks, collate_blocks, prepare_token_cache
+from mini_qwen.packing import PACKING, collate_blocks
+from mini_qwen.pt_data import build_dataset
 
 
 @dataclass
@@ -37,9 +38,10 @@ class PTDataArguments:
     block_size: int = field(default=1024, metadata={"help": "Tokens per training block."})
     packing: str = field(default="documents", metadata={
         "help": "documents: attention never crosses documents (position ids restart at each one); "
-                "concat: the original project's plain concatenation."})
+                "concat: the original project's plain concatenation.", "choices": list(PACKING)})
     cache_dir: str = field(default=".cache/mini_qwen", metadata={"help": "Where the tokenized corpus is cached."})
-    on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on empty/null texts."})
+    on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on empty/null texts.",
+                                                       "choices": list(ON_BAD_ROWS)})
 
 
 @dataclass
@@ -64,12 +66,10 @@ class PTTrainingArguments(TrainingArguments):
 def main(argv=None):
     data_args, preset_args, model_args, training_args = parse_args(
         (PTDataArguments, PresetArguments, ModelArguments, PTTrainingArguments), argv)
-    if data_args.packing not in ("documents", "concat"):
-        raise MiniQwenError(f"--packing must be 'documents' or 'concat', got '{data_args.packing}'.")
     set_seed(training_args.seed)
     check_launch(training_args)
-    files = find_parquet_files(data_args.data_dir, data_args.data_glob, what="PT data")
-    check_stage_files("pt", files, data_args.text_column)  # fail on a bad file before building the model
+    # Found and checked once, before the model is built; the builder below trusts this list.
+    files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
 
     checkpoint = model_args.model_name_or_path  # set: continue pretraining an existing model
     tokenizer = load_stage_tokenizer(model_args, checkpoint)
@@ -84,12 +84,8 @@ def main(argv=None):
 
     # Rank 0 tokenizes into the shared cache first; the other ranks then just read it.
     with training_args.main_process_first(desc="tokenizing the corpus"):
-        cache = prepare_token_cache(files, tokenizer, data_args.cache_dir, data_args.text_column,
-                                    on_bad_rows=data_args.on_bad_rows)
-    dataset = PackedBlocks(cache, data_args.block_size, data_args.packing)
-    if len(dataset) == 0:
-        raise MiniQwenError(f"the corpus in '{data_args.data_dir}' has {dataset.n_tokens} tokens, fewer than one "
-                            f"block of {data_args.block_size}: add data or lower --block_size.")
+        dataset, _ = build_dataset(files, tokenizer, data_args.block_size, data_args.packing, data_args.cache_dir,
+                                   data_args.text_column, data_args.on_bad_rows, source=data_args.data_dir)
     tokens_per_step = (training_args.per_device_train_batch_size * data_args.block_size
                        * training_args.gradient_accumulation_steps * training_args.world_size)
     print(f"data: {len(dataset):,} blocks of {data_args.block_size} tokens ({data_args.packing} packing); "

@@ -18,14 +18,14 @@ from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
-from mini_qwen.checks import check_stage_files
+from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
-from mini_qwen.data import find_parquet_files
+from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
-from mini_qwen.sft_data import build_sft_dataset
+from mini_qwen.sft_data import build_dataset
 
 
 @dataclass
@@ -35,7 +35,8 @@ class SFTDataArguments:
     data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
     first_turn_only: bool = field(default=False, metadata={"help": "Train only the first user/assistant exchange "
                                                                  "(the original project's behaviour)."})
-    on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad conversations."})
+    on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad conversations.",
+                                                       "choices": list(ON_BAD_ROWS)})
     fused_lm_head: bool | None = field(default=None, metadata={
         "help": "TRL's chunked LM head (saves the memory of the full logits; also logs entropy / token accuracy). "
                 "Default: on with a GPU, off on CPU, where it is about 2x slower than a plain lm_head + "
@@ -87,17 +88,16 @@ def main(argv=None):
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     set_seed(training_args.seed)
     check_launch(training_args)
-    # Fail on a bad file (unreadable, no `conversations`, wrong type) before loading the model.
-    check_stage_files("sft", find_parquet_files(data_args.data_dir, data_args.data_glob, what="SFT data"))
+    # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
+    files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args)
     print(describe(model))
 
     with training_args.main_process_first(desc="tokenizing conversations"):
-        dataset, _ = build_sft_dataset(data_args.data_dir, data_args.data_glob, tokenizer, training_args.max_length,
-                                       data_args.first_turn_only, data_args.on_bad_rows,
-                                       training_args.dataset_num_proc)
+        dataset, _ = build_dataset(files, tokenizer, training_args.max_length, data_args.first_turn_only,
+                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir)
 
     # The dataset is already tokenized, masked and cut to max_length by us; TRL only pads and batches.
     training_args.dataset_kwargs = {"skip_prepare_dataset": True}

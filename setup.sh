@@ -6,7 +6,8 @@
 # It creates .venv/ (Python >= 3.10), installs requirements.txt (torch 2.13.0 first: the CPU build
 # on a machine without CUDA, the CUDA build on a GPU machine), then builds the Qwen2.5 tokenizer
 # offline into models/tokenizer unless models/qwen2.5-0.5b-instruct already has the official one.
-# Re-running skips the install when requirements.txt has not changed.
+# Re-running skips the install when requirements.txt has not changed. mini_qwen itself is installed
+# editable (`pip install -e . --no-deps`, see pyproject.toml), so demo/utils/bench scripts can import it.
 set -euo pipefail
 cd "$(dirname "$0")"
 what="${1:-demo}"
@@ -26,6 +27,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VPY" -m pip install -q --disable-pip-version-check -r requirements.txt
   "$VPY" -m pip check
   echo "$want" > "$stamp"
+fi
+# mini_qwen itself, editable (its dependencies are the pins above): demo/, utils/ and bench/ scripts import it.
+# Redone when pyproject.toml or the checkout's path changes (the install records both).
+pkg_stamp=.venv/.mini_qwen.sha256
+pkg_want="$( (cat pyproject.toml; pwd) | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
+  echo "== installing mini_qwen (pip install -e .)"
+  isolation=""; "$VPY" -c "import setuptools" 2>/dev/null && isolation="--no-build-isolation"  # works offline
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps $isolation -e .
+  echo "$pkg_want" > "$pkg_stamp"
 fi
 
 echo "== tokenizer"

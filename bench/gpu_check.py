@@ -27,7 +27,6 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 STAGES = {"pt": "mini_qwen_pt", "sft": "mini_qwen_sft", "dpo": "mini_qwen_dpo"}
 WARMUP_LOGS = 2  # logged steps left out of the throughput median (CUDA/cuBLAS init, optimizer state allocation)

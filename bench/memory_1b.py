@@ -23,9 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from rss import proc_status_mb, reset_peak_rss  # bench/rss.py: the script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.rss import proc_status_mb, reset_peak_rss  # noqa: E402
 
 CONFIGS = {
     "baseline": [],
@@ -43,7 +43,8 @@ def child(argv: list[str]) -> None:
     from mini_qwen.data import find_parquet_files
     from mini_qwen.memory import ChunkedLossTrainer
     from mini_qwen.model import ModelArguments, PresetArguments, count_parameters, new_model, load_stage_tokenizer
-    from mini_qwen.packing import PackedBlocks, collate_blocks, prepare_token_cache
+    from mini_qwen.packing import PackedBlocks, collate_blocks
+    from mini_qwen.pt_data import prepare_token_cache
     from mini_qwen_pt import PTDataArguments, PTTrainingArguments
 
     data_args, preset_args, model_args, training_args = parse_args(

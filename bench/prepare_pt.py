@@ -10,7 +10,7 @@ What is timed, on the same texts, in one process, rounds interleaved (best of ea
   seed  the original project's shape: `load_dataset("parquet")` then `Dataset.map(batched=True,
         batch_size=5000, remove_columns=...)` returning Python lists of input_ids and attention_mask,
         concatenated with `itertools.chain` and cut into 1024-token blocks (Arrow cache on disk).
-  ours  `mini_qwen.packing.prepare_token_cache`: parquet -> tokens.u24 + doc_lens.npy on disk.
+  ours  `mini_qwen.pt_data.prepare_token_cache`: parquet -> tokens.u24 + doc_lens.npy on disk.
 Then bytes per token on disk of both caches, and the peak RSS of `prepare_token_cache` at 1x and
 Nx the input, each in a fresh subprocess (VmHWM, reset after the imports and the tokenizer load, which
 peak higher than preparation itself): streaming means the two stay close.
@@ -31,9 +31,9 @@ import time
 from itertools import chain
 from pathlib import Path
 
+from rss import proc_status_mb, reset_peak_rss  # bench/rss.py: the script's own folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench.rss import proc_status_mb, reset_peak_rss  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "reference" / "mini_data_baai" / "pt"
 SEED_BLOCK = 1024
@@ -105,7 +105,7 @@ def run_seed(tokenizer, files: list[Path], cache_dir: Path) -> dict:
 
 
 def run_ours(tokenizer, files: list[Path], cache_root: Path, **kwargs) -> dict:
-    from mini_qwen.packing import prepare_token_cache
+    from mini_qwen.pt_data import prepare_token_cache
 
     t0, c0 = time.perf_counter(), time.process_time()
     cache = prepare_token_cache(files, tokenizer, str(cache_root), log=lambda *a: None, **kwargs)
@@ -119,7 +119,7 @@ def run_ours(tokenizer, files: list[Path], cache_root: Path, **kwargs) -> dict:
 
 def rss_child(files_dir: str, cache_root: str, max_chars: str) -> None:
     from mini_qwen.data import find_parquet_files
-    from mini_qwen.packing import prepare_token_cache
+    from mini_qwen.pt_data import prepare_token_cache
     from mini_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
@@ -167,7 +167,7 @@ def main():
 
     import datasets
 
-    from mini_qwen.data import iter_text_batches
+    from mini_qwen.pt_data import iter_text_batches
     from mini_qwen.tokenizer import load_tokenizer
 
     datasets.disable_progress_bars()
@@ -273,7 +273,7 @@ def main():
             return
         print("\n== streaming: peak RSS of prepare_token_cache, fresh subprocess each ==")
         write_copies(base, work / "in_nx", copies * args.rss_factor)
-        from mini_qwen.packing import prepare_token_cache
+        from mini_qwen.pt_data import prepare_token_cache
 
         default_chars = inspect.signature(prepare_token_cache).parameters["max_chars"].default
         variants = [("", default_chars)] + ([("unchunked ", 10**15)] if args.rss_unchunked else [])

@@ -14,15 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import mini_qwen_dpo  # noqa: E402
-import mini_qwen_eval  # noqa: E402
-import mini_qwen_pt  # noqa: E402
-import mini_qwen_sft  # noqa: E402
-from mini_qwen.demo import demo_argv  # noqa: E402
-from mini_qwen.errors import run_main  # noqa: E402
+import mini_qwen_dpo
+import mini_qwen_eval
+import mini_qwen_pt
+import mini_qwen_sft
+from mini_qwen.demo import demo_argv
+from mini_qwen.errors import run_main
 
 OUT = Path("results/demo")
 

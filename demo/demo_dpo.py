@@ -6,14 +6,10 @@ Run as:
 """
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from mini_qwen.demo import demo_argv  # noqa: E402
-from mini_qwen.errors import run_main  # noqa: E402
-from mini_qwen_dpo import main  # noqa: E402
+from mini_qwen.demo import demo_argv
+from mini_qwen.errors import run_main
+from mini_qwen_dpo import main
 
 if __name__ == "__main__":
     run_main(main, demo_argv("dpo", sys.argv[1:]))

@@ -6,13 +6,10 @@ Run as:
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mini_qwen.demo import demo_argv  # noqa: E402
-from mini_qwen.errors import run_main  # noqa: E402
-from mini_qwen_sft import main  # noqa: E402
+from mini_qwen.demo import demo_argv
+from mini_qwen.errors import run_main
+from mini_qwen_sft import main
 
 if __name__ == "__main__":
     run_main(main, demo_argv("sft", sys.argv[1:]))

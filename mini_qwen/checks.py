@@ -1,17 +1,17 @@
-"""Data validation shared by `utils/check_data.py` and the stage loaders.
+"""Checking a stage's files: the stage scripts' check before training and `utils/check_data.py`'s report.
 
-Every check here is the loaders' own: the per-file schema checks of mini_qwen/data.py (and
-mini_qwen/preference.py for DPO), the row rules of `data.text_problem` (PT),
-`chat.normalize_messages` (SFT) and `preference.parse_pair` (DPO), and the truncation of
-`chat.encode_conversations` / `preference.encode_pairs`. So a file that passes
-`check_data.py` loads in the stage, and a row it flags is a row the stage skips (or stops on
-with `--on_bad_rows error`).
+Every rule is the stage data module's own (mini_qwen/pt_data.py, sft_data.py, dpo_data.py, one
+table entry each in STAGES): its columns and schema check, its row problems and its over-length
+rule. So a file that passes `check_data.py` loads in the stage, and a row it flags is a row the
+stage skips (or stops on with `--on_bad_rows error`).
+
+The stage script runs `check_stage_files` once, on the files it found, and hands the same list to
+the stage's `build_dataset`, which reads them without checking again.
 
 Files are read one at a time with pyarrow, batch by batch, and only the columns the stage
 reads: the corpus is never held in memory whole.
 """
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,127 +19,48 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mini_qwen.data import (check_column_types, check_conversations_column, check_string_column, column_types,
-                            describe_clash,
-                            read_schema, require_columns, text_problem)
+from mini_qwen import dpo_data, pt_data, sft_data
+from mini_qwen.data import column_types, describe_clash, find_parquet_files, fold_digits, read_schema
 from mini_qwen.errors import MiniQwenError
 
-STAGES = ("pt", "sft", "dpo")
+STAGES = {module.NAME: module for module in (pt_data, sft_data, dpo_data)}
 
 
-def stage_columns(stage: str, text_column: str = "text") -> list[str]:
-    """The columns a stage reads; every other column is ignored."""
-    if stage == "pt":
-        return [text_column]
-    if stage == "sft":
-        return ["conversations"]
-    if stage == "dpo":
-        return ["prompt", "chosen", "rejected"]
-    raise MiniQwenError(f"unknown stage '{stage}': use one of {', '.join(STAGES)}.")
-
-
-def check_file_schema(stage: str, path: Path, schema: pa.Schema, text_column: str = "text") -> None:
-    """The loader's own column checks for one file; raises MiniQwenError naming the file and column."""
-    if stage == "pt":
-        require_columns(path, schema, {text_column: "the document text"})
-        check_string_column(path, schema, text_column)
-    elif stage == "sft":
-        check_conversations_column(path, schema)
-    elif stage == "dpo":
-        from mini_qwen.preference import check_preference_columns
-
-        check_preference_columns(path, schema)
-    else:
-        stage_columns(stage)  # raises
+def stage_data(stage: str):
+    """The data module of `stage` (pt_data, sft_data or dpo_data)."""
+    try:
+        return STAGES[stage]
+    except KeyError:
+        raise MiniQwenError(f"unknown stage '{stage}': use one of {', '.join(STAGES)}.") from None
 
 
 def check_stage_files(stage: str, files: list[Path], text_column: str = "text") -> dict[Path, pa.Schema]:
     """Cheap checks a stage runs on every file before reading any row (only parquet footers are read):
     readable, the stage's columns present with the right types, and of one type in all files.
     Returns the schemas."""
+    module = stage_data(stage)
     schemas = {}
     for path in files:
         schemas[path] = schema = read_schema(path)
-        check_file_schema(stage, path, schema, text_column)
-    if stage != "pt":  # PT reads file by file, so string vs large_string etc. never meet
-        check_column_types(files, stage_columns(stage, text_column), schemas)
+        module.check_schema(path, schema, text_column)
+    # `datasets` cannot merge, e.g., conversations whose records have an extra field in some files; columns
+    # no stage reads (7M's int64 `id` vs Gen's string one) may differ freely.
+    if module.FILES_MERGED:
+        clashes = {c: t for c, t in column_types(schemas, module.columns(text_column)).items() if len(t) > 1}
+        if clashes:
+            raise MiniQwenError("the files disagree on the type of a column training reads: "
+                                + "; ".join(describe_clash(c, t) for c, t in clashes.items())
+                                + ". Convert them to one type, or train on one group of files at a time "
+                                  "(--data_glob).")
     return schemas
 
 
-def _normalize(reason: str) -> str:
-    return re.sub(r"\d+", "N", reason)
-
-
-def row_problems(stage: str, columns: dict[str, list]) -> list[str | None]:
-    """Why each row of a batch ({column: values}) cannot be trained on, or None for a good row."""
-    if stage == "pt":
-        (name, texts), = columns.items()
-        words = {"a null": "null", "an empty": "empty or whitespace-only"}
-        return [f"{words[problem]} '{name}'" if (problem := text_problem(t)) else None for t in texts]
-    out = []
-    if stage == "sft":
-        from mini_qwen.chat import BadConversation, normalize_messages
-
-        for conv in columns["conversations"]:
-            if conv is None:
-                out.append("null 'conversations'")
-                continue
-            try:
-                normalize_messages(conv)
-                out.append(None)
-            except BadConversation as err:
-                out.append(str(err))
-        return out
-    from mini_qwen.preference import BadPair, parse_pair
-
-    for prompt, chosen, rejected in zip(columns["prompt"], columns["chosen"], columns["rejected"]):
-        nulls = [n for n, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)) if v is None]
-        if nulls:
-            out.append("null " + " and ".join(f"'{n}'" for n in nulls))
-            continue
-        try:
-            parse_pair(prompt, chosen, rejected)
-            out.append(None)
-        except BadPair as err:
-            out.append(str(err))
-    return out
-
-
-def overlong_rows(stage: str, columns: dict[str, list], problems: list, tokenizer, max_length: int,
-                  max_prompt_length: int | None = None) -> list[str | None]:
-    """For the good rows: what the stage's truncation does to a row longer than `max_length` tokens."""
-    good = [i for i, p in enumerate(problems) if p is None]
-    out: list[str | None] = [None] * len(problems)
-    if not good:
-        return out
-    if stage == "pt":
-        from mini_qwen.packing import tokenize_batch
-
-        (name, texts), = columns.items()
-        _, lengths = tokenize_batch(tokenizer, [texts[i] for i in good], tokenizer.convert_tokens_to_ids("<|im_end|>"))
-        for i, n in zip(good, lengths):
-            if n > max_length:
-                out[i] = f"longer than {max_length} tokens (split across blocks)"
-    elif stage == "sft":
-        from mini_qwen.chat import encode_conversations, normalize_messages
-
-        convs = [normalize_messages(columns["conversations"][i]) for i in good]
-        encoded = encode_conversations(tokenizer, convs, max_length)
-        for i, truncated, labels in zip(good, encoded["truncated"], encoded["labels"]):
-            if truncated:
-                out[i] = (f"longer than {max_length} tokens (truncated)" if any(t != -100 for t in labels)
-                          else f"longer than {max_length} tokens with no answer token left (dropped)")
-    else:
-        from mini_qwen.preference import encode_pairs, parse_pair
-
-        pairs = [parse_pair(columns["prompt"][i], columns["chosen"][i], columns["rejected"][i]) for i in good]
-        prompt_budget = max_prompt_length or max(max_length // 2, 1)
-        for i, pair in zip(good, encode_pairs(tokenizer, pairs, max_length, prompt_budget)):
-            if pair["dropped"]:
-                out[i] = f"dropped after truncation to {max_length} tokens: {pair['dropped']}"
-            elif pair["prompt_cut"] or pair["answer_cut"]:
-                out[i] = f"longer than {max_length} tokens (truncated)"
-    return out
+def find_stage_files(stage: str, data_dir: str, data_glob: str = "**/*.parquet", text_column: str = "text") -> list[Path]:
+    """A stage script's first data step: find its parquet files and check them, once, before any model is
+    loaded. The stage then passes this list to its `build_dataset`, which trusts it."""
+    files = find_parquet_files(data_dir, data_glob, what=stage_data(stage).WHAT)
+    check_stage_files(stage, files, text_column)
+    return files
 
 
 @dataclass
@@ -170,10 +91,11 @@ def scan_file(stage: str, path: Path, schema: pa.Schema, text_column: str = "tex
               tokenizer=None, max_length: int | None = None, max_prompt_length: int | None = None) -> FileReport:
     """Read one file batch by batch and count its bad (and, with a tokenizer, over-long) rows."""
     report = FileReport(path)
-    columns = stage_columns(stage, text_column)
+    module = stage_data(stage)
+    columns = module.columns(text_column)
     report.extra = [n for n in schema.names if n not in columns]
     try:
-        check_file_schema(stage, path, schema, text_column)
+        module.check_schema(path, schema, text_column)
     except MiniQwenError as err:
         report.error = str(err).removeprefix(f"{path}: ")
         return report
@@ -181,14 +103,14 @@ def scan_file(stage: str, path: Path, schema: pa.Schema, text_column: str = "tex
     try:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
             values = {name: batch.column(name).to_pylist() for name in columns}
-            problems = row_problems(stage, values)
+            problems = module.row_problems(values)
             for i, problem in enumerate(problems):
                 if problem:
-                    reason = _normalize(problem)  # "turn 3 has ..." and "turn 5 has ..." count together
+                    reason = fold_digits(problem)
                     report.bad[reason] += 1
                     report.first_bad.setdefault(reason, (row + i, problem))
             if tokenizer is not None and max_length:
-                for what in overlong_rows(stage, values, problems, tokenizer, max_length, max_prompt_length):
+                for what in module.overlong_rows(values, problems, tokenizer, max_length, max_prompt_length):
                     if what:
                         report.long[what] += 1
             row += batch.num_rows
@@ -246,7 +168,7 @@ def check_data(stage: str, files: list[Path], text_column: str = "text", tokeniz
                max_length: int | None = None, max_prompt_length: int | None = None,
                batch_rows: int = 2048, log=print) -> DataReport:
     """Scan every file (one at a time) and return the report; prints one line per file as it goes."""
-    columns = stage_columns(stage, text_column)
+    columns = stage_data(stage).columns(text_column)
     schemas, reports = {}, []
     for path in files:
         try:
@@ -262,7 +184,7 @@ def check_data(stage: str, files: list[Path], text_column: str = "text", tokeniz
     return DataReport(stage, reports, clashes, columns)
 
 
-def verdict(report: DataReport, on_bad_rows: str = "error") -> str | None:
+def verdict(report: DataReport, on_bad_rows: str = "skip") -> str | None:
     """The one-line error for `report` (None: the data can be trained on under `on_bad_rows`)."""
     fatal = report.fatal()
     bad = report.bad

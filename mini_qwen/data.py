@@ -1,4 +1,5 @@
-"""Finding and checking the BAAI parquet files of each stage.
+"""What every stage's data module shares: finding parquet files, reading schemas and columns, row
+bookkeeping. Each stage's own columns and rules live in pt_data.py, sft_data.py and dpo_data.py.
 
 The real files disagree with each other (IndustryCorpus2 zh has 13 columns and en 9;
 Infinity-Instruct 7M has an int64 `id` and Gen a string one; some 7M files have a
@@ -15,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mini_qwen.errors import MiniQwenError
+
+ON_BAD_ROWS = ("skip", "error")  # the --on_bad_rows choices of every stage and of utils/check_data.py
 
 
 def find_parquet_files(data_dir: str, pattern: str = "**/*.parquet", what: str = "data") -> list[Path]:
@@ -56,63 +59,6 @@ def check_string_column(path: Path, schema: pa.Schema, name: str) -> None:
         raise MiniQwenError(f"{path}: column '{name}' must hold text but has type {kind}.")
 
 
-def text_problem(text) -> str | None:
-    """Why a PT text cannot be trained on ("a null" / "an empty"), or None when it is fine."""
-    if text is None:
-        return "a null"
-    if not text.strip():
-        return "an empty"
-    return None
-
-
-def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int = 4096, on_bad_rows: str = "skip",
-                      stats: dict | None = None):
-    """Yield lists of non-empty texts, file by file, batch by batch: the corpus is never held in memory whole.
-
-    Null, empty or whitespace-only texts are skipped and counted in `stats`, or raise with the
-    file and row when `on_bad_rows="error"`.
-    """
-    stats = stats if stats is not None else {}
-    for path in files:
-        schema = read_schema(path)
-        require_columns(path, schema, {column: "the document text"})
-        check_string_column(path, schema, column)
-        row = 0
-        try:
-            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=[column])
-            for batch in batches:
-                texts = batch.column(0).to_pylist()
-                good = []
-                for i, text in enumerate(texts):
-                    problem = text_problem(text)
-                    if problem:
-                        if on_bad_rows == "error":
-                            raise MiniQwenError(f"{path}: row {row + i} has {problem} '{column}'. Remove the row, "
-                                                f"or rerun with --on_bad_rows skip to skip and count such rows.")
-                        stats["skipped_empty"] = stats.get("skipped_empty", 0) + 1
-                    else:
-                        good.append(text)
-                row += len(texts)
-                stats["rows"] = stats.get("rows", 0) + len(texts)
-                if good:
-                    yield good
-        except (pa.ArrowException, OSError) as err:
-            raise MiniQwenError(f"{path}: unreadable at row ~{row}: {err}. Re-download the file or remove it.") from None
-        stats["files"] = stats.get("files", 0) + 1
-
-
-def check_conversations_column(path: Path, schema: pa.Schema, column: str = "conversations") -> None:
-    require_columns(path, schema, {column: "a list of {from, value} turns"})
-    kind = schema.field(column).type
-    ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)
-    if ok:
-        item = kind.value_type
-        ok = pa.types.is_struct(item) and {"from", "value"} <= {item.field(i).name for i in range(item.num_fields)}
-    if not ok:
-        raise MiniQwenError(f"{path}: column '{column}' must be a list of {{from, value}} records "
-                            f"(Infinity-Instruct format) but has type {kind}.")
-
-
 def row_locator(files: list[Path]):
     """Map a row index of the concatenated files back to (file, row in file), for error messages."""
     import numpy as np
@@ -133,7 +79,7 @@ def load_column_dataset(files: list[Path], columns: list[str], cache_dir: str | 
     import datasets
     from datasets.exceptions import DatasetGenerationError
 
-    check_column_types(files, columns)
+    # The stage script has run checks.check_stage_files (one type per column in all files) already.
     try:
         return datasets.load_dataset("parquet", data_files=[str(f) for f in files], columns=columns,
                                      split="train", cache_dir=cache_dir)
@@ -165,15 +111,9 @@ def describe_clash(column: str, types: dict[str, list]) -> str:
     return f"'{column}' is " + " but ".join(parts)
 
 
-def check_column_types(files: list[Path], columns: list[str], schemas: dict | None = None) -> None:
-    """The columns we read must have one type in every file: `datasets` cannot merge, e.g., conversations
-    whose records have an extra field in some files. Columns we never read may differ freely."""
-    schemas = schemas or {f: read_schema(f) for f in files}
-    clashes = {c: t for c, t in column_types(schemas, columns).items() if len(t) > 1}
-    if clashes:
-        raise MiniQwenError("the files disagree on the type of a column training reads: "
-                            + "; ".join(describe_clash(c, t) for c, t in clashes.items())
-                            + ". Convert them to one type, or train on one group of files at a time (--data_glob).")
+def fold_digits(reason: str) -> str:
+    """A row problem with its numbers folded to N, so that "turn 3 has ..." and "turn 5 has ..." count together."""
+    return re.sub(r"\d+", "N", reason)
 
 
 def map_fingerprint(raw, tokenizer, code_file: str, *settings) -> str:
@@ -219,5 +159,5 @@ def parse_rows(rows, indices, parse, bad_row_error, on_bad_rows: str, locate) ->
                 path, line = locate(index)
                 raise MiniQwenError(f"{path}: row {line}: {err}. Fix or remove the row, or rerun with "
                                     f"--on_bad_rows skip to skip and count such rows.") from None
-            problems.append(re.sub(r"\d+", "N", str(err)))
+            problems.append(fold_digits(str(err)))
     return good, problems

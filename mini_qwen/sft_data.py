@@ -1,4 +1,10 @@
-"""Infinity-Instruct parquet files -> a tokenized SFT dataset (input_ids + labels), with counts.
+"""SFT data, all in one place: Infinity-Instruct parquet files -> a tokenized dataset (input_ids + labels).
+
+The same face as every stage's data module (see mini_qwen/pt_data.py): columns, check_schema,
+row_problems, overlong_rows, build_dataset. SFT reads one column, `conversations`, a list of
+{from, value} turns (7M and Gen files are mixed; their `id` types differ, so `id` is never read).
+The turn rules (roles, order, a final assistant answer) are `chat.normalize_messages`; the label
+mask and the answer-keeping truncation are `chat.encode_conversations`.
 
 Bad rows (empty conversation, unknown role, no final assistant answer, ...) are skipped and
 counted by default, since one odd row in millions should not stop a day-long run;
@@ -6,10 +12,67 @@ counted by default, since one odd row in millions should not stop a day-long run
 """
 
 from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
 
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
-from mini_qwen.data import check_conversations_column, find_parquet_files, map_rows, parse_rows, read_schema
+from mini_qwen.data import map_rows, parse_rows, require_columns
 from mini_qwen.errors import MiniQwenError
+
+NAME = "sft"
+FILES_MERGED = True  # `datasets` loads all files as one table
+WHAT = "SFT data"  # how messages name the data
+COLUMNS = {"conversations": "a list of {from, value} turns"}
+
+
+def columns(text_column: str = "text") -> list[str]:
+    """The columns SFT reads (`text_column` is PT's; every stage module takes it so checks.py can loop)."""
+    return list(COLUMNS)
+
+
+def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> None:
+    """`conversations` exists and is a list of {from, value} records; raises MiniQwenError naming the file."""
+    require_columns(path, schema, COLUMNS)
+    kind = schema.field("conversations").type
+    ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if ok:
+        item = kind.value_type
+        ok = pa.types.is_struct(item) and {"from", "value"} <= {item.field(i).name for i in range(item.num_fields)}
+    if not ok:
+        raise MiniQwenError(f"{path}: column 'conversations' must be a list of {{from, value}} records "
+                            f"(Infinity-Instruct format) but has type {kind}.")
+
+
+def row_problems(values: dict[str, list]) -> list[str | None]:
+    """Why each conversation of a batch cannot be trained on, or None for a good one."""
+    out = []
+    for conv in values["conversations"]:
+        if conv is None:
+            out.append("null 'conversations'")
+            continue
+        try:
+            normalize_messages(conv)
+            out.append(None)
+        except BadConversation as err:
+            out.append(str(err))
+    return out
+
+
+def overlong_rows(values: dict[str, list], problems: list, tokenizer, max_length: int,
+                  max_prompt_length: int | None = None) -> list[str | None]:
+    """For the good rows: truncation keeps the answer when it can, else the row is dropped."""
+    out: list[str | None] = [None] * len(problems)
+    good = [i for i, p in enumerate(problems) if p is None]
+    if not good:
+        return out
+    convs = [normalize_messages(values["conversations"][i]) for i in good]
+    encoded = encode_conversations(tokenizer, convs, max_length)
+    for i, truncated, labels in zip(good, encoded["truncated"], encoded["labels"]):
+        if truncated:
+            out[i] = (f"longer than {max_length} tokens (truncated)" if any(t != -100 for t in labels)
+                      else f"longer than {max_length} tokens with no answer token left (dropped)")
+    return out
 
 
 def _encode_batch(batch, indices, tokenizer, max_length, first_turn_only, on_bad_rows, locate):
@@ -31,12 +94,10 @@ def _encode_batch(batch, indices, tokenizer, max_length, first_turn_only, on_bad
     return out
 
 
-def build_sft_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int, first_turn_only: bool = False,
-                      on_bad_rows: str = "skip", num_proc: int | None = None, log=print):
-    files = find_parquet_files(data_dir, data_glob, what="SFT data")
-    for f in files:
-        check_conversations_column(f, read_schema(f))
-    encoded, n_rows = map_rows(files, ["conversations"], _encode_batch, tokenizer, num_proc,
+def build_dataset(files: list[Path], tokenizer, max_length: int, first_turn_only: bool = False,
+                  on_bad_rows: str = "skip", num_proc: int | None = None, source: str | None = None, log=print):
+    """The SFT training set and its counts, from files the stage script has already found and checked."""
+    encoded, n_rows = map_rows(files, list(COLUMNS), _encode_batch, tokenizer, num_proc,
                                "tokenizing conversations", __file__, max_length=max_length,
                                first_turn_only=first_turn_only, on_bad_rows=on_bad_rows)
     problems = Counter(p for p in encoded["problem"] if p)
@@ -52,8 +113,9 @@ def build_sft_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int,
     for problem, count in problems.most_common():
         log(f"  skipped {count}: {problem}")
     if len(dataset) == 0:
-        raise MiniQwenError(f"no trainable conversation in '{data_dir}' (see the counts above): check the data "
-                            f"or raise --max_length.")
+        raise MiniQwenError(f"no trainable conversation in '{source or files[0].parent}' (see the counts above): "
+                            f"check the data or raise --max_length.")
     stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "dropped_no_answer": no_answer_left,
              "skipped": dict(problems)}
     return dataset, stats
+

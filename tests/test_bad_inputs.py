@@ -302,11 +302,11 @@ def test_check_data_sft_bad_rows_error_then_skip(tmp_path):
     rows = [GOOD, conv(("bot", "hi"), ("gpt", "x")), None, conv(("human", "q"), ("gpt", "a"), ("human", "more?")),
             GOOD]
     folder = write(tmp_path / "sft", pa.table({"conversations": pa.array(rows, pa.list_(TURN))}))
-    rc, out, err = check_data("sft", folder)
+    rc, out, err = check_data("sft", folder, "--on_bad_rows", "error")
     assert_one_error(rc, err, r"3 bad rows in 1 of 1 files .*first: .*a\.parquet: row 1: turn 0 has unknown role 'bot'")
     assert "null 'conversations' (first at row 2)" in out
     assert "conversation does not end with an assistant answer (first at row 3)" in out
-    rc, out, err = check_data("sft", folder, "--on_bad_rows", "skip")
+    rc, out, err = check_data("sft", folder)  # the stages' default, skip: the good rows can be trained on
     assert rc == 0, err
     assert "ok: 2 usable rows (3 bad rows will be skipped)" in out
 
@@ -327,7 +327,7 @@ def test_check_data_dpo_identical_answers_and_over_long(tmp_path, built_tokenize
         "chosen": pa.array([good_c, same_c], pa.list_(MESSAGE)),
         "rejected": pa.array([good_r, same_r], pa.list_(MESSAGE)),
         "id": [1, 2]}))
-    rc, out, err = check_data("dpo", folder)
+    rc, out, err = check_data("dpo", folder, "--on_bad_rows", "error")
     assert_one_error(rc, err, r"a\.parquet: row 1: chosen and rejected answers are identical")
     # Over-long rows need the tokenizer: run that one in-process (the subprocess would reload torch).
     spec = importlib.util.spec_from_file_location("check_data", CHECK_DATA)

@@ -8,7 +8,8 @@ from conftest import BAAI_SAMPLES, needs_samples
 from mini_qwen.chat import (IGNORE, BadConversation, ChatTokens, build_example, encode_conversations,
                             normalize_messages)
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.sft_data import build_sft_dataset
+from mini_qwen.checks import find_stage_files
+from mini_qwen.sft_data import build_dataset
 
 
 def expected_trainable(tokenizer, messages):
@@ -52,8 +53,8 @@ def test_crafted_multi_turn_labels(tokenizer):
 
 @needs_samples
 def test_real_7m_and_gen_rows_label_exactly(tokenizer):
-    dataset, stats = build_sft_dataset(str(BAAI_SAMPLES / "sft"), "**/*.parquet", tokenizer, max_length=100_000,
-                                       log=lambda *_: None)
+    dataset, stats = build_dataset(find_stage_files("sft", str(BAAI_SAMPLES / "sft")), tokenizer,
+                                   max_length=100_000, log=lambda *_: None)
     assert stats["rows"] == 200 and stats["trained"] == 200 and stats["truncated"] == 0
     raw = []
     for sub in ("7M", "Gen"):  # the loader reads files in sorted path order
@@ -94,7 +95,8 @@ def test_conversation_that_cannot_fit_is_dropped_and_counted(tmp_path, tokenizer
     path.parent.mkdir()
     pq.write_table(pa.table({"conversations": rows}), path)
     logs = []
-    dataset, stats = build_sft_dataset(str(path.parent), "*.parquet", tokenizer, max_length=12, log=logs.append)
+    dataset, stats = build_dataset(find_stage_files("sft", str(path.parent), "*.parquet"), tokenizer, max_length=12,
+                                   log=logs.append)
     # 12 tokens leave no room for any answer token next to the two headers and the minimum prompt
     assert stats["dropped_no_answer"] >= 1 and len(dataset) == 2 - stats["dropped_no_answer"]
     assert "dropped (no answer token left)" in logs[0]
@@ -108,14 +110,16 @@ def test_bad_rows_skipped_and_counted_or_named(tmp_path, tokenizer):
     folder.mkdir()
     pq.write_table(pa.table({"conversations": rows}), folder / "a.parquet")
     logs = []
-    dataset, stats = build_sft_dataset(str(folder), "*.parquet", tokenizer, 128, log=logs.append)
+    dataset, stats = build_dataset(find_stage_files("sft", str(folder), "*.parquet"), tokenizer, 128,
+                                   log=logs.append)
     assert len(dataset) == 2 and sum(stats["skipped"].values()) == 3
     assert any("unknown role" in line for line in logs)
     with pytest.raises(MiniQwenError, match=r"a\.parquet: row 1: empty conversation"):
-        build_sft_dataset(str(folder), "*.parquet", tokenizer, 128, on_bad_rows="error", log=lambda *_: None)
+        build_dataset(find_stage_files("sft", str(folder), "*.parquet"), tokenizer, 128, on_bad_rows="error",
+                      log=lambda *_: None)
     pq.write_table(pa.table({"messages": [good]}), folder / "b.parquet")
     with pytest.raises(MiniQwenError, match=r"b\.parquet: missing column 'conversations'"):
-        build_sft_dataset(str(folder), "*.parquet", tokenizer, 128, log=lambda *_: None)
+        find_stage_files("sft", str(folder), "*.parquet")  # the stage's one check, before any row is read
 
 
 def test_normalize_rejects_what_cannot_train():

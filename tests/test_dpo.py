@@ -128,7 +128,8 @@ def test_dpo_precomputed_reference(tiny_checkpoint, tmp_path, capsys):
 
 def test_truncation_keeps_question_end_and_headers(tokenizer, tmp_path, capsys):
     from mini_qwen.chat import ChatTokens, format_prompt
-    from mini_qwen.preference import build_preference_dataset
+    from mini_qwen.checks import find_stage_files
+    from mini_qwen.dpo_data import build_dataset
 
     ct = ChatTokens.of(tokenizer)
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -138,8 +139,8 @@ def test_truncation_keeps_question_end_and_headers(tokenizer, tmp_path, capsys):
             pair(long_question, "Paris.", "Lyon."),  # prompt cut from its head
             pair("Tell me about Paris.", long_answer, "I do not know.")]  # chosen answer cut at its tail
     write_pairs(tmp_path / "data" / "train.parquet", rows)
-    dataset, stats = build_preference_dataset(str(tmp_path / "data"), "**/*.parquet", tokenizer,
-                                              max_length=64, max_prompt_length=32)
+    dataset, stats = build_dataset(find_stage_files("dpo", str(tmp_path / "data")), tokenizer,
+                                   max_length=64, max_prompt_length=32)
     assert stats["trained"] == 3 and stats["prompt_truncated"] == 1 and stats["answer_truncated"] == 1
     assert stats["truncated"] == 2 and stats["dropped"] == {} and stats["skipped"] == {}
     short, cut_prompt, cut_answer = dataset[0], dataset[1], dataset[2]
@@ -165,14 +166,15 @@ def test_truncation_keeps_question_end_and_headers(tokenizer, tmp_path, capsys):
 
 
 def test_pair_without_answer_room_is_dropped(tokenizer, tmp_path, capsys):
-    from mini_qwen.preference import build_preference_dataset
+    from mini_qwen.checks import find_stage_files
+    from mini_qwen.dpo_data import build_dataset
 
     rows = [pair("word " * 100 + "question?", "Yes.", "No."),  # prompt fills the whole max_length
             pair("Hi?", "Hello.", "Go away."),
             pair("Same start?", "Shared start. " * 10 + "A", "Shared start. " * 10 + "B")]  # same once cut
     write_pairs(tmp_path / "data" / "train.parquet", rows)
-    dataset, stats = build_preference_dataset(str(tmp_path / "data"), "**/*.parquet", tokenizer,
-                                              max_length=24, max_prompt_length=24)
+    dataset, stats = build_dataset(find_stage_files("dpo", str(tmp_path / "data")), tokenizer,
+                                   max_length=24, max_prompt_length=24)
     assert stats["trained"] == 1
     assert stats["dropped"] == {"no answer token left": 1, "answers identical after truncation": 1}
     assert stats["truncated"] == 0  # counts cover trained pairs only
@@ -191,7 +193,8 @@ def test_missing_chosen_column_names_file_and_column(tiny_checkpoint, tmp_path):
 
 
 def test_bad_rows_skipped_and_counted_or_error(tiny_checkpoint, tokenizer, tmp_path, capsys):
-    from mini_qwen.preference import build_preference_dataset
+    from mini_qwen.checks import find_stage_files
+    from mini_qwen.dpo_data import build_dataset
     from mini_qwen_dpo import main
 
     rows = [pair("Q1?", "A good answer.", "A bad answer."),
@@ -199,7 +202,7 @@ def test_bad_rows_skipped_and_counted_or_error(tiny_checkpoint, tokenizer, tmp_p
             pair("", "A.", "B."),  # row 2: empty prompt
             pair("Q4?", "   ", "B.")]  # row 3: empty chosen answer
     path = write_pairs(tmp_path / "data" / "train.parquet", rows)
-    dataset, stats = build_preference_dataset(str(tmp_path / "data"), "**/*.parquet", tokenizer, 128, 64)
+    dataset, stats = build_dataset(find_stage_files("dpo", str(tmp_path / "data")), tokenizer, 128, 64)
     assert stats["rows"] == 4 and stats["trained"] == 1
     assert stats["skipped"] == {"chosen and rejected answers are identical": 1, "empty prompt": 1,
                                 "chosen assistant answer is empty": 1}

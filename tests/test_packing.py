@@ -9,10 +9,11 @@ import pytest
 import torch
 from conftest import BAAI_SAMPLES, REPO_ROOT, needs_samples
 
-from mini_qwen.data import find_parquet_files, iter_text_batches
+from mini_qwen.checks import check_stage_files
+from mini_qwen.data import find_parquet_files
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.packing import (BYTES_PER_TOKEN, PackedBlocks, collate_blocks, decode_u24, encode_u24,
-                               prepare_token_cache, tokenize_batch, tokenize_simple)
+from mini_qwen.packing import BYTES_PER_TOKEN, PackedBlocks, collate_blocks, decode_u24, encode_u24, tokenize_batch
+from mini_qwen.pt_data import iter_text_batches, prepare_token_cache
 
 
 def write_texts(path, texts, **extra):
@@ -41,6 +42,12 @@ def _sample_texts():
         find_parquet_files(REPO_ROOT / "mini_data" / "pt")
     texts = [t for batch in iter_text_batches(files) for t in batch]
     return texts + ["", "12345 digits", "混合 English 和中文。\r\n  spaces", "<|im_end|> inside text"]
+
+
+def tokenize_simple(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The straightforward path (one call per document, eos as text): the reference the fast path must equal."""
+    docs = [tokenizer(t + "<|im_end|>", add_special_tokens=False)["input_ids"] for t in texts]
+    return np.array([t for d in docs for t in d], dtype=np.uint32), np.array([len(d) for d in docs], dtype=np.int32)
 
 
 def test_fast_tokenization_equals_straightforward_path(tokenizer):
@@ -130,16 +137,17 @@ def test_loader_errors_name_the_problem(tmp_path, tokenizer):
     bad = tmp_path / "bad" / "x.parquet"
     bad.parent.mkdir()
     pq.write_table(pa.table({"txt": ["hello"]}), bad)
+    # The stage checks its files once (checks.check_stage_files), before the cache is built.
     with pytest.raises(MiniQwenError, match=r"x\.parquet: missing column 'text'.*did you mean 'txt'"):
-        prepare_token_cache([bad], tokenizer, tmp_path / "cache")
+        check_stage_files("pt", [bad])
     numbers = tmp_path / "num.parquet"
     pq.write_table(pa.table({"text": [1, 2]}), numbers)
     with pytest.raises(MiniQwenError, match="column 'text' must hold text"):
-        list(iter_text_batches([numbers]))
+        check_stage_files("pt", [numbers])
     holes = write_texts(tmp_path / "holes.parquet", ["ok", None, "  ", "fine"])
     with pytest.raises(MiniQwenError, match=r"holes\.parquet: row 1 has a"):
         list(iter_text_batches([holes], on_bad_rows="error"))
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"PAR1 not really")
     with pytest.raises(MiniQwenError, match="cannot read parquet file"):
-        prepare_token_cache([broken], tokenizer, tmp_path / "cache")
+        check_stage_files("pt", [broken])

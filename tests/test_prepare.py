@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from mini_qwen.errors import MiniQwenError
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 PREPARE = REPO / "prepare.sh"
 
 
@@ -28,7 +29,6 @@ def _load(name, path):
 
 
 ps = _load("prepare_select", REPO / "utils" / "prepare_select.py")
-from mini_qwen.errors import MiniQwenError  # noqa: E402
 
 RANKS = 5  # rank files per folder in the fake repo
 FILE_SIZE = 3  # every fake file is 3 bytes: the fake downloader writes "abc"

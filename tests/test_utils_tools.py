@@ -12,11 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # also when run as plain `pytest`, not `python -m pytest`
-
-from mini_qwen.errors import MiniQwenError, run_main  # noqa: E402
-from mini_qwen.plotting import (  # noqa: E402
+from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.plotting import (
     parse_training_log,
     plot_loss_curves,
     plot_run,
@@ -25,6 +22,7 @@ from mini_qwen.plotting import (  # noqa: E402
     summarize,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LOGS = SHARED / "reference" / "upstream_logs"
 DATA = SHARED / "reference" / "mini_data_baai"

@@ -3,7 +3,7 @@
 Run as:
     python utils/check_data.py pt data/pt
     python utils/check_data.py sft data/sft --max_length 1024          # also count over-long conversations
-    python utils/check_data.py dpo data/dpo --on_bad_rows skip         # report bad rows, exit 0 anyway
+    python utils/check_data.py dpo data/dpo --on_bad_rows error        # any bad row fails the check
     python utils/check_data.py pt data/pt --glob "news_media/**/*.parquet"
 
 For every selected file: rows; columns the stage never reads (extra) and those it needs but
@@ -15,31 +15,29 @@ reads `id`; a clash in a column the stage reads is an error). With `--max_length
 longer than that many tokens are counted with what the stage will do to them (this loads the
 tokenizer and tokenizes every row, so it is the slow part; leave it out for a quick check).
 
-The checks are the stage loaders' own (mini_qwen/checks.py), so a row reported here is a row
-the stage skips (default) or stops on (`--on_bad_rows error`). Exit code: 0 when the data
-can be trained on, 2 with one `error:` line otherwise. `--on_bad_rows skip` (what the stages
-do by default) turns bad rows into counts; missing columns, unreadable files and type clashes
-in a column the stage reads always fail, since no stage can get past them.
+The checks are the stages' own (mini_qwen/checks.py and each stage's data module), so a row
+reported here is a row the stage skips (default) or stops on (`--on_bad_rows error`), and the
+verdict is the stage's: exit 0 when the stage with the same `--on_bad_rows` would train on the
+data, 2 with one `error:` line otherwise. With the stages' default, skip, bad rows among good
+ones are reported as counts and the check passes; with `--on_bad_rows error` any bad row fails
+it. Missing columns, unreadable files and type clashes in a column the stage reads always fail,
+since no stage can get past them.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mini_qwen.checks import STAGES, check_data, verdict  # noqa: E402
-from mini_qwen.data import find_parquet_files  # noqa: E402
-from mini_qwen.errors import MiniQwenError, run_main  # noqa: E402
+from mini_qwen.checks import STAGES, check_data, stage_data, verdict
+from mini_qwen.data import ON_BAD_ROWS, find_parquet_files
+from mini_qwen.errors import MiniQwenError, run_main
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python utils/check_data.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=STAGES, help="which stage's schema the files must follow")
+    parser.add_argument("stage", choices=list(STAGES), help="which stage's schema the files must follow")
     parser.add_argument("data_dir", help="a folder of parquet files (or one file)")
     parser.add_argument("--glob", "--data_glob", dest="glob", default="**/*.parquet",
                         help="which files under data_dir (default: **/*.parquet, as the stages)")
@@ -50,15 +48,16 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer_path", default=None,
                         help="tokenizer folder for --max_length (default: the project's, see mini_qwen/tokenizer.py)")
     parser.add_argument("--text_column", default="text", help="pt: the column holding the text (default: text)")
-    parser.add_argument("--on_bad_rows", choices=("error", "skip"), default="error",
-                        help="error (default): bad rows fail the check; skip: report their counts and exit 0")
+    parser.add_argument("--on_bad_rows", choices=ON_BAD_ROWS, default="skip",
+                        help="skip (default, as the stages): report bad rows as counts and pass when good rows "
+                             "remain; error: any bad row fails the check")
     parser.add_argument("--batch_rows", type=int, default=2048, help="rows read at a time (memory bound)")
     args = parser.parse_args(argv)
     if args.max_length is not None and args.max_length < 1:
         raise MiniQwenError(f"--max_length must be at least 1 (got {args.max_length}).")
 
     start = time.perf_counter()
-    files = find_parquet_files(args.data_dir, args.glob, what=f"{args.stage.upper()} data")
+    files = find_parquet_files(args.data_dir, args.glob, what=stage_data(args.stage).WHAT)
     tokenizer = None
     if args.max_length:
         from mini_qwen.tokenizer import load_tokenizer

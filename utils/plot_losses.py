@@ -18,13 +18,10 @@ import argparse
 import os
 import re
 import stat
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mini_qwen.errors import MiniQwenError, run_main  # noqa: E402
-from mini_qwen.plotting import load_curves, plot_loss_curves, summarize  # noqa: E402
+from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.plotting import load_curves, plot_loss_curves, summarize
 
 
 def _writable_dir(folder: Path) -> bool:

@@ -31,13 +31,10 @@ import argparse
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mini_qwen.errors import MiniQwenError, run_main  # noqa: E402
+from mini_qwen.errors import MiniQwenError, run_main
 
 PT_REPO = "BAAI/IndustryCorpus2"
 SFT_REPO = "BAAI/Infinity-Instruct"

@@ -27,11 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from mini_qwen.errors import MiniQwenError  # noqa: E402
+from mini_qwen.errors import MiniQwenError
 
 
 def head_table(src_file, rows):

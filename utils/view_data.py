@@ -17,9 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mini_qwen.errors import MiniQwenError, run_main  # noqa: E402
+from mini_qwen.errors import MiniQwenError, run_main
 
 # Which of the BAAI datasets a schema looks like, judged by its columns.
 _KINDS = (

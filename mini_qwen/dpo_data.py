@@ -1,4 +1,8 @@
-"""Infinity-Preference parquet files -> a tokenized DPO dataset (prompt_ids, chosen_ids, rejected_ids), with counts.
+"""DPO data, all in one place: Infinity-Preference parquet files -> a tokenized dataset
+(prompt_ids, chosen_ids, rejected_ids), with counts.
+
+The same face as every stage's data module (see mini_qwen/pt_data.py): columns, check_schema,
+row_problems, overlong_rows, build_dataset.
 
 Each row holds a `prompt` (the user's question) and two conversations, `chosen` and `rejected`,
 as lists of {content, role} messages ([user, assistant] in the real data). We read only
@@ -27,14 +31,17 @@ by default; `on_bad_rows="error"` stops at the first one with its file and row i
 """
 
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 
 from mini_qwen.chat import ChatTokens, parse_turn
-from mini_qwen.data import (check_string_column, find_parquet_files, map_rows, parse_rows, read_schema,
-                            require_columns)
+from mini_qwen.data import check_string_column, map_rows, parse_rows, require_columns
 from mini_qwen.errors import MiniQwenError
 
+NAME = "dpo"
+FILES_MERGED = True  # `datasets` loads all files as one table
+WHAT = "DPO data"  # how messages name the data
 COLUMNS = {
     "prompt": "the user's question as text",
     "chosen": "the preferred conversation, a list of {content, role} messages",
@@ -47,7 +54,13 @@ class BadPair(ValueError):
     """A row that cannot be trained on; the message says why."""
 
 
-def check_preference_columns(path, schema: pa.Schema) -> None:
+def columns(text_column: str = "text") -> list[str]:
+    """The columns DPO reads (`text_column` is PT's; every stage module takes it so checks.py can loop)."""
+    return list(COLUMNS)
+
+
+def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> None:
+    """prompt is text, chosen / rejected are lists of {content, role} messages; raises MiniQwenError naming the file."""
     require_columns(path, schema, COLUMNS)
     check_string_column(path, schema, "prompt")
     for name in ("chosen", "rejected"):
@@ -164,6 +177,39 @@ def encode_pairs(tokenizer, pairs: list[tuple], max_length: int, max_prompt_leng
     return out
 
 
+def row_problems(values: dict[str, list]) -> list[str | None]:
+    """Why each pair of a batch cannot be trained on, or None for a good one."""
+    out = []
+    for prompt, chosen, rejected in zip(values["prompt"], values["chosen"], values["rejected"]):
+        nulls = [n for n, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)) if v is None]
+        if nulls:
+            out.append("null " + " and ".join(f"'{n}'" for n in nulls))
+            continue
+        try:
+            parse_pair(prompt, chosen, rejected)
+            out.append(None)
+        except BadPair as err:
+            out.append(str(err))
+    return out
+
+
+def overlong_rows(values: dict[str, list], problems: list, tokenizer, max_length: int,
+                  max_prompt_length: int | None = None) -> list[str | None]:
+    """For the good rows: what the truncation above does to a pair longer than `max_length` tokens."""
+    out: list[str | None] = [None] * len(problems)
+    good = [i for i, p in enumerate(problems) if p is None]
+    if not good:
+        return out
+    pairs = [parse_pair(values["prompt"][i], values["chosen"][i], values["rejected"][i]) for i in good]
+    prompt_budget = max_prompt_length or max(max_length // 2, 1)
+    for i, pair in zip(good, encode_pairs(tokenizer, pairs, max_length, prompt_budget)):
+        if pair["dropped"]:
+            out[i] = f"dropped after truncation to {max_length} tokens: {pair['dropped']}"
+        elif pair["prompt_cut"] or pair["answer_cut"]:
+            out[i] = f"longer than {max_length} tokens (truncated)"
+    return out
+
+
 def _encode_batch(batch, indices, tokenizer, max_length, max_prompt_length, on_bad_rows, locate):
     good, problems = parse_rows(zip(batch["prompt"], batch["chosen"], batch["rejected"]), indices, parse_pair,
                                 BadPair, on_bad_rows, locate)
@@ -179,9 +225,10 @@ def _encode_batch(batch, indices, tokenizer, max_length, max_prompt_length, on_b
     return out
 
 
-def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_length: int, max_prompt_length: int,
-                             on_bad_rows: str = "skip", num_proc: int | None = None, log=print):
-    """The DPO training set and its counts: (datasets.Dataset of prompt_ids/chosen_ids/rejected_ids, stats)."""
+def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_length: int, on_bad_rows: str = "skip",
+                  num_proc: int | None = None, source: str | None = None, log=print):
+    """The DPO training set and its counts: (datasets.Dataset of prompt_ids/chosen_ids/rejected_ids, stats),
+    from files the stage script has already found and checked."""
     ct = ChatTokens.of(tokenizer)
     if max_prompt_length < min_prompt_length(ct):
         raise MiniQwenError(f"--max_prompt_length {max_prompt_length} is too small: the chat headers alone need "
@@ -189,9 +236,6 @@ def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_lengt
     if max_prompt_length >= max_length:
         log(f"note: --max_prompt_length {max_prompt_length} >= --max_length {max_length}: pairs whose prompt "
             f"fills max_length keep no answer token and are dropped.")
-    files = find_parquet_files(data_dir, data_glob, what="DPO data")
-    for f in files:
-        check_preference_columns(f, read_schema(f))
     encoded, n_rows = map_rows(files, list(COLUMNS), _encode_batch, tokenizer, num_proc,
                                "tokenizing preference pairs", __file__, max_length=max_length,
                                max_prompt_length=max_prompt_length, on_bad_rows=on_bad_rows)
@@ -212,8 +256,8 @@ def build_preference_dataset(data_dir: str, data_glob: str, tokenizer, max_lengt
     for problem, count in problems.most_common():
         log(f"  skipped {count}: {problem}")
     if len(dataset) == 0:
-        raise MiniQwenError(f"no trainable preference pair in '{data_dir}' (see the counts above): check the data "
-                            f"or raise --max_length / lower --max_prompt_length.")
+        raise MiniQwenError(f"no trainable preference pair in '{source or files[0].parent}' (see the counts "
+                            f"above): check the data or raise --max_length / lower --max_prompt_length.")
     stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "prompt_truncated": prompt_cut,
              "answer_truncated": answer_cut, "dropped": dict(dropped), "skipped": dict(problems)}
     return dataset, stats
