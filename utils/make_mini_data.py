@@ -99,8 +99,10 @@ def language(src, lang):
     """All PT sections of one language in one mapping (t["cities"], ...), with the language's style."""
     t = Entry(src["pt_files"]["style"][lang])
     t.where = f"the '{lang}' sections of mini_data/source/pt_*.yaml"
-    for name in PT_SOURCES:
-        t.update((key, per_lang[lang]) for key, per_lang in src[name].items() if lang in per_lang)
+    for key, per_lang in ((k, v) for name in PT_SOURCES for k, v in src[name].items() if lang in v):
+        if key in t:  # one place per section, or an edit would silently lose to the other copy
+            raise MiniQwenError(f"{per_lang.where}: section '{key}' is defined twice in mini_data/source/; keep one")
+        t[key] = per_lang[lang]
     return t
 
 
@@ -127,12 +129,11 @@ class Writer:
     def pick(self, pool, k):  # k distinct items in random order
         return self.rng.sample(pool, min(k, len(pool)))
 
-    def docs(self, spec):
+    def docs(self, spec, where):
         """One `docs` entry of pt_files.yaml ("hotel_reviews 3", "poems :4", ...): its list of documents."""
         kind, *args = spec.split()
         if kind not in self.KINDS:
-            raise MiniQwenError(f"mini_data/source/pt_files.yaml: unknown docs entry '{spec}'; the kinds are "
-                                f"{', '.join(self.KINDS)}")
+            raise MiniQwenError(f"{where}: unknown docs entry '{spec}'; the kinds are {', '.join(self.KINDS)}")
         return getattr(self, kind)(*args)
 
     def hotel_reviews(self, per_city):
@@ -247,7 +248,7 @@ def pt_tables(src, seed):
     writers = {lang: Writer(language(src, lang), random.Random(f"{seed}-pt-{lang}")) for lang in ("zh", "en")}
     rng, next_id, out = random.Random(f"{seed}-pt-scores"), 0, {}
     for f in src["pt_files"]["files"]:
-        docs = [doc for spec in f["docs"] for doc in writers[f["lang"]].docs(spec)]
+        docs = [doc for spec in f["docs"] for doc in writers[f["lang"]].docs(spec, f.where)]
         random.Random(f"{seed}-pt-order-{f['order']}").shuffle(docs)
         rows = []
         for text in docs:
@@ -262,12 +263,14 @@ def pt_tables(src, seed):
 
 # --- SFT and DPO -------------------------------------------------------------------------------------
 def seed_answers(src, seed):
-    """{key: answers} of the seed prompts; the story prompt's come from the story writer, with their own seed."""
+    """{key: answers} of the seed prompts; the story prompt's are written by the story writer, from their own seed."""
     out = {}
     for sp in src["sft"]["seed_prompts"]:
-        w = Writer(language(src, sp["lang"]), random.Random(f"{seed}-seed-stories"))
-        out[sp["key"]] = ([w.story(w.t["characters"][i], w.t["plots"][j]) for i, j in sp["stories"]]
-                          if "stories" in sp else sp["answers"])
+        if "stories" in sp:
+            w = Writer(language(src, sp["lang"]), random.Random(f"{seed}-seed-stories"))
+            out[sp["key"]] = [w.story(w.t["characters"][i], w.t["plots"][j]) for i, j in sp["stories"]]
+        else:
+            out[sp["key"]] = sp["answers"]
     return out
 
 
