@@ -6,7 +6,6 @@ when that folder is absent; the rest need only the committed mini_data/.
 
 import hashlib
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -117,9 +116,8 @@ def _sha256(path):
 
 def test_generator_reproduces_the_committed_files_byte_for_byte(tmp_path):
     out = tmp_path / "mini"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run([sys.executable, str(REPO / "utils" / "make_mini_data.py"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     committed, fresh = _files(MINI), _files(out)
     assert committed, "mini_data/ is empty: run python utils/make_mini_data.py"
@@ -149,9 +147,8 @@ def test_a_missing_field_in_the_sources_names_the_file_and_line(source_copy, tmp
 
 def test_broken_yaml_is_a_one_line_error(source_copy, tmp_path):
     (source_copy / "dpo.yaml").write_text("off_topic:\n  zh: [unclosed\n", encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     res = subprocess.run([sys.executable, str(REPO / "utils" / "make_mini_data.py"), "--out", str(tmp_path / "out"),
-                          "--source", str(source_copy)], capture_output=True, text=True, timeout=120, env=env)
+                          "--source", str(source_copy)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().startswith(f"error: {source_copy / 'dpo.yaml'}:") and "not valid YAML" in res.stderr
     assert not (tmp_path / "out").exists(), "nothing is written when a source is broken"

@@ -1,6 +1,6 @@
 """Write mini_data/: the project's own tiny PT / SFT / DPO data, in the exact schemas of the BAAI data.
 
-Run as (from the repository root; `PYTHONPATH=.` until the package is installed):
+Run as (mini_qwen installed by `bash setup.sh`, `pip install -e .`):
     python utils/make_mini_data.py                      # mini_data/source/*.yaml -> mini_data/**.parquet
     python utils/make_mini_data.py --out /tmp/mini      # anywhere else
     python utils/check_data.py sft mini_data/sft --max_length 128   # then: rows over the demo's length
