@@ -1,4 +1,4 @@
-"""mini_data/ (written by utils/make_mini_data.py) and utils/save_mini_data.py.
+"""mini_data/ (written by utils/make_mini_data.py from mini_data/source/*.yaml) and utils/save_mini_data.py.
 
 Schema tests compare against the real BAAI samples in ../shared/reference/mini_data_baai and skip
 when that folder is absent; the rest need only the committed mini_data/.
