@@ -53,6 +53,27 @@ def _error(err: P.ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
+class ApiKey:
+    """Every /v1/ and /arena/ request needs `Authorization: Bearer <key>`; the page and its files are public
+    (they hold no model and ask for the key). Plain ASGI, not BaseHTTPMiddleware, whose wrapped `receive`
+    would hide a client's disconnect from the endpoint."""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith(("/v1/", "/arena/")):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error(P.ApiError(401, "missing or wrong API key: send the header 'Authorization: "
+                                                  "Bearer <key>' with the key the server was started with "
+                                                  "(--api_key).", kind="authentication_error",
+                                             code="invalid_api_key"))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(slots: dict[str, ModelSlot], votes_dir: str | Path, api_key: str | None = None,
                max_concurrent: int = 1, max_queue: int = 16, defaults: Sampling | None = None) -> FastAPI:
     defaults = defaults or Sampling(max_tokens=256)
@@ -83,15 +104,8 @@ def create_app(slots: dict[str, ModelSlot], votes_dir: str | Path, api_key: str 
         print(f"internal error on {request.method} {request.url.path}: {type(err).__name__}: {err}", flush=True)
         return _error(P.ApiError(500, f"internal server error: {type(err).__name__}", kind="server_error"))
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if api_key and request.url.path.startswith(("/v1/", "/arena/")):
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return _error(P.ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer "
-                                              "<key>' with the key the server was started with (--api_key).",
-                                         kind="authentication_error", code="invalid_api_key"))
-        return await call_next(request)
+    if api_key:
+        app.add_middleware(ApiKey, key=api_key)
 
     # ------------------------------------------------------------------ generation plumbing
 
@@ -107,14 +121,18 @@ def create_app(slots: dict[str, ModelSlot], votes_dir: str | Path, api_key: str 
 
     async def collect(request: Request, job: Job) -> tuple[str, str, int]:
         """(answer, finish_reason, completion tokens) of a non-streamed job; cancels it if the client leaves."""
-        parts = []
+        parts, checked = [], time.monotonic()
         try:
             while True:
                 try:
                     event = await asyncio.wait_for(job.events.get(), POLL_S)
                 except asyncio.TimeoutError:
+                    event = None
+                if time.monotonic() - checked >= POLL_S:  # tokens may arrive faster than POLL_S: check anyway
+                    checked = time.monotonic()
                     if await request.is_disconnected():
-                        raise asyncio.CancelledError from None
+                        raise asyncio.CancelledError
+                if event is None:
                     continue
                 if event[0] == "delta":
                     parts.append(event[1])
