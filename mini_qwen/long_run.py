@@ -1,0 +1,332 @@
+"""What a 25-hour run on rented GPUs needs: saves by the clock, save-and-exit on SIGTERM, bad steps skipped,
+failed saves reported. One shape for all three stages: the stage's TrainingArguments subclass inherits
+`LongRunArguments` (the flags) and its trainer class gets `LongRunMixin` (via `with_long_run(TrainerClass)`).
+
+- **Saves by the clock.** `--save_every_minutes 60`: at the first step end after that many minutes since
+  the last save (or the start), a checkpoint is written, on top of `--save_steps` / `--save_strategy epoch`.
+  `--save_strategy no` turns these off too. At most about an hour of work is lost to a crash.
+- **SIGTERM / SIGINT** (what `kill`, Slurm and spot-instance preemption send first): the current step
+  finishes, a complete checkpoint-N is written, and the process exits 0 with the command that resumes
+  it. A second signal exits at once (the checkpoint being written is then incomplete, and
+  `--resume_from_checkpoint auto` skips it). All processes agree on the step (one all-reduce per step).
+- **Bad steps.** A step whose loss is not finite, or above `--loss_spike_factor` x the median of the last
+  `--loss_spike_window` good steps, is skipped: the optimizer does not step (AdamW's decay and moments
+  would move the weights even on zero gradients), the gradients are dropped, the step still counts
+  (scheduler and data position stay what resume expects). After `--max_consecutive_bad_steps` bad steps
+  in a row the run stops naming the step, the data position and the last good checkpoint. The decision
+  uses the loss of the whole optimizer step (all micro-batches of the accumulation, averaged over
+  processes, so every process decides alike). Under DeepSpeed the engine steps inside backward, before
+  the loss of the step is known: there bad steps are only counted and stop the run; DeepSpeed's fp16
+  loss scaler skips overflowing steps itself.
+- **A failed save** (disk full, permission denied) stops the run with one message naming the folder and
+  the free space, after removing the half-written checkpoint-N so resume never takes it for complete.
+"""
+
+import math
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from mini_qwen.errors import MiniQwenError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+MIN_SPIKE_HISTORY = 10  # good steps before spike detection starts (fewer if --loss_spike_window is smaller)
+
+
+@dataclass
+class LongRunArguments:
+    """Flags for long runs; every stage's training arguments inherit them."""
+
+    save_every_minutes: float = field(default=60, metadata={
+        "help": "Also save a checkpoint when this many minutes have passed since the last one (0: off). "
+                "Bounds the work lost to a crash; --save_strategy no turns it off as well."})
+    loss_spike_factor: float = field(default=3.0, metadata={
+        "help": "A step whose loss exceeds this many times the median of recent good steps is skipped "
+                "(0: only non-finite losses are skipped)."})
+    loss_spike_window: int = field(default=100, metadata={
+        "help": "Good steps the median of --loss_spike_factor is taken over."})
+    max_consecutive_bad_steps: int = field(default=20, metadata={
+        "help": "Stop the run after this many bad (skipped) steps in a row."})
+    allow_changed_resume: bool = field(default=False, metadata={
+        "help": "Resume even when batch size, accumulation, process count or data differ from the run that "
+                "wrote the checkpoint (see run_config.json)."})
+
+
+def free_space(folder: str | os.PathLike) -> str:
+    """Free space on the disk holding `folder` (or its nearest existing parent), e.g. '1.2 GB free'."""
+    path = Path(folder).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        usage = shutil.disk_usage(path)
+    except OSError:
+        return "free space unknown"
+    return f"{usage.free / 1e9:.2f} GB free of {usage.total / 1e9:.1f} GB"
+
+
+def is_write_failure(err: BaseException) -> bool:
+    # torch.save reports a full disk as RuntimeError("... PytorchStreamWriter failed writing file ...").
+    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and "PytorchStreamWriter" in str(err))
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _StopSignals:
+    """First SIGTERM/SIGINT: remember it (the step finishes, then save and exit). Second: exit at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous = {}
+
+    def handle(self, signum, frame):
+        if self.received is not None:
+            print(f"\nlong run: second {signal.Signals(signum).name}: exiting now without a checkpoint "
+                  f"(the one being written, if any, is incomplete and resume will skip it).", flush=True)
+            os._exit(128 + signum)
+        self.received = signum
+        print(f"\nlong run: {signal.Signals(signum).name} received: finishing this step, saving a checkpoint, "
+              f"then exiting (send it again to exit at once).", flush=True)
+
+    def install(self):
+        if not _is_main_thread():  # signal handlers can only be set from the main thread
+            return
+        for sig in STOP_SIGNALS:
+            self.previous[sig] = signal.signal(sig, self.handle)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+class BadStepGuard:
+    """Decides, once per optimizer step and alike on every process, whether the step is bad."""
+
+    def __init__(self, factor: float, window: int, max_consecutive: int):
+        self.factor, self.max_consecutive = factor, max_consecutive
+        self.history = deque(maxlen=window)
+        self.min_history = min(MIN_SPIKE_HISTORY, window)
+        self.window_loss = 0.0
+        self.skip = False
+        self.total = self.consecutive = 0
+        self.last_reason = ""
+
+    def add_micro_batch(self, loss: torch.Tensor):
+        self.window_loss = self.window_loss + loss.detach().float()
+
+    def decide(self, loss: float) -> bool:
+        """`loss`: the step's loss, the same number on every process. True when the step is to be skipped."""
+        self.window_loss = 0.0
+        if not math.isfinite(loss):
+            self.last_reason = f"loss {loss}"
+        elif self.factor > 0 and len(self.history) >= self.min_history and \
+                loss > self.factor * (median := statistics.median(self.history)):
+            self.last_reason = f"loss {loss:.4g} > {self.factor:g} x median {median:.4g} of the last " \
+                               f"{len(self.history)} good steps"
+        else:
+            self.history.append(loss)
+            self.consecutive = 0
+            self.skip = False
+            return False
+        self.total += 1
+        self.consecutive += 1
+        self.skip = True
+        return True
+
+
+class _LongRunCallback(TrainerCallback):
+    """The per-step hooks of LongRunMixin (callbacks see args/state/control; the trainer does the collectives)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._last_save_time = time.monotonic()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._check_step_loss()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._step_end(control)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.trainer._last_save_time = time.monotonic()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        guard = self.trainer._bad_steps
+        if logs is not None and "loss" in logs and guard.total:
+            logs["bad_steps_skipped"] = guard.total
+            if state.log_history and state.log_history[-1].get("step") == state.global_step:
+                state.log_history[-1]["bad_steps_skipped"] = guard.total
+
+
+class LongRunMixin:
+    """Mixed into a transformers / TRL trainer class before it: `class T(LongRunMixin, SFTTrainer)`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        a = self.args
+        self._bad_steps = BadStepGuard(getattr(a, "loss_spike_factor", 3.0), getattr(a, "loss_spike_window", 100),
+                                       getattr(a, "max_consecutive_bad_steps", 20))
+        self._signals = _StopSignals()
+        self._last_save_time = time.monotonic()
+        self.stopped_by_signal: int | None = None
+        self.add_callback(_LongRunCallback(self))
+
+    # -- bad steps ------------------------------------------------------------------------------------------
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        if not self.is_deepspeed_enabled and not getattr(optimizer, "_long_run_guarded", False):
+            # Wrapped before accelerate wraps it, so its fp16 GradScaler path calls this too.
+            original = optimizer.step
+
+            def step(*step_args, **step_kwargs):
+                if self._bad_steps.skip:
+                    return None
+                return original(*step_args, **step_kwargs)
+
+            optimizer.step = step
+            optimizer._long_run_guarded = True
+        return optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._bad_steps.add_micro_batch(loss)
+        return loss
+
+    def _check_step_loss(self):
+        guard = self._bad_steps
+        loss = torch.as_tensor(guard.window_loss, dtype=torch.float32, device=self.args.device).reshape(1)
+        if self.args.world_size > 1:
+            loss = self.accelerator.reduce(loss, reduction="mean")  # NaN anywhere -> NaN everywhere
+        if not guard.decide(loss.item()):
+            return
+        step = self.state.global_step + 1
+        a = self.args
+        per_step = a.gradient_accumulation_steps
+        first, last = self.state.global_step * per_step + 1, step * per_step
+        position = (f"epoch {self.state.epoch or 0:.3f}, micro-batches {first}-{last} of the run "
+                    f"({a.per_device_train_batch_size} rows each x {a.world_size} process(es), data order of "
+                    f"seed {a.data_seed if a.data_seed is not None else a.seed})")
+        how = "counted (DeepSpeed steps inside backward)" if self.is_deepspeed_enabled else \
+            "skipped: weights and optimizer untouched"
+        if self.is_world_process_zero():
+            print(f"long run: bad step {step} ({guard.last_reason}) at {position}: {how}; "
+                  f"{guard.consecutive} in a row, {guard.total} in all", flush=True)
+        if guard.consecutive >= guard.max_consecutive:
+            from mini_qwen.distributed import complete_checkpoints
+
+            found = complete_checkpoints(a.output_dir)
+            last_good = str(found[0]) if found else "none yet (the run starts from scratch)"
+            raise MiniQwenError(
+                f"{guard.consecutive} bad steps in a row (--max_consecutive_bad_steps {guard.max_consecutive}); "
+                f"the last, step {step}, had {guard.last_reason}, at {position}. Last good checkpoint: {last_good}. "
+                f"Check the data at that position, lower --learning_rate, or raise --max_consecutive_bad_steps / "
+                f"--loss_spike_factor; then --resume_from_checkpoint auto.")
+
+    # -- clock saves and signals ----------------------------------------------------------------------------
+    def _step_end(self, control):
+        self._bad_steps.skip = False
+        minutes = getattr(self.args, "save_every_minutes", 0) or 0
+        due = (minutes > 0 and self.args.save_strategy != "no"
+               and time.monotonic() - self._last_save_time >= minutes * 60)
+        flags = torch.tensor([float(due), float(self._signals.received or 0)], device=self.args.device)
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)  # every process alike
+        due, received = bool(flags[0].item()), int(flags[1].item())
+        if due or received:
+            control.should_save = True
+        if received:
+            control.should_training_stop = True
+            self.stopped_by_signal = received
+
+    def train(self, *args, **kwargs):
+        self._signals.install()
+        try:
+            result = super().train(*args, **kwargs)
+        finally:
+            self._signals.restore()
+        if self.stopped_by_signal:
+            name = signal.Signals(self.stopped_by_signal).name
+            if self.is_world_process_zero():
+                folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+                print(f"\nlong run: stopped by {name} at step {self.state.global_step}/{self.state.max_steps}; "
+                      f"checkpoint saved in {folder}. Resume with the same command (python or accelerate launch) "
+                      f"plus --resume_from_checkpoint auto:\n    {resume_command()}", flush=True)
+            raise SystemExit(0)
+        if self._bad_steps.total and self.is_world_process_zero():
+            print(f"long run: {self._bad_steps.total} bad step(s) skipped in this run")
+        return result
+
+    # -- failed saves ---------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        try:
+            return super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as err:
+            if not is_write_failure(err):
+                raise
+            # trainer_state.json is written last; without it the folder is never resumed from. Remove the rest.
+            (folder / "trainer_state.json").unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
+            left = " (could not remove it; it lacks trainer_state.json, so resume skips it)" if folder.exists() else \
+                " (the partial folder was removed)"
+            raise MiniQwenError(
+                f"saving checkpoint {folder} failed: {getattr(err, 'strerror', None) or err}{left}. "
+                f"{free_space(folder)} on that disk. Free space (--save_total_limit keeps fewer checkpoints) or fix "
+                f"the folder's permissions, then rerun with --resume_from_checkpoint auto.") from None
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        try:
+            return super().save_model(output_dir, _internal_call=_internal_call)
+        except (OSError, RuntimeError) as err:
+            if _internal_call or not is_write_failure(err):
+                raise  # inside _save_checkpoint, which cleans up and reports
+            folder = output_dir or self.args.output_dir
+            raise MiniQwenError(
+                f"saving the final model to {folder} failed: {getattr(err, 'strerror', None) or err}. "
+                f"{free_space(folder)} on that disk. The newest checkpoint-N in {self.args.output_dir} holds the "
+                f"trained weights: free space or fix permissions, then rerun with --resume_from_checkpoint auto "
+                f"(it finishes at once and saves).") from None
+
+
+def resume_command(argv: list[str] | None = None) -> str:
+    """This process's command line with `--resume_from_checkpoint auto` (replacing any earlier value)."""
+    argv = list(sys.argv if argv is None else argv)
+    out, i = [], 1
+    while i < len(argv):
+        if argv[i] == "--resume_from_checkpoint":
+            i += 2
+            continue
+        if not argv[i].startswith("--resume_from_checkpoint="):
+            out.append(argv[i])
+        i += 1
+    return " ".join(["python", argv[0] if argv else "<stage script>", *out, "--resume_from_checkpoint", "auto"])
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def with_long_run(trainer_class: type) -> type:
+    """`trainer_class` with LongRunMixin in front (one class per base, so isinstance checks stay simple)."""
+    if issubclass(trainer_class, LongRunMixin):
+        return trainer_class
+    if trainer_class not in _CLASSES:
+        _CLASSES[trainer_class] = type(f"LongRun{trainer_class.__name__}", (LongRunMixin, trainer_class),
+                                       {"__doc__": trainer_class.__doc__})
+    return _CLASSES[trainer_class]

@@ -1,0 +1,160 @@
+"""`<output_dir>/run_config.json`: what a run was (every argument, package versions, git commit, data files
+with sizes, process count), so it can be reproduced and two runs compared; and the check that a resumed
+run is the same run.
+
+`--resume_from_checkpoint` with a changed per-device batch, gradient accumulation, process count or data
+set would not continue the same run: the data position Trainer restores counts batches, so a different
+batch shape or file list resumes at a different place in the data (and the learning-rate schedule was
+laid out for the old step count). Such a resume prints what changed and stops, unless
+`--allow_changed_resume true` says it is meant.
+"""
+
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from mini_qwen.errors import MiniQwenError
+
+FILE_NAME = "run_config.json"
+PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "tokenizers", "safetensors",
+            "pyarrow", "flash-attn", "liger-kernel")
+# A change in these makes a resumed run a different run.
+RESUME_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "processes", "data_files")
+# Arguments that differ between a run and its resumption by design, or say nothing about the result.
+NOT_COMPARED = {"resume_from_checkpoint", "allow_changed_resume", "local_rank", "logging_dir", "output_dir",
+                "hub_token", "run_name"}
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _arguments(parsed) -> dict:
+    out = {}
+    for obj in parsed:
+        if hasattr(obj, "to_dict"):  # TrainingArguments: enums -> strings, tokens hidden
+            values = obj.to_dict()
+        else:
+            values = dataclasses.asdict(obj)
+        out.update(values)
+    return {k: v for k, v in out.items() if not k.startswith("_") and "token" not in k}
+
+
+def package_versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def git_commit() -> dict | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10)
+        if commit.returncode:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10)
+        return {"commit": commit.stdout.strip(), "uncommitted_changes": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        return None
+
+
+def build_run_config(stage: str, parsed, data_files, training_args) -> dict:
+    files = []
+    for f in sorted(str(Path(p).resolve()) for p in data_files):  # the same files however data_dir was spelled
+        try:
+            size = Path(f).stat().st_size
+        except OSError:
+            size = None
+        files.append({"path": f, "bytes": size})
+    return {
+        "stage": stage,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "processes": training_args.world_size,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+        "data_files": files,
+        "arguments": _arguments(parsed),
+        "versions": package_versions(),
+        "git": git_commit(),
+    }
+
+
+def _describe(key, old, new) -> str:
+    if key == "data_files":
+        old_files, new_files = {f["path"]: f["bytes"] for f in old or []}, {f["path"]: f["bytes"] for f in new or []}
+        parts = []
+        gone, added = sorted(set(old_files) - set(new_files)), sorted(set(new_files) - set(old_files))
+        resized = sorted(p for p in set(old_files) & set(new_files) if old_files[p] != new_files[p])
+        if gone:
+            parts.append(f"{len(gone)} file(s) gone (e.g. {gone[0]})")
+        if added:
+            parts.append(f"{len(added)} file(s) new (e.g. {added[0]})")
+        if resized:
+            parts.append(f"{len(resized)} file(s) changed size (e.g. {resized[0]}: {old_files[resized[0]]} -> "
+                         f"{new_files[resized[0]]} bytes)")
+        return "data files: " + ", ".join(parts)
+    return f"{key}: {old!r} -> {new!r}"
+
+
+def compare(old: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(changes that make it another run, other changed arguments) between two run configs."""
+    blocking = [_describe(k, old.get(k), new.get(k)) for k in RESUME_KEYS if old.get(k) != new.get(k)]
+    old_args, new_args = old.get("arguments", {}), new.get("arguments", {})
+    other = [f"{k}: {old_args.get(k)!r} -> {new_args.get(k)!r}"
+             for k in sorted(set(old_args) | set(new_args))
+             if k not in NOT_COMPARED and k not in RESUME_KEYS and old_args.get(k) != new_args.get(k)]
+    return blocking, other
+
+
+def _resuming(training_args) -> bool:
+    wanted = training_args.resume_from_checkpoint
+    if not wanted:
+        return False
+    return any(p.is_dir() for p in Path(training_args.output_dir).glob("checkpoint-*")) or Path(wanted).is_dir()
+
+
+def record_run(stage: str, parsed, data_files, training_args) -> dict:
+    """Check a resume against the run that wrote the checkpoints, then write run_config.json (rank 0).
+
+    Call before the model loads: a refused resume then costs nothing."""
+    config = build_run_config(stage, parsed, data_files, training_args)
+    path = Path(training_args.output_dir) / FILE_NAME
+    if _resuming(training_args) and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+            print(f"run config: {path} is unreadable; cannot check this resume against the earlier run")
+        if old is not None:
+            blocking, other = compare(old, config)
+            if other and training_args.process_index == 0:
+                print("run config: resuming with changed arguments: " + "; ".join(other))
+            if blocking:
+                changes = "; ".join(blocking)
+                if not getattr(training_args, "allow_changed_resume", False):
+                    raise MiniQwenError(
+                        f"--resume_from_checkpoint: this run differs from the one that wrote the checkpoints in "
+                        f"{training_args.output_dir} ({path}): {changes}. Resuming would continue at another place "
+                        f"in the data with another batch. Restore the old values, use a new --output_dir, or pass "
+                        f"--allow_changed_resume true if the change is meant.")
+                print(f"run config: resuming despite changes (--allow_changed_resume): {changes}")
+                config["changed_on_resume"] = blocking
+                config["previous"] = {k: old.get(k) for k in ("time", "git", *RESUME_KEYS[:3])}
+    if training_args.process_index == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.write_text(json.dumps(config, indent=1, default=str, ensure_ascii=False))
+        except OSError as err:
+            from mini_qwen.long_run import free_space
+
+            raise MiniQwenError(f"cannot write {path}: {err.strerror} ({free_space(path.parent)}). Fix the output "
+                                f"folder (--output_dir) or free space.") from None
+    return config

@@ -1,0 +1,305 @@
+"""Long runs (mini_qwen/long_run.py, mini_qwen/run_config.py), on the tiny preset and mini_data on CPU:
+
+- SIGTERM mid-run: a complete checkpoint at the current step, exit 0 with the resume command; the resumed
+  run ends with the same losses as an uninterrupted one. A second signal exits at once.
+- A NaN batch and a loss spike are skipped without touching weights or optimizer state, and counted; too
+  many bad steps in a row stop the run with the step, the data position and the last good checkpoint.
+- A checkpoint save that fails leaves no folder resume would take, and one message with the free space.
+- run_config.json records the run; a resume with another batch or data set is refused unless allowed.
+
+The bad batches are injected by wrapping Trainer.compute_loss here, in the test; the stages carry no hook.
+"""
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from test_resume import MINI, fake_checkpoint, history, one_thread  # noqa: F401  (one_thread is a fixture)
+from transformers import Trainer, TrainerCallback
+
+from mini_qwen.distributed import complete_checkpoints
+from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.run_config import compare, record_run
+
+STEPS = 16
+
+
+def error_lines(capsys) -> list[str]:
+    """run_main's one error line (stderr also carries the progress bar)."""
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def pt_base(tmp_path_factory, built_tokenizer_dir):
+    """PT flags shared by these tests (one token cache for all of them)."""
+    cache = tmp_path_factory.mktemp("long_run_cache")
+    return ["--model_preset", "tiny", "--data_dir", str(MINI / "pt"), "--block_size", "64", "--cache_dir", str(cache),
+            "--tokenizer_path", str(built_tokenizer_dir), "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "1", "--logging_steps", "1", "--seed", "0", "--report_to", "none"]
+
+
+# --------------------------------------------------------------------------- SIGTERM: save, exit 0, resume
+
+
+def _run_and_signal(cmd, log: Path, after_logs: int, result: dict, timeout: float = 600):
+    """Start `cmd`; send SIGTERM once `after_logs` loss lines were printed; record the exit code."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                     "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if log.read_text(errors="replace").count("'loss'") >= after_logs:
+                proc.send_signal(signal.SIGTERM)
+                result["signalled"] = True
+                break
+            time.sleep(0.05)
+        result["returncode"] = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_0_and_resume_matches(pt_base, tmp_path, capsys, one_thread):  # noqa: F811
+    import mini_qwen_pt
+
+    argv = [*pt_base, "--max_steps", str(STEPS), "--save_steps", "1000"]  # no step-based save before the signal
+    killed = tmp_path / "killed"
+    result = {}
+    runner = threading.Thread(target=_run_and_signal, daemon=True, args=(
+        [sys.executable, str(REPO_ROOT / "mini_qwen_pt.py"), *argv, "--output_dir", str(killed)],
+        tmp_path / "killed.log", 3, result))
+    runner.start()
+    reference = tmp_path / "reference"  # the uninterrupted run, in this process meanwhile
+    mini_qwen_pt.main([*argv, "--output_dir", str(reference), "--save_strategy", "no"])
+    runner.join()
+    log = (tmp_path / "killed.log").read_text(errors="replace")
+    assert result.get("signalled"), log[-3000:]
+    assert result["returncode"] == 0, log[-3000:]
+    assert "long run: SIGTERM received" in log and "--resume_from_checkpoint auto" in log
+    assert not (killed / "model.safetensors").exists(), "a stopped run must not look finished"
+    saved = complete_checkpoints(str(killed))
+    assert len(saved) == 1, log[-3000:]
+    step = int(saved[0].name.split("-")[1])
+    assert 3 <= step < STEPS
+    assert f"stopped by SIGTERM at step {step}/{STEPS}; checkpoint saved in {saved[0]}" in log
+
+    capsys.readouterr()
+    mini_qwen_pt.main([*argv, "--output_dir", str(killed), "--resume_from_checkpoint", "auto"])
+    assert f"resume: continuing from {saved[0]}" in capsys.readouterr().out
+    ref_steps, ref = history(reference)
+    res_steps, res = history(killed)
+    assert ref_steps == res_steps == STEPS
+    for n in range(step + 1, STEPS + 1):  # the steps the resumed process computed
+        assert abs(ref[n]["loss"] - res[n]["loss"]) < 1e-4, (n, ref[n], res[n])
+        assert ref[n]["learning_rate"] == pytest.approx(res[n]["learning_rate"], rel=1e-6)
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    script = ("import os, signal, time\n"
+              "from mini_qwen.long_run import _StopSignals\n"
+              "s = _StopSignals(); s.install()\n"
+              "os.kill(os.getpid(), signal.SIGTERM); time.sleep(0.2)\n"
+              "print('first handled', s.received, flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGINT); time.sleep(30)\n"
+              "print('still running')\n")
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGINT, done.stdout + done.stderr
+    assert f"first handled {int(signal.SIGTERM)}" in done.stdout and "still running" not in done.stdout
+    assert "second SIGINT: exiting now" in done.stdout
+    assert time.monotonic() - t0 < 29
+
+
+# --------------------------------------------------------------------------- bad steps
+
+
+def inject(monkeypatch, bad: dict[int, tuple[float, int]]):
+    """bad[n] = (factor, i): multiply the loss of micro-batch i of optimizer step n (1-based) by factor."""
+    original = Trainer.compute_loss
+    seen = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = original(self, model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        step = self.state.global_step + 1
+        index = seen[step] = seen.get(step, -1) + 1
+        if step in bad and index == bad[step][1]:
+            loss = loss * bad[step][0]
+        return loss
+
+    monkeypatch.setattr(Trainer, "compute_loss", compute_loss)
+
+
+class WeightWatch(TrainerCallback):
+    """Weights and AdamW step count before and after each optimizer step."""
+
+    def __init__(self):
+        self.before, self.changed = None, {}
+
+    @staticmethod
+    def snapshot(model, optimizer):
+        state = optimizer.state[next(model.parameters())]
+        return [p.detach().clone() for p in model.parameters()], int(state["step"]) if "step" in state else 0
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.before = self.snapshot(model, optimizer)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        weights, adam_steps = self.snapshot(model, optimizer)
+        same = all(torch.equal(a, b) for a, b in zip(self.before[0], weights))
+        self.changed[state.global_step] = (not same, adam_steps - self.before[1])
+
+
+def test_nan_batch_and_spike_are_skipped_without_touching_the_weights(pt_base, tmp_path, monkeypatch, capsys):
+    import mini_qwen_pt
+
+    # Step 3: a NaN in the second micro-batch of the accumulation; step 8: a x100 loss (first micro-batch).
+    inject(monkeypatch, {3: (float("nan"), 1), 8: (100.0, 0)})
+    watch = WeightWatch()
+    original_init = Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.add_callback(watch)
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    out = tmp_path / "run"
+    mini_qwen_pt.main([*pt_base, "--max_steps", "9", "--gradient_accumulation_steps", "2", "--save_strategy", "no",
+                       "--warmup_steps", "0", "--loss_spike_window", "4", "--output_dir", str(out)])
+    printed = capsys.readouterr().out
+    assert "long run: bad step 3 (loss nan)" in printed and "weights and optimizer untouched" in printed
+    assert "long run: bad step 8 (loss " in printed and "x median" in printed
+    assert "2 bad step(s) skipped in this run" in printed
+    for step in (3, 8):
+        assert watch.changed[step] == (False, 0), (step, watch.changed)  # weights and AdamW moments untouched
+    for step in (1, 2, 4, 5, 6, 7, 9):
+        assert watch.changed[step] == (True, 1), (step, watch.changed)  # the good steps did train
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 9
+    last = [e for e in state["log_history"] if "loss" in e][-1]
+    assert last["bad_steps_skipped"] == 2 and math.isfinite(last["loss"])
+
+
+def test_too_many_bad_steps_in_a_row_stop_the_run(pt_base, tmp_path, monkeypatch, capsys):
+    import mini_qwen_pt
+
+    inject(monkeypatch, {n: (float("nan"), 0) for n in range(4, 20)})
+    out = tmp_path / "run"
+    argv = [*pt_base, "--max_steps", "12", "--save_steps", "2", "--max_consecutive_bad_steps", "3",
+            "--output_dir", str(out)]
+    with pytest.raises(SystemExit) as exc:
+        run_main(mini_qwen_pt.main, argv)
+    assert exc.value.code == 2
+    err = error_lines(capsys)
+    # Steps 4, 5, 6 bad; checkpoint-4 and -6 hold untouched weights (skipped steps), so -4 is the last whole save.
+    assert "3 bad steps in a row (--max_consecutive_bad_steps 3); the last, step 6, had loss nan" in err[0]
+    assert "micro-batches 6-6 of the run (2 rows each x 1 process(es)" in err[0]
+    assert f"Last good checkpoint: {out / 'checkpoint-4'}" in err[0]
+
+
+# --------------------------------------------------------------------------- a failed save
+
+
+def test_a_failed_checkpoint_save_stops_with_one_message_and_no_half_folder(pt_base, tmp_path, monkeypatch, capsys):
+    import mini_qwen_pt
+
+    def disk_full(self, output_dir):  # after weights, optimizer and scheduler were written
+        (Path(output_dir) / "rng_state.pth").write_bytes(b"PK\x03\x04 cut")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", disk_full)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        run_main(mini_qwen_pt.main, [*pt_base, "--max_steps", "4", "--save_steps", "2", "--output_dir", str(out)])
+    assert exc.value.code == 2
+    err = error_lines(capsys)
+    assert (f"saving checkpoint {out / 'checkpoint-2'} failed: No space left on device (the partial folder was "
+            f"removed).") in err[0]
+    assert " GB free of " in err[0] and "--resume_from_checkpoint auto" in err[0]
+    assert not (out / "checkpoint-2").exists() and complete_checkpoints(str(out)) == []
+
+
+# --------------------------------------------------------------------------- run_config.json
+
+
+def test_run_config_records_the_run_and_refuses_a_changed_resume(pt_base, tmp_path, capsys):
+    import mini_qwen_pt
+    from mini_qwen.cli import parse_args
+
+    out = tmp_path / "run"
+    argv = [*pt_base, "--max_steps", "4", "--output_dir", str(out)]
+    from mini_qwen.model import ModelArguments, PresetArguments
+
+    parsed = parse_args((mini_qwen_pt.PTDataArguments, PresetArguments, ModelArguments,
+                         mini_qwen_pt.PTTrainingArguments), argv)
+    files = sorted((MINI / "pt").rglob("*.parquet"))
+    config = record_run("pt", parsed, files, parsed[-1])
+    written = json.loads((out / "run_config.json").read_text())
+    assert written["arguments"]["learning_rate"] == 1e-4 and written["arguments"]["block_size"] == 64
+    assert written["processes"] == 1 and written["per_device_train_batch_size"] == 2
+    assert {f["path"]: f["bytes"] for f in written["data_files"]} == {str(f.resolve()): f.stat().st_size for f in files}
+    assert {"python", "torch", "transformers", "trl", "accelerate"} <= set(written["versions"])
+    if (REPO_ROOT / ".git").exists():
+        assert len(written["git"]["commit"]) == 40
+    assert config["arguments"] == written["arguments"]
+
+    fake_checkpoint(out, 2)  # something to resume from
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # refused before the model is built
+        run_main(mini_qwen_pt.main, [*argv, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+                                     "--resume_from_checkpoint", "auto"])
+    assert exc.value.code == 2
+    err = error_lines(capsys)
+    assert "per_device_train_batch_size: 2 -> 4" in err[0], err
+    assert "gradient_accumulation_steps: 1 -> 2" in err[0] and "--allow_changed_resume true" in err[0]
+    assert "model:" not in capsys.readouterr().out
+    assert json.loads((out / "run_config.json").read_text())["per_device_train_batch_size"] == 2  # kept
+
+    # Allowed: the change is printed and recorded.
+    parsed = parse_args((mini_qwen_pt.PTDataArguments, PresetArguments, ModelArguments,
+                         mini_qwen_pt.PTTrainingArguments),
+                        [*argv, "--per_device_train_batch_size", "4", "--resume_from_checkpoint", "auto",
+                         "--allow_changed_resume", "true"])
+    record_run("pt", parsed, files, parsed[-1])
+    assert "resuming despite changes (--allow_changed_resume): per_device_train_batch_size: 2 -> 4" in \
+        capsys.readouterr().out
+    assert json.loads((out / "run_config.json").read_text())["changed_on_resume"]
+
+
+def test_compare_names_process_count_and_data_changes():
+    old = {"processes": 6, "per_device_train_batch_size": 12, "gradient_accumulation_steps": 16,
+           "data_files": [{"path": "/d/a.parquet", "bytes": 10}, {"path": "/d/b.parquet", "bytes": 20}],
+           "arguments": {"learning_rate": 1e-4, "output_dir": "x", "resume_from_checkpoint": None}}
+    new = {**old, "processes": 8, "data_files": [{"path": "/d/a.parquet", "bytes": 11}, {"path": "/d/c.parquet",
+                                                                                         "bytes": 5}],
+           "arguments": {"learning_rate": 2e-4, "output_dir": "y", "resume_from_checkpoint": "auto"}}
+    blocking, other = compare(old, new)
+    assert blocking[0] == "processes: 6 -> 8"
+    assert "1 file(s) gone (e.g. /d/b.parquet)" in blocking[1] and "1 file(s) new (e.g. /d/c.parquet)" in blocking[1]
+    assert "/d/a.parquet: 10 -> 11 bytes" in blocking[1]
+    assert other == ["learning_rate: 0.0001 -> 0.0002"]  # output_dir / resume_from_checkpoint differ by design
+    assert compare(old, old) == ([], [])
+
+
+def test_a_resume_without_checkpoints_is_not_compared(tmp_path):
+    (tmp_path / "run_config.json").write_text(json.dumps({"processes": 6}))
+    args = SimpleNamespace(resume_from_checkpoint="auto", output_dir=str(tmp_path), world_size=1, process_index=0,
+                           per_device_train_batch_size=2, gradient_accumulation_steps=1, allow_changed_resume=False)
+    record_run("pt", (), [], args)  # nothing to resume: a new run, whose config replaces the old file
+    assert json.loads((tmp_path / "run_config.json").read_text())["processes"] == 1
