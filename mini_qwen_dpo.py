@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
@@ -32,6 +32,7 @@ from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.dpo_data import ID_COLUMNS, build_dataset
+from mini_qwen.trainlog import first_and_last_loss, last_metric
 
 
 @dataclass
@@ -87,11 +88,6 @@ class TokenizedDPOTrainer(DPOTrainer):
         if set(ID_COLUMNS) <= columns and "prompt" not in columns:
             return dataset
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-
-
-def last_metric(state, name: str):
-    values = [e[name] for e in state.log_history if name in e]
-    return values[-1] if values else None
 
 
 def main(argv=None):

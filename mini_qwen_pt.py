@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from transformers import Trainer, TrainingArguments, set_seed
 
-from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
@@ -27,6 +27,7 @@ from mini_qwen.memory import ChunkedLossTrainer
 from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.packing import PACKING, collate_blocks
 from mini_qwen.pt_data import build_dataset
+from mini_qwen.trainlog import first_and_last_loss
 
 
 @dataclass

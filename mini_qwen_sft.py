@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback, first_and_last_loss
+from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
@@ -26,6 +26,7 @@ from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.sft_data import build_dataset
+from mini_qwen.trainlog import first_and_last_loss
 
 
 @dataclass

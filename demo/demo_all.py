@@ -19,20 +19,18 @@ import mini_qwen_eval
 import mini_qwen_pt
 import mini_qwen_sft
 from mini_qwen.demo import demo_argv
-from mini_qwen.errors import run_main
+from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.trainlog import REWARD_KEYS, run_summary
 
 OUT = Path("results/demo")
 
 
 def final_logs(run_dir: Path) -> dict:
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    losses = [e for e in state["log_history"] if "loss" in e]
-    last = losses[-1]
-    out = {"first_loss": losses[0]["loss"], "last_loss": last["loss"], "steps": state["global_step"]}
-    for key in ("rewards/accuracies", "rewards/margins"):
-        if key in last:
-            out[key] = last[key]
-    return out
+    summary = run_summary(run_dir)
+    if summary is None or "first_loss" not in summary:
+        raise MiniQwenError(f"{run_dir} holds no logged training loss: the stage did not train (see its output above).")
+    out = {"first_loss": summary["first_loss"], "last_loss": summary["last_loss"], "steps": summary["global_step"]}
+    return {**out, **{key: summary[key] for key in REWARD_KEYS if key in summary}}
 
 
 def main(argv=None):
@@ -59,7 +57,7 @@ def main(argv=None):
     print("\n========== SUMMARY ==========")
     for name in ("pt", "sft", "dpo"):
         s = summary[name]
-        extra = "".join(f", {k} {s[k]:.3f}" for k in ("rewards/accuracies", "rewards/margins") if k in s)
+        extra = "".join(f", {k} {s[k]:.3f}" for k in REWARD_KEYS if k in s)
         print(f"{name:>4}: loss {s['first_loss']:.3f} -> {s['last_loss']:.3f} in {s['steps']} steps, "
               f"{timings[name]:.0f}s{extra}")
     print(f"eval: {timings['eval']:.0f}s; total {timings['total']:.0f}s")

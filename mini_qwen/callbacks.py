@@ -6,6 +6,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from mini_qwen.hardware import peak_flops
+from mini_qwen.trainlog import metric_points
 
 
 def flops_per_token(config) -> float:
@@ -72,7 +73,7 @@ class LossPlotCallback(TrainerCallback):
 
         curves = {}
         for name in self.metrics:
-            points = [(e["step"], e[name]) for e in state.log_history if name in e and "step" in e]
+            points = metric_points(state, name)
             if points:
                 curves[name] = tuple(zip(*points))
         if curves:
@@ -84,8 +85,3 @@ class LossPlotCallback(TrainerCallback):
                 print(f"loss curve skipped ({err}); plot it later with utils/plot_losses.py {args.output_dir}")
                 return
             print(f"loss curve: {out}")
-
-
-def first_and_last_loss(state) -> tuple[float, float] | None:
-    losses = [e["loss"] for e in state.log_history if "loss" in e]
-    return (losses[0], losses[-1]) if losses else None

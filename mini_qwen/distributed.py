@@ -13,13 +13,14 @@ resumed run ends with the same loss as an uninterrupted one (tests/test_resume.p
 import json
 import os
 import re
-import struct
 import zipfile
 from pathlib import Path
 
 import torch
 
+from mini_qwen.checkpoint import weights_problem
 from mini_qwen.errors import MiniQwenError
+from mini_qwen.trainlog import checkpoint_folders
 
 
 def _deepspeed_config(training_args) -> tuple[dict | None, str | None]:
@@ -73,18 +74,6 @@ def check_launch(training_args) -> None:
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def _safetensors_complete(path: Path) -> bool:
-    """A safetensors file is complete when its size covers every tensor its header lists."""
-    try:
-        with open(path, "rb") as f:
-            header_len = struct.unpack("<Q", f.read(8))[0]
-            header = json.loads(f.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        return path.stat().st_size >= 8 + header_len + end
-    except (OSError, ValueError, KeyError, struct.error):
-        return False
-
-
 def checkpoint_problem(folder: Path) -> str | None:
     """Why `folder` cannot be resumed from, or None when it is complete.
 
@@ -96,14 +85,13 @@ def checkpoint_problem(folder: Path) -> str | None:
         json.loads(state.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return "trainer_state.json missing or unreadable (written last, so the save did not finish)"
-    weights = list(folder.glob("*.safetensors"))
-    if not weights and not any(folder.glob("pytorch_model*.bin")) and not any(folder.glob("global_step*")):
-        return "no model weights"
-    bad = [w.name for w in weights if not _safetensors_complete(w)]
+    problem = weights_problem(folder, deepspeed_ok=True)  # the same check as loading a model
+    if problem:
+        return problem
     # torch.save files are zip archives: a cut-off one has no end-of-archive record.
-    bad += [f.name for name in _TORCH_STATE for f in folder.glob(name) if not zipfile.is_zipfile(f)]
+    bad = [f.name for name in _TORCH_STATE for f in folder.glob(name) if not zipfile.is_zipfile(f)]
     if bad:
-        return f"truncated files {bad}"
+        return f"truncated files {bad} (the save did not finish, or the copy was cut short)"
     return None
 
 
@@ -118,12 +106,8 @@ def has_optimizer_state(folder: Path) -> bool:
 
 def complete_checkpoints(output_dir: str) -> list[Path]:
     """Complete checkpoints in `output_dir`, newest first."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
     good = []
-    for _, folder in sorted(found, reverse=True):
+    for folder in checkpoint_folders(output_dir):
         problem = checkpoint_problem(folder)
         if problem:
             print(f"resume: skipping {folder}: {problem}")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from mini_qwen.chat import format_prompt
+from mini_qwen.checkpoint import check_checkpoint
 from mini_qwen.errors import MiniQwenError
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # 151645, 151643
@@ -24,50 +25,6 @@ TEMPLATES = ("pt", "chat")
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def _folder_listing(folder: Path, limit: int = 12) -> str:
-    try:
-        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith("."))
-    except OSError:
-        return ""
-    if not names:
-        return f" ('{folder}' is empty)"
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return f" '{folder}' holds: {', '.join(names[:limit])}{more}."
-
-
-def _is_checkpoint(folder: Path) -> bool:
-    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
-    return (folder / "config.json").is_file() and has_weights
-
-
-def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None) -> Path:
-    """The folder as a Path if it holds config.json, weights and (unless `tokenizer_path` is given) a
-    tokenizer; else a MiniQwenError that says what is there and what to do."""
-    from mini_qwen.tokenizer import has_tokenizer_files
-
-    folder = Path(path)
-    if not folder.exists():
-        parent = folder.parent if str(folder.parent) else Path(".")
-        where = _folder_listing(parent) if parent.is_dir() else f" Its parent '{parent}' does not exist either."
-        raise MiniQwenError(f"unknown checkpoint path '{path}': no such folder.{where} "
-                            f"Train the stage first or fix the path.")
-    if not folder.is_dir():
-        raise MiniQwenError(f"checkpoint path '{path}' is a file: point at the folder a stage saved "
-                            f"(config.json + *.safetensors), e.g. results/sft.")
-    if not (folder / "config.json").is_file():
-        inner = sorted(p.name for p in folder.iterdir() if p.is_dir() and _is_checkpoint(p))
-        hint = (f" It contains checkpoints: {', '.join(inner)} -- point at one of those." if inner
-                else _folder_listing(folder))
-        raise MiniQwenError(f"'{path}' is not a model checkpoint: it has no config.json.{hint}")
-    if not _is_checkpoint(folder):
-        raise MiniQwenError(f"'{path}' has config.json but no weights (*.safetensors): the save did not finish; "
-                            f"point at a complete checkpoint.")
-    if not tokenizer_path and not has_tokenizer_files(folder):
-        raise MiniQwenError(f"checkpoint '{path}' has no tokenizer files (tokenizer.json): pass --tokenizer_path "
-                            f"models/tokenizer (the same Qwen2.5 tokenizer the model was trained with).")
-    return folder
 
 
 def inference_device(device: str | None = None) -> torch.device:

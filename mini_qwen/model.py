@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 
+from mini_qwen.checkpoint import check_checkpoint
 from mini_qwen.errors import MiniQwenError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -134,26 +135,11 @@ def new_model(preset_args: PresetArguments, model_args: ModelArguments, training
     return model
 
 
-def check_model_folder(path: str) -> Path:
-    """`path` must be a saved model: config.json and weights."""
-    folder = Path(path)
-    if not (folder / "config.json").is_file():
-        raise MiniQwenError(
-            f"no model found at '{path}': the folder needs config.json and model weights "
-            f"(the output_dir of the previous stage, e.g. results/pt). Run that stage first or fix the path."
-        )
-    has_weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
-    if not has_weights:
-        raise MiniQwenError(f"'{path}' has config.json but no weights (*.safetensors): the save did not finish; "
-                            f"point to a complete checkpoint.")
-    return folder
-
-
 def load_model(path: str, model_args: ModelArguments, training_args):
     """Load a checkpoint written by an earlier stage, with a clear message when it is not one."""
     from mini_qwen.hardware import choose_attention
 
-    folder = check_model_folder(path)
+    folder = check_checkpoint(path, need_tokenizer=False)  # the tokenizer is load_stage_tokenizer's
     config = AutoConfig.from_pretrained(path)
     validate_config(config, source=f"model config ({folder / 'config.json'})")
     attn = choose_attention(model_args.attn_implementation, training_args)
@@ -171,15 +157,10 @@ def describe(model) -> str:
 
 def load_stage_tokenizer(model_args: ModelArguments, checkpoint: str | None = None):
     """--tokenizer_path if given, else the checkpoint's own tokenizer, else the project default."""
-    from mini_qwen.tokenizer import has_tokenizer_files, load_tokenizer
+    from mini_qwen.tokenizer import load_tokenizer
 
-    if checkpoint:
-        check_model_folder(checkpoint)  # "no model here" says more than "no tokenizer here"
+    if checkpoint:  # the model first: "no model here" says more than "no tokenizer here"
+        check_checkpoint(checkpoint, model_args.tokenizer_path)
     if model_args.tokenizer_path:
         return load_tokenizer(model_args.tokenizer_path)
-    if checkpoint and Path(checkpoint).is_dir():
-        if not has_tokenizer_files(checkpoint):
-            raise MiniQwenError(f"checkpoint '{checkpoint}' has no tokenizer files: pass --tokenizer_path "
-                                f"models/tokenizer (or save one there with tokenizer.save_pretrained).")
-        return load_tokenizer(checkpoint)
-    return load_tokenizer()
+    return load_tokenizer(checkpoint) if checkpoint else load_tokenizer()

@@ -27,6 +27,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
+from mini_qwen import trainlog
 from mini_qwen.errors import MiniQwenError
 
 Series = tuple[list[float], list[float]]
@@ -87,54 +88,16 @@ def _entry_kind(entry: dict) -> str | None:
 # --------------------------------------------------------------------------- trainer_state
 
 
-def find_trainer_state(path) -> Path:
-    """The ``trainer_state.json`` for a file, a run folder or a checkpoint folder.
-
-    In a run folder with several ``checkpoint-N`` folders the newest one (largest
-    ``global_step``) wins, a ``trainer_state.json`` at the top level included.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MiniQwenError(f"{path} does not exist: pass a trainer_state.json, a run/checkpoint folder or a training log")
-    if path.is_file():
-        return path
-    candidates = [path / "trainer_state.json"] + sorted(path.glob("checkpoint-*/trainer_state.json"))
-    candidates = [c for c in candidates if c.is_file()]
-    if not candidates:
-        raise MiniQwenError(
-            f"no trainer_state.json in {path} or its checkpoint-*/ folders: pass the output_dir of a "
-            f"Trainer run (or one of its checkpoints), a trainer_state.json, or a training log file"
-        )
-
-    def newest(candidate: Path):
-        try:
-            step = json.loads(candidate.read_text(encoding="utf-8")).get("global_step") or 0
-        except (OSError, ValueError, AttributeError):
-            step = -1
-        return (step, candidate.stat().st_mtime)
-
-    return max(candidates, key=newest)
-
-
 def read_trainer_state(path) -> dict[str, Series]:
-    """Curves from ``log_history`` of a trainer_state.json (or the folder holding one).
+    """Curves from ``log_history`` of a trainer_state.json (or the folder holding one; the newest
+    state wins, see :func:`mini_qwen.trainlog.find_trainer_state`).
 
     Returns ``{name: (steps, values)}`` for every numeric key of the training and
     evaluation entries (``loss``, ``grad_norm``, ``learning_rate``, ``eval_loss``,
     ``rewards/accuracies`` ...), in logging order.
     """
-    state_path = find_trainer_state(path)
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise MiniQwenError(f"cannot read {state_path} as JSON ({err}); is it a Trainer trainer_state.json?") from None
-    history = state.get("log_history") if isinstance(state, dict) else None
-    if not isinstance(history, list):
-        raise MiniQwenError(
-            f"{state_path} has no 'log_history' list: it is not a Trainer trainer_state.json "
-            f"(pass a training log as a .log/.txt file instead)"
-        )
-    return series_from_log_history(history)
+    _, state = trainlog.read_trainer_state(path)
+    return series_from_log_history(state["log_history"])
 
 
 def series_from_log_history(history: list[dict]) -> dict[str, Series]:

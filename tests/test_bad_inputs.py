@@ -180,7 +180,8 @@ CASES = {
         r"model preset '7b' not found: .*Available presets: .*tiny"),
     # --- checkpoints and tokenizer
     "checkpoint path with no model": (
-        lambda t, c: sft_argv({**c, "model": _empty_dir(t)}, MINI / "sft"), r"no model found at '.*empty'"),
+        lambda t, c: sft_argv({**c, "model": _empty_dir(t)}, MINI / "sft"),
+        r"'.*empty' is not a model checkpoint: it has no config\.json"),
     "checkpoint with config but no weights": (
         lambda t, c: sft_argv({**c, "model": _config_only(t, c)}, MINI / "sft"),
         r"'.*config_only' has config.json but no weights"),

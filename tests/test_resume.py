@@ -96,7 +96,7 @@ def test_explicit_checkpoint_paths(tmp_path, capsys):
     broken = fake_checkpoint(tmp_path, 8)
     truncate(broken / "model.safetensors")
     with pytest.raises(MiniQwenError, match=r"cannot resume from '.*checkpoint-8': truncated files \['model.safetensors"
-                                            r"'\]. Use --resume_from_checkpoint auto"):
+                                            r"'\] \(the save did not finish.*\)\. Use --resume_from_checkpoint auto"):
         resume_checkpoint(args(tmp_path, str(broken)))
     with pytest.raises(MiniQwenError, match="folder does not exist"):
         resume_checkpoint(args(tmp_path, str(tmp_path / "checkpoint-99")))

@@ -75,7 +75,7 @@ def test_stage_errors_are_one_message(tmp_path, built_tokenizer_dir):
     with pytest.raises(MiniQwenError, match="exceeds the model's max_position_embeddings"):
         mini_qwen_pt.main(["--model_preset", "tiny", "--block_size", "100000", "--data_dir", str(MINI / "pt"),
                            *common])
-    with pytest.raises(MiniQwenError, match="no model found at"):
+    with pytest.raises(MiniQwenError, match="is not a model checkpoint: it has no config.json"):
         mini_qwen_sft.main(["--model_name_or_path", str(empty), "--data_dir", str(MINI / "sft"), *common])
     # The parser refuses a typo once, naming the allowed values.
     with pytest.raises(MiniQwenError, match=r"--packing: invalid choice: 'zip' \(choose from .*documents.*concat"):
