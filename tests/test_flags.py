@@ -1,0 +1,126 @@
+"""Every numeric flag of every stage is range-checked before anything is built (mini_qwen/cli.py RANGES):
+zero, negative, NaN or out-of-range values end in one message naming the flag and the allowed range.
+
+The table is tested from both ends: every int/float field of every stage's dataclasses (their own and the
+inherited TrainingArguments / SFTConfig / DPOConfig ones) must be in RANGES or UNCHECKED, and every
+checked flag of every stage is fed a value just outside its range.
+"""
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from mini_qwen.cli import RANGES, UNCHECKED, parse_args
+from mini_qwen.errors import MiniQwenError, run_main
+
+
+def stage_types(stage: str) -> tuple:
+    from mini_qwen.model import ModelArguments, PresetArguments
+
+    if stage == "pt":
+        import mini_qwen_pt as m
+
+        return m.PTDataArguments, PresetArguments, ModelArguments, m.PTTrainingArguments
+    if stage == "sft":
+        import mini_qwen_sft as m
+
+        return m.SFTDataArguments, m.SFTModelArguments, m.MiniSFTConfig
+    import mini_qwen_dpo as m
+
+    return m.DPODataArguments, m.DPOModelArguments, m.MiniDPOConfig
+
+
+STAGES = ("pt", "sft", "dpo")
+
+
+def numeric_fields(types) -> dict[str, type]:
+    found = {}
+    for cls in types:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            args = typing.get_args(hints[f.name]) or (hints[f.name],)
+            if any(a in (int, float) for a in args) and bool not in args:
+                found[f.name] = int if int in args and float not in args else float
+    return found
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_numeric_field_is_in_the_table(stage):
+    missing = sorted(set(numeric_fields(stage_types(stage))) - set(RANGES) - set(UNCHECKED))
+    assert not missing, f"numeric flags of {stage} with no range in mini_qwen/cli.py RANGES: {missing}"
+
+
+def outside(name: str, kind: type):
+    """A value just outside the allowed range of `name`."""
+    r = RANGES[name]
+    if r.low is not None:
+        value = r.low if r.low_open else r.low - 1
+        while value in r.also:
+            value -= 1
+    else:
+        value = r.high if r.high_open else r.high + 1
+    return kind(value)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_flag_out_of_range_is_one_clear_message(stage):
+    types = stage_types(stage)
+    fields = numeric_fields(types)
+    checked = sorted(set(fields) & set(RANGES))
+    assert len(checked) >= 25
+    for name in checked:
+        value = outside(name, fields[name])
+        with pytest.raises(MiniQwenError) as err:
+            parse_args(types, [f"--{name}", str(value), "--output_dir", "unused"])
+        message = str(err.value)
+        assert message.startswith(f"--{name} {value:g} is out of range: allowed "), (name, message)
+        assert message.count("out of range") == 1, message
+
+
+@pytest.mark.parametrize("stage, argv, expected", [
+    ("pt", ["--block_size", "0"], "--block_size 0 is out of range: allowed at least 2."),
+    ("pt", ["--learning_rate", "-0.0001"], "--learning_rate -0.0001 is out of range: allowed above 0 and at most 1."),
+    ("pt", ["--learning_rate", "nan"], "--learning_rate nan is out of range"),
+    ("pt", ["--max_steps", "0"], "--max_steps 0 is out of range: allowed -1 (use num_train_epochs), or at least 1."),
+    ("pt", ["--save_steps", "2.5"], "--save_steps 2.5 is out of range: allowed above 0 (a fraction of all steps "
+                                    "below 1, a whole number of steps above)."),
+    ("pt", ["--gradient_accumulation_steps", "-3"], "--gradient_accumulation_steps -3 is out of range: allowed at "
+                                                    "least 1."),
+    ("pt", ["--loss_spike_factor", "0.5"], "--loss_spike_factor 0.5 is out of range: allowed 0 (off), or above 1."),
+    ("sft", ["--max_length", "1"], "--max_length 1 is out of range: allowed at least 2."),
+    ("sft", ["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0 is out of range"),
+    ("dpo", ["--max_prompt_length", "0"], "--max_prompt_length 0 is out of range: allowed at least 1."),
+    ("dpo", ["--beta", "0"], "--beta 0 is out of range: allowed above 0."),
+    ("dpo", ["--logging_steps", "0", "--num_train_epochs", "0"],
+     "--num_train_epochs 0 is out of range: allowed above 0 and at most 1e+06; --logging_steps 0 is out of range"),
+])
+def test_messages(stage, argv, expected):
+    with pytest.raises(MiniQwenError) as err:
+        parse_args(stage_types(stage), [*argv, "--output_dir", "unused"])
+    assert str(err.value).startswith(expected) or expected in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_defaults_and_demo_recipes_are_in_range(stage):
+    types = stage_types(stage)
+    parse_args(types, ["--output_dir", "unused"])
+    parse_args(types, ["--config", str(REPO_ROOT / "demo" / f"{stage}.yaml")])
+
+
+def test_a_bad_recipe_value_names_the_recipe_and_stops_before_loading(tmp_path, capsys):
+    import mini_qwen_pt
+
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(Path(REPO_ROOT / "demo" / "pt.yaml").read_text() + "\nper_device_train_batch_size: 0\n")
+    with pytest.raises(SystemExit) as exc:
+        run_main(mini_qwen_pt.main, ["--config", str(recipe), "--output_dir", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --per_device_train_batch_size 0 (from {recipe}) is out of range: allowed at least 1."]
+    assert not (tmp_path / "out").exists()
+    # The command line wins over the recipe, and then it is the flag that is named.
+    with pytest.raises(MiniQwenError, match=r"^--per_device_train_batch_size -2 is out of range"):
+        mini_qwen_pt.main(["--config", str(recipe), "--per_device_train_batch_size", "-2"])
