@@ -8,6 +8,9 @@ Run as:
     python mini_qwen_eval.py --checkpoints pt=results/pt sft-2ep=results/sft/checkpoint-15461 \\
         --prompts "李白是谁？" "tell me a story" --report_dir results/eval
     python mini_qwen_eval.py results/dpo --mode batch --prompts_file my_prompts.txt --heldout mini_data/heldout.txt
+    python mini_qwen_eval.py results/pt results/sft results/dpo --benchmarks ceval-valid,cmmlu,mmlu,hellaswag,arc_easy
+    python mini_qwen_eval.py results/pt results/sft --benchmarks mini_ceval          # offline: the project's 20 questions
+    python mini_qwen_eval.py results/sft --benchmarks my_task --tasks_dir my_tasks/ --limit 50 --num_fewshot 5
 
 Modes (--mode auto picks interactive for one checkpoint and no --prompts / --prompts_file, else batch):
   interactive  the original project's loop: 用户： / 助手：, answers streamed token by token, sampling
@@ -16,22 +19,30 @@ Modes (--mode auto picks interactive for one checkpoint and no --prompts / --pro
   batch        every prompt x every checkpoint, greedy by default (reproducible), printed per prompt
                and written to <report_dir>/report.{json,md} with each checkpoint's held-out perplexity,
                repetition rate / distinct-2 of its answers and its training losses (DPO: reward
-               accuracy and margin) from trainer_state.json.
+               accuracy and margin) from trainer_state.json. Every prompt is also answered with the
+               other decoding (greedy and sampled) for the degeneration table: share of answers that
+               stopped with <|im_end|>, 4-gram repetition, distinct-2, mean length, stage by stage.
+               With --benchmarks, lm-evaluation-harness scores each checkpoint on those tasks (chat
+               checkpoints with the chat template, PT without) into the same report, plus report.png.
 Templates (--template auto): raw text for a checkpoint whose name or label says pt (pt, pt1,
 mini_qwen_pt, results/pt/checkpoint-100), the Qwen chat format for everything else.
-Checkpoints are given as paths or label=path, as positional arguments or after --checkpoints.
+Checkpoints are given as paths or label=path, as positional arguments or after --checkpoints
+(put them before --prompts, whose values run to the next flag).
 """
 
+import argparse
+import difflib
 import gc
 import json
 import math
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
-from mini_qwen.cli import parse_args
 from mini_qwen.errors import MiniQwenError, run_main
 
 # The four prompts of the original project's evaluation (README, 模型评估), verbatim.
@@ -81,47 +92,80 @@ class EvalArguments:
     ppl_max_length: int = field(default=512, metadata={"help": "Perplexity window in tokens (longer texts are "
                                                                  "split into windows)."})
     ppl_batch_size: int = field(default=4, metadata={"help": "Windows per forward pass for perplexity."})
+    degeneration: str = field(default="both", metadata={
+        "help": "both: also answer every prompt with the other decoding, so the degeneration table has greedy and "
+                "sampled; primary: only the decoding of the answers (half the generation time).",
+        "choices": ["both", "primary"]})
+    benchmarks: str | None = field(default=None, metadata={
+        "help": "lm-evaluation-harness tasks, comma-separated, as lm-eval spells them: ceval-valid, cmmlu, mmlu, "
+                "hellaswag, arc_easy, ... or mini_ceval (the project's offline 20 questions). Their datasets come "
+                "from the Hugging Face Hub on first use."})
+    tasks_dir: list[str] | None = field(default=None, metadata={
+        "help": "Folder(s) of your own lm-eval task YAML files (lm-eval's include_path): run them by name "
+                "in --benchmarks."})
+    limit: int | None = field(default=None, metadata={
+        "help": "Score only the first N questions of each benchmark task (a quick look; stderr grows)."})
+    num_fewshot: int | None = field(default=None, metadata={
+        "help": "Few-shot examples per question. Default: each task's own (0 for most)."})
+    bench_batch_size: str = field(default="auto", metadata={
+        "help": "Benchmark batch size: a number, or auto (lm-eval finds the largest that fits on a GPU; 8 on CPU, "
+                "where finding it means allocating until memory runs out)."})
 
 
 # --------------------------------------------------------------------------- arguments
 
-MULTI_VALUE_FLAGS = {"checkpoints", "prompts"}
+
+def _to_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"'{text}' is not true or false")
 
 
-def _looks_like_flag(token: str) -> bool:
-    return token.startswith("-") and len(token) > 1 and not re.fullmatch(r"-\d+(\.\d*)?(e-?\d+)?", token)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """argparse's own report (usage + exit 2) becomes one MiniQwenError line, still exit 2."""
+        flags = re.findall(r"(--?[\w-]+)", message.partition("unrecognized arguments:")[2])
+        known = [o for a in self._actions for o in a.option_strings]
+        hints = [f"did you mean '{c[0]}' for '{f}'?" for f in flags
+                 if (c := difflib.get_close_matches(f.split("=")[0], known, n=1, cutoff=0.75))]
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        raise MiniQwenError(f"invalid arguments: {message}{hint}. See `python mini_qwen_eval.py --help`.")
 
 
-def gather_checkpoints(argv: list[str]) -> list[str]:
-    """Move positional arguments and every --checkpoints value into one `--checkpoints ...` at the end.
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per EvalArguments field (its type, default, help and choices), checkpoints also positional."""
+    parser = _Parser(prog="mini_qwen_eval.py", allow_abbrev=False,  # `--max_new_token` must not pass for a flag
+                     description=__doc__.split("\n")[0])
+    parser.add_argument("positional", nargs="*", metavar="CHECKPOINT", help="Checkpoint folders, `path` or "
+                        "`label=path`.")
+    hints = typing.get_type_hints(EvalArguments)
+    for f in fields(EvalArguments):
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if isinstance(kind, types.UnionType):  # `int | None` -> int
+            kind = next(a for a in args if a is not type(None))
+        options = {"help": f.metadata.get("help"), "choices": f.metadata.get("choices"),
+                   "default": f.default if f.default is not MISSING else f.default_factory()}
+        if typing.get_origin(kind) is list:
+            options.update(nargs="+", type=str, action="extend" if f.name == "checkpoints" else "store")
+        elif kind is bool:  # --do_sample, --do_sample true, --do_sample false
+            options.update(nargs="?", const=True, type=_to_bool)
+        else:
+            options.update(type=kind)
+        parser.add_argument(f"--{f.name}", **options)
+    return parser
 
-    Every other flag takes exactly one value (`--config` included), so a positional is any
-    token that is neither a flag nor a flag's value.
-    """
-    rest, checkpoints, i = [], [], 0
-    while i < len(argv):
-        token = argv[i]
-        i += 1
-        if not _looks_like_flag(token):
-            checkpoints.append(token)
-            continue
-        name = token.lstrip("-").replace("-", "_")
-        if name == "checkpoints":
-            while i < len(argv) and not _looks_like_flag(argv[i]):
-                checkpoints.append(argv[i])
-                i += 1
-            continue
-        rest.append(token)
-        if "=" in token or name in ("h", "help"):
-            continue
-        if name in MULTI_VALUE_FLAGS:
-            while i < len(argv) and not _looks_like_flag(argv[i]):
-                rest.append(argv[i])
-                i += 1
-        elif i < len(argv):
-            rest.append(argv[i])
-            i += 1
-    return rest + (["--checkpoints", *checkpoints] if checkpoints else [])
+
+def parse_arguments(argv: list[str]) -> EvalArguments:
+    # Intermixed: `a --max_new_tokens 8 b` gives checkpoints a and b, as before.
+    namespace = vars(build_parser().parse_intermixed_args(argv))
+    positional = namespace.pop("positional")
+    args = EvalArguments(**namespace)
+    args.checkpoints = positional + list(args.checkpoints)
+    return args
 
 
 @dataclass
@@ -323,16 +367,11 @@ def interactive(ckpt: Checkpoint, args: EvalArguments, do_sample: bool) -> None:
             print("（已中断 interrupted）", flush=True)
 
 
-def _evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str] | None,
-                         args: EvalArguments, do_sample: bool, seed: int) -> dict:
-    import torch
+def _answer_all(model, tokenizer, ckpt: Checkpoint, prompts: list[str], args: EvalArguments, do_sample: bool,
+                seed: int) -> list[dict]:
+    from mini_qwen.generate import build_input, distinct_n, generate_tokens, repetition_rate
 
-    from mini_qwen.generate import (build_input, distinct_n, generate_tokens, heldout_nll, load_for_inference,
-                                    repetition_rate)
-
-    print(f"[{ckpt.label}] loading {ckpt.path} ({ckpt.template} template)", flush=True)
-    model, tokenizer = load_for_inference(ckpt.path, args.tokenizer_path, args.device)
-    answers, start = [], time.perf_counter()
+    answers = []
     for prompt in prompts:
         ids, stopped = generate_tokens(model, tokenizer, build_input(prompt, ckpt.template, args.system),
                                        args.max_new_tokens, args.temperature, args.top_p,
@@ -340,17 +379,60 @@ def _evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str
         answers.append({"text": tokenizer.decode(ids, skip_special_tokens=True), "tokens": len(ids),
                         "stopped": stopped, "repetition_rate": round(repetition_rate(ids, 4), 4),
                         "distinct_2": round(distinct_n(ids, 2), 4)})
+    return answers
+
+
+def _run_benchmarks(model, tokenizer, ckpt: Checkpoint, suite, args: EvalArguments) -> list[dict]:
+    import torch
+
+    from mini_qwen.benchmarks import make_lm, run_suite
+
+    batch_size = args.bench_batch_size
+    if batch_size == "auto" and next(model.parameters()).device.type != "cuda":
+        batch_size = 8
+    chat = ckpt.template == "chat"
+    print(f"[{ckpt.label}] benchmarks {', '.join(suite.names)} ({'chat template' if chat else 'raw text'})",
+          flush=True)
+    try:
+        return run_suite(make_lm(model, tokenizer, batch_size=batch_size), suite, args.num_fewshot, args.limit,
+                         apply_chat_template=chat)
+    except torch.cuda.OutOfMemoryError:
+        raise MiniQwenError(f"[{ckpt.label}] out of GPU memory in the benchmarks at batch size {batch_size}: pass a "
+                            f"smaller --bench_batch_size (e.g. 4).") from None
+
+
+def _evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str] | None,
+                         args: EvalArguments, do_sample: bool, seed: int, suite=None) -> dict:
+    import torch
+
+    from mini_qwen.generate import heldout_nll, load_for_inference
+    from mini_qwen.report import degeneration_stats
+
+    print(f"[{ckpt.label}] loading {ckpt.path} ({ckpt.template} template)", flush=True)
+    model, tokenizer = load_for_inference(ckpt.path, args.tokenizer_path, args.device)
+    start = time.perf_counter()
+    answers = _answer_all(model, tokenizer, ckpt, prompts, args, do_sample, seed)
+    seconds = time.perf_counter() - start
+    primary = "sampled" if do_sample else "greedy"
+    degeneration = {primary: degeneration_stats(answers)}
+    if args.degeneration == "both":
+        other = _answer_all(model, tokenizer, ckpt, prompts, args, not do_sample, seed)
+        degeneration["greedy" if do_sample else "sampled"] = degeneration_stats(other)
     result = {"label": ckpt.label, "path": ckpt.path, "template": ckpt.template,
-              "generation_seconds": round(time.perf_counter() - start, 2),
-              "mean_repetition_rate": round(sum(a["repetition_rate"] for a in answers) / len(answers), 4),
-              "mean_distinct_2": round(sum(a["distinct_2"] for a in answers) / len(answers), 4),
-              "stop_rate": round(sum(a["stopped"] for a in answers) / len(answers), 4),
+              "generation_seconds": round(seconds, 2),
+              "mean_repetition_rate": degeneration[primary]["repetition_rate"],
+              "mean_distinct_2": degeneration[primary]["distinct_2"],
+              "stop_rate": degeneration[primary]["stop_rate"],
               "perplexity": None, "heldout_tokens": None, "training": training_summary(ckpt.path),
-              "answers": answers}
+              "degeneration": degeneration, "benchmarks": None, "answers": answers}
     if heldout:
         total, count = heldout_nll(model, tokenizer, heldout, args.ppl_max_length, args.ppl_batch_size)
         if count:
             result.update(perplexity=round(math.exp(total / count), 3), heldout_tokens=count)
+    if suite is not None:
+        start = time.perf_counter()
+        result["benchmarks"] = _run_benchmarks(model, tokenizer, ckpt, suite, args)
+        result["benchmark_seconds"] = round(time.perf_counter() - start, 2)
     del model
     gc.collect()
     if torch.cuda.is_available():
@@ -360,56 +442,7 @@ def _evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str
     return result
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _cell(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-
-
-def render_markdown(report: dict) -> str:
-    g = report["generation"]
-    decoding = (f"sampling (temperature {g['temperature']}, top_p {g['top_p']}, seed {g['seed']})"
-                if g["do_sample"] else "greedy decoding")
-    lines = ["# mini_qwen evaluation", "",
-             f"{report['created']}: {decoding}, max_new_tokens {g['max_new_tokens']}, repetition_penalty "
-             f"{g['repetition_penalty']}. Held-out text: {report['heldout']}.", "",
-             "## Checkpoints", "",
-             "| checkpoint | path | template | perplexity | repetition rate (4-gram) | distinct-2 | ended with "
-             "&lt;\\|im_end\\|&gt; | training loss first → last (step) | DPO rewards/accuracies | "
-             "DPO rewards/margins |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|---:|"]
-    for c in report["checkpoints"]:
-        t = c["training"] or {}
-        loss = (f"{t['first_loss']:.3f} → {t['last_loss']:.3f} ({t['last_step']})" if "first_loss" in t else "-")
-        lines.append(f"| {_cell(c['label'])} | {_cell(c['path'])} | {c['template']} | {_fmt(c['perplexity'])} | "
-                     f"{_fmt(c['mean_repetition_rate'])} | {_fmt(c['mean_distinct_2'])} | "
-                     f"{round(100 * c['stop_rate'])}% | {loss} | {_fmt(t.get('rewards/accuracies'))} | "
-                     f"{_fmt(t.get('rewards/margins'))} |")
-    lines += ["", "Repetition rate: share of an answer's 4-grams (tokens) that repeat an earlier one "
-              "(0 = none, near 1 = a 复读机 loop); distinct-2: unique / all token bigrams; both averaged over "
-              "the answers. Perplexity: exp(mean next-token loss) on the held-out text.", "", "## Answers"]
-    for i, prompt in enumerate(report["prompts"]):
-        lines += ["", f"### {i + 1}. {_cell(prompt)}".replace("\n", " ")]
-        for c in report["checkpoints"]:
-            a = c["answers"][i]
-            end = "ended" if a["stopped"] else "hit max_new_tokens"
-            lines += ["", f"**{_cell(c['label'])}** ({c['template']}, {a['tokens']} tokens, {end}, "
-                          f"repetition {a['repetition_rate']:.2f}):", ""]
-            body = a["text"].strip("\n") or ("*(empty answer)*" if not a["text"] else "*(only line breaks)*")
-            lines += ["> " + _cell(line) if line else ">" for line in body.split("\n")]
-    return "\n".join(lines) + "\n"
-
-
-def batch(checkpoints: list[Checkpoint], prompts: list[str], args: EvalArguments, do_sample: bool) -> dict:
-    heldout, heldout_source = load_heldout(args)
-    print(f"held-out text: {heldout_source}", flush=True)
-    seed = args.seed if args.seed is not None else 42
-    results = [_evaluate_checkpoint(c, prompts, heldout, args, do_sample, seed) for c in checkpoints]
-
+def _print_summary(prompts: list[str], results: list[dict]) -> None:
     for i, prompt in enumerate(prompts):
         print(f"\n=== 用户：{prompt}")
         for r in results:
@@ -417,38 +450,84 @@ def batch(checkpoints: list[Checkpoint], prompts: list[str], args: EvalArguments
             print(f"--- [{r['label']} | {r['template']}] 助手：{a['text']}")
     print("\ncheckpoint            perplexity  repetition  distinct-2  ended")
     for r in results:
-        print(f"{r['label']:<20} {_fmt(r['perplexity'], 2):>11} {r['mean_repetition_rate']:>11.3f} "
+        ppl = f"{r['perplexity']:.2f}" if r["perplexity"] is not None else "-"
+        print(f"{r['label']:<20} {ppl:>11} {r['mean_repetition_rate']:>11.3f} "
               f"{r['mean_distinct_2']:>11.3f} {round(100 * r['stop_rate']):>5}%")
+    for decoding in ("greedy", "sampled"):
+        stops = [f"{r['label']} {round(100 * r['degeneration'][decoding]['stop_rate'])}%" for r in results
+                 if decoding in r["degeneration"]]
+        if stops:
+            print(f"stopped with <|im_end|> ({decoding}): " + ", ".join(stops))
+    for r in results:
+        for row in r["benchmarks"] or []:
+            score = "-" if row["acc"] is None else f"{row['acc']:.3f}" + (
+                f" ± {row['acc_stderr']:.3f}" if row["acc_stderr"] is not None else "")
+            chance = f"{row['chance']:.3f}" if row["chance"] is not None else "-"
+            print(f"[{r['label']}] {row['task']}: acc {score} (random guess {chance}, {row['n']} questions)")
 
+
+def batch(checkpoints: list[Checkpoint], prompts: list[str], args: EvalArguments, do_sample: bool,
+          suite=None) -> dict:
+    from mini_qwen.report import write_report
+
+    heldout, heldout_source = load_heldout(args)
+    print(f"held-out text: {heldout_source}", flush=True)
+    seed = args.seed if args.seed is not None else 42
+    results = [_evaluate_checkpoint(c, prompts, heldout, args, do_sample, seed, suite) for c in checkpoints]
+    _print_summary(prompts, results)
+
+    decodings = {"greedy": {}, "sampled": {"temperature": args.temperature, "top_p": args.top_p, "seed": seed}}
     report = {"created": time.strftime("%Y-%m-%d %H:%M:%S"),
               "generation": {"max_new_tokens": args.max_new_tokens, "do_sample": do_sample,
                              "temperature": args.temperature, "top_p": args.top_p,
                              "repetition_penalty": args.repetition_penalty, "seed": seed, "system": args.system},
-              "heldout": heldout_source, "prompts": prompts, "checkpoints": results}
+              "decodings": decodings, "heldout": heldout_source, "prompts": prompts, "checkpoints": results,
+              "benchmarks": None}
+    if suite is not None:
+        import lm_eval
+
+        report["benchmarks"] = {"tasks": suite.names, "num_fewshot": args.num_fewshot, "limit": args.limit,
+                                "batch_size": args.bench_batch_size, "tasks_dir": args.tasks_dir,
+                                "lm_eval_version": getattr(lm_eval, "__version__", "?"), "chance": suite.chance}
     out = Path(args.report_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
-    except OSError as err:
-        raise MiniQwenError(f"cannot write the report to '{out}': {err.strerror}. Pass another --report_dir.") from None
-    print(f"\nreport: {out / 'report.md'} and {out / 'report.json'}")
+    write_report(report, out)
+    for flag in report["regressions"]:
+        print(f"worse than {flag['previous']}: {flag['checkpoint']} {flag['metric']} ({flag['decoding']}) "
+              f"{flag['before']} -> {flag['after']}")
+    plot = f", {out / report['plot']}" if report["plot"] else ""
+    print(f"\nreport: {out / 'report.md'} and {out / 'report.json'}{plot}")
     return report
+
+
+def _check_numbers(args: EvalArguments) -> None:
+    if args.max_new_tokens < 1:
+        raise MiniQwenError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
+    if args.limit is not None and args.limit < 1:
+        raise MiniQwenError(f"--limit must be at least 1 question per task, got {args.limit}.")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise MiniQwenError(f"--num_fewshot must be 0 or more, got {args.num_fewshot}.")
+    size = args.bench_batch_size
+    if size != "auto" and not (size.isdigit() and int(size) >= 1):
+        raise MiniQwenError(f"--bench_batch_size must be a whole number >= 1 or auto, got '{size}'.")
+    if args.benchmarks is None and (args.tasks_dir or args.limit or args.num_fewshot is not None):
+        raise MiniQwenError("--tasks_dir, --limit and --num_fewshot apply to benchmarks: add --benchmarks "
+                            "(e.g. --benchmarks mini_ceval).")
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = parse_args((EvalArguments,), gather_checkpoints(argv))
-    if args.max_new_tokens < 1:
-        raise MiniQwenError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
+    args = parse_arguments(argv)
+    _check_numbers(args)
     checkpoints = parse_checkpoints(args.checkpoints, args.template)
     wants_prompts = args.prompts is not None or args.prompts_file is not None
     mode = args.mode
     if mode == "auto":
-        mode = "interactive" if len(checkpoints) == 1 and not wants_prompts else "batch"
+        mode = "interactive" if len(checkpoints) == 1 and not wants_prompts and not args.benchmarks else "batch"
     if mode == "interactive" and len(checkpoints) > 1:
         raise MiniQwenError(f"interactive mode talks to one checkpoint, got {len(checkpoints)}: "
                             f"drop --mode interactive to compare them in batch mode.")
+    if mode == "interactive" and args.benchmarks:
+        raise MiniQwenError("--benchmarks runs in batch mode: drop --mode interactive.")
     do_sample = args.do_sample if args.do_sample is not None else mode == "interactive"
     if mode == "interactive":
         interactive(checkpoints[0], args, do_sample)
@@ -457,7 +536,13 @@ def main(argv=None):
 
     for c in checkpoints:  # fail before any model is loaded, not after the first one has run
         check_checkpoint(c.path, args.tokenizer_path)
-    return batch(checkpoints, load_prompts(args), args, do_sample)
+    prompts = load_prompts(args)
+    suite = None
+    if args.benchmarks is not None:  # every task and its data before the first model: a typo fails in seconds
+        from mini_qwen.benchmarks import load_suite, parse_names
+
+        suite = load_suite(parse_names(args.benchmarks), args.tasks_dir, args.limit)
+    return batch(checkpoints, prompts, args, do_sample, suite)
 
 
 if __name__ == "__main__":

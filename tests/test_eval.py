@@ -123,14 +123,40 @@ def test_batch_report(checkpoints, tmp_path, capsys):
 
 
 def test_checkpoint_names_pick_templates():
-    from mini_qwen_eval import gather_checkpoints, is_pt_name, parse_checkpoints
+    from mini_qwen_eval import is_pt_name, parse_arguments, parse_checkpoints
 
     assert is_pt_name("pt") and is_pt_name("pt3") and is_pt_name("mini_qwen_pt")
     assert not any(is_pt_name(n) for n in ("sft", "dpo", "adapter", "script", "checkpoint-7730"))
     specs = parse_checkpoints(["results/pt/checkpoint-100", "b=results/sft"], "auto")
     assert [(c.label, c.template) for c in specs] == [("pt/checkpoint-100", "pt"), ("b", "chat")]
-    assert gather_checkpoints(["a", "--max_new_tokens", "8", "b", "--prompts", "x", "y", "--checkpoints", "c"]) == \
-        ["--max_new_tokens", "8", "--prompts", "x", "y", "--checkpoints", "a", "b", "c"]
+    # positional checkpoints between flags and after --checkpoints all count, in order
+    args = parse_arguments(["a", "--max_new_tokens", "8", "b", "--prompts", "x", "y", "--checkpoints", "c"])
+    assert args.checkpoints == ["a", "b", "c"] and args.prompts == ["x", "y"] and args.max_new_tokens == 8
+    assert parse_arguments(["a", "--do_sample"]).do_sample is True
+    assert parse_arguments(["a", "--do_sample", "false", "--seed", "-1"]).do_sample is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["a", "--mode", "chatty"], "argument --mode: invalid choice: 'chatty' (choose from 'auto', 'interactive', 'batch')"),
+    (["a", "--template", "raw"], "invalid choice: 'raw'"),
+    (["a", "--degeneration", "all"], "invalid choice: 'all'"),
+    (["a", "--max_new_token", "8"], "did you mean '--max_new_tokens'"),
+    (["a", "--max_new_tokens", "eight"], "argument --max_new_tokens: invalid int value: 'eight'"),
+    (["a", "--do_sample", "maybe"], "argument --do_sample"),
+])
+def test_bad_flags_are_refused_once(argv, message, capsys):
+    """A typo'd flag or value: one `error:` line naming the flag and the allowed values, exit 2, no usage dump."""
+    from mini_qwen.errors import run_main
+    from mini_qwen_eval import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(main, argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: invalid arguments:"), captured.err
+    assert message in lines[0]
+    assert "usage:" not in captured.err + captured.out
 
 
 def _start(*args):
