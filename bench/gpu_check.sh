@@ -61,4 +61,5 @@ EOF
 $PYTHON bench/gpu_check.py all --out "$OUT" ${DRY[@]+"${DRY[@]}"}
 rc=$?
 echo "gpu_check: done (exit $rc) in $SECONDS s; $OUT/gpu_results.md"
+$PYTHON bench/t4_fit.py --out "$OUT/t4_fit" ${DRY[@]+"${DRY[@]}"} || echo "gpu_check: t4_fit: a demo stage did not fit 15 GiB in fp16 ($OUT/t4_fit/t4_fit.md)"
 exit 0

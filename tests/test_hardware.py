@@ -5,6 +5,8 @@ The GPUs are mocked (name, compute capability, memory): these run on CPU. torch'
 to show the choice never rests on it.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -118,3 +120,36 @@ def test_demo_argv_on_a_t4_trains_fewer_layers(fake_gpu):
     assert "--num_hidden_layers" not in demo_argv("pt", ["--model_preset", "tiny"], pick_preset=True)
     argv = demo_argv("pt", ["--num_hidden_layers", "4"], pick_preset=True)
     assert argv.count("--num_hidden_layers") == 1  # the user's own choice wins
+
+
+def test_t4_fit_bench_plans_fp16_demo_stages_at_the_t4_size():
+    """bench/t4_fit.py (the GPU check below) runs the demo recipes in fp16 with the layers a 15 GiB GPU gets."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import t4_fit
+
+    layers = t4_fit.t4_layers()
+    assert 0 < layers < 48
+    pt = t4_fit.stage_argv("pt", Path("/tmp/w"), layers)
+    assert pt[:2] == ["--config", str(Path(__file__).resolve().parents[1] / "demo" / "pt.yaml")]
+    assert pt[pt.index("--num_hidden_layers") + 1] == str(layers) and pt[pt.index("--fp16") + 1] == "true"
+    dpo = t4_fit.stage_argv("dpo", Path("/tmp/w"), layers)
+    assert dpo[dpo.index("--bf16") + 1] == "false" and dpo[dpo.index("--model_name_or_path") + 1] == "/tmp/w/sft"
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: runs the demo stages under a 15 GiB cap")
+def test_demo_stages_fit_a_16gb_gpu_in_fp16(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "bench" / "t4_fit.py"), "--out", str(tmp_path / "out"),
+                    "--work", str(tmp_path / "work")], cwd=root, timeout=900)
+    summary = json.loads((tmp_path / "out" / "t4_fit.json").read_text())
+    assert summary["fits"], (tmp_path / "out" / "t4_fit.md").read_text()
+    for stage, row in summary["stages"].items():
+        assert row["peak_reserved_gb"] <= 15.0, (stage, row)
