@@ -30,7 +30,9 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
+from mini_qwen.run_config import record_run
 from mini_qwen.dpo_data import ID_COLUMNS, build_dataset
 from mini_qwen.trainlog import first_and_last_loss, last_metric
 
@@ -55,7 +57,7 @@ class DPOModelArguments(ModelArguments):
 
 
 @dataclass
-class MiniDPOConfig(DPOConfig):
+class MiniDPOConfig(LongRunArguments, DPOConfig):
     # The original run's values (6 x H800, ZeRO-2, Infinity-Preference, 3 epochs from the SFT checkpoint).
     output_dir: str = field(default="results/dpo", metadata={"help": "Checkpoints, final model, loss plot."})
     learning_rate: float = field(default=5e-7, metadata={"help": "The original final run's value; 1e-6 overfitted "
@@ -66,7 +68,7 @@ class MiniDPOConfig(DPOConfig):
     per_device_train_batch_size: int = 12
     gradient_accumulation_steps: int = 16
     max_length: int | None = field(default=1024, metadata={"help": "Longest prompt + answer in tokens."})
-    save_strategy: str = "epoch"
+    save_strategy: str = "epoch"  # --save_every_minutes 60 also saves within an epoch
     save_total_limit: int = 3
     logging_steps: float = 20
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
@@ -103,6 +105,7 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once, before the models are loaded; the builder below trusts this list.
     files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
+    record_run("dpo", (data_args, model_args, training_args), files, training_args)  # run_config.json
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args)
@@ -127,7 +130,7 @@ def main(argv=None):
             print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")
 
     training_args.include_num_input_tokens_seen = "non_padding"  # real tokens (chosen + rejected) for tokens/s
-    trainer = TokenizedDPOTrainer(
+    trainer = with_long_run(TokenizedDPOTrainer)(
         model=model,
         ref_model=ref_model,
         args=training_args,

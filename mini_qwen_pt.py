@@ -23,9 +23,11 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.memory import ChunkedLossTrainer
 from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.packing import PACKING, collate_blocks
+from mini_qwen.run_config import record_run
 from mini_qwen.pt_data import build_dataset
 from mini_qwen.trainlog import first_and_last_loss
 
@@ -46,7 +48,7 @@ class PTDataArguments:
 
 
 @dataclass
-class PTTrainingArguments(TrainingArguments):
+class PTTrainingArguments(LongRunArguments, TrainingArguments):
     # The original run's values (6 x H800, ZeRO-2, 16B tokens, 1 epoch, ~25 h).
     output_dir: str = field(default="results/pt", metadata={"help": "Checkpoints, final model, loss plot."})
     learning_rate: float = 1e-4
@@ -55,7 +57,7 @@ class PTTrainingArguments(TrainingArguments):
     num_train_epochs: float = 1.0
     per_device_train_batch_size: int = 12
     gradient_accumulation_steps: int = 16
-    save_steps: float = 100_000
+    save_steps: float = 100_000  # more than the whole run: the clock (--save_every_minutes 60) saves instead
     save_total_limit: int = 3
     logging_steps: float = 20
     dataloader_num_workers: int = 0
@@ -71,6 +73,7 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once, before the model is built; the builder below trusts this list.
     files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
+    record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)  # run_config.json
 
     checkpoint = model_args.model_name_or_path  # set: continue pretraining an existing model
     tokenizer = load_stage_tokenizer(model_args, checkpoint)
@@ -92,7 +95,7 @@ def main(argv=None):
     print(f"data: {len(dataset):,} blocks of {data_args.block_size} tokens ({data_args.packing} packing); "
           f"{tokens_per_step:,} tokens per optimizer step")
 
-    trainer = (ChunkedLossTrainer if training_args.chunked_loss else Trainer)(
+    trainer = with_long_run(ChunkedLossTrainer if training_args.chunked_loss else Trainer)(
         model=model,
         args=training_args,
         train_dataset=dataset,

@@ -23,8 +23,10 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
+from mini_qwen.run_config import record_run
 from mini_qwen.sft_data import build_dataset
 from mini_qwen.trainlog import first_and_last_loss
 
@@ -50,7 +52,7 @@ class SFTModelArguments(ModelArguments):
 
 
 @dataclass
-class MiniSFTConfig(SFTConfig):
+class MiniSFTConfig(LongRunArguments, SFTConfig):
     # The original run's values (6 x H800, ZeRO-2, ~9M conversations, 3 epochs, ~43 h).
     output_dir: str = field(default="results/sft", metadata={"help": "Checkpoints, final model, loss plot."})
     learning_rate: float = 1e-5
@@ -60,7 +62,7 @@ class MiniSFTConfig(SFTConfig):
     per_device_train_batch_size: int = 12
     gradient_accumulation_steps: int = 16
     max_length: int | None = field(default=1024, metadata={"help": "Longest conversation in tokens."})
-    save_strategy: str = "epoch"
+    save_strategy: str = "epoch"  # ~14 h an epoch in the original run: --save_every_minutes 60 saves between
     save_total_limit: int = 3
     logging_steps: float = 20
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
@@ -91,6 +93,7 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
     files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
+    record_run("sft", (data_args, model_args, training_args), files, training_args)  # run_config.json
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args)
@@ -105,7 +108,7 @@ def main(argv=None):
     training_args.max_length = None  # already enforced above; TRL refuses padding_free with a max_length set
     training_args.include_num_input_tokens_seen = "non_padding"  # real tokens for the tokens/s figure
     fused = data_args.fused_lm_head if data_args.fused_lm_head is not None else torch.cuda.is_available()
-    trainer = (SFTTrainer if fused else AnswerLossSFTTrainer)(
+    trainer = with_long_run(SFTTrainer if fused else AnswerLossSFTTrainer)(
         model=model,
         args=training_args,
         train_dataset=dataset,
