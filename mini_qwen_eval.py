@@ -9,7 +9,7 @@ Run as:
         --prompts "李白是谁？" "tell me a story" --report_dir results/eval
     python mini_qwen_eval.py results/dpo --mode batch --prompts_file my_prompts.txt --heldout mini_data/heldout.txt
     python mini_qwen_eval.py results/pt results/sft results/dpo --benchmarks ceval-valid,cmmlu,mmlu,hellaswag,arc_easy
-    python mini_qwen_eval.py results/pt results/sft --benchmarks mini_ceval          # offline: the project's 20 questions
+    python mini_qwen_eval.py results/pt results/sft --benchmarks mini_ceval   # offline: 20 questions of the project
     python mini_qwen_eval.py results/sft --benchmarks my_task --tasks_dir my_tasks/ --limit 50 --num_fewshot 5
 
 Modes (--mode auto picks interactive for one checkpoint and no --prompts / --prompts_file, else batch):
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         options = {"help": f.metadata.get("help"), "choices": f.metadata.get("choices"),
                    "default": f.default if f.default is not MISSING else f.default_factory()}
         if typing.get_origin(kind) is list:
-            options.update(nargs="+", type=str, action="extend" if f.name == "checkpoints" else "store")
+            options.update(nargs="+", type=str, action="extend" if f.name in ("checkpoints", "tasks_dir") else "store")
         elif kind is bool:  # --do_sample, --do_sample true, --do_sample false
             options.update(nargs="?", const=True, type=_to_bool)
         else:

@@ -227,3 +227,15 @@ def test_degeneration_flags_a_later_stage_that_is_worse():
     md = render_markdown(report)
     assert "| greedy | 4-gram repetition rate | 0.100 | 0.500 ▼ |" in md
     assert "| greedy | ended with &lt;\\|im_end\\|&gt; | 50% | 75% |" in md
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_batch_size_on_gpu(tiny_checkpoint, tmp_path):
+    """On a GPU the benchmark batch size is lm-eval's automatic search, with the model in bf16."""
+    import mini_qwen_eval
+
+    report = mini_qwen_eval.main([f"sft={tiny_checkpoint}", "--benchmarks", "mini_ceval", "--prompts", "李白是谁？",
+                                  "--max_new_tokens", "4", "--heldout", "none", "--report_dir", str(tmp_path)])
+    (row,) = report["checkpoints"][0]["benchmarks"]
+    assert report["benchmarks"]["batch_size"] == "auto" and row["n"] == 20 and 0.0 <= row["acc"] <= 1.0
