@@ -90,13 +90,24 @@ def main(argv=None):
     if args.host not in LOOPBACK:
         print(f"note: binding to {args.host}: other machines can reach these models"
               + ("" if api_key else " and no --api_key is set"), flush=True)
-    print(f"serving {', '.join(slots)} at http://{host}:{args.port}/ (OpenAI base_url http://{host}:{args.port}/v1); "
-          f"arena votes -> {Path(args.votes_dir) / 'votes.parquet'}", flush=True)
+    ready = (f"serving {', '.join(slots)} at http://{host}:{args.port}/ (OpenAI base_url http://{host}:{args.port}/v1); "
+             f"arena votes -> {Path(args.votes_dir) / 'votes.parquet'}")
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:  # listening now: the URL works the moment it is printed
+                print(ready, flush=True)
+
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                   timeout_graceful_shutdown=2))
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
-    except OSError as err:  # port taken, address not on this machine
-        raise MiniQwenError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}; pick another --port "
-                            f"or --host.") from None
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled once it has shut down cleanly
+        pass
+    except SystemExit:  # uvicorn could not bind and said why (port taken, address not on this machine)
+        raise MiniQwenError(f"cannot listen on {args.host}:{args.port}: pick another --port or --host.") from None
+    print("server stopped", flush=True)
 
 
 if __name__ == "__main__":

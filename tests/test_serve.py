@@ -146,6 +146,40 @@ def test_serving_renders_the_training_chat_format(tokenizer):
     assert format_messages(messages[:2]) == format_prompt("李白是谁？", "You are brief.")
 
 
+def _sink_output(tokenizer, ids, stop=()):
+    """(emitted text, stop hit) of the streamer fed `ids` one token at a time, as generate() does."""
+    import asyncio
+
+    import torch
+
+    from mini_qwen.serve.engine import Job, ModelSlot, Sampling, _TokenSink
+
+    loop = asyncio.new_event_loop()
+    slot = ModelSlot("m", "p", "chat", None, tokenizer)
+    job = Job(slot, [], Sampling(max_tokens=1, stop=list(stop)), loop)
+    pieces = []
+    job.emit = lambda kind, text=None, *rest: pieces.append(text)  # collect on this thread
+    sink = _TokenSink(job, set())
+    sink.put(torch.tensor([[1, 2]]))  # the prompt
+    for token in ids:
+        sink.put(torch.tensor([token]))
+        if sink.stop_hit:
+            break
+    sink.end()
+    loop.close()
+    return "".join(pieces), sink.stop_hit
+
+
+def test_streamed_text_equals_the_whole_decode(tokenizer):
+    text = ("李白（701年－762年），字太白 🌙🏔️ — a poet of the Tang dynasty. " * 12) + "床前明月光，疑是地上霜。"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 100  # longer than the decode window, so the kept-prefix path is exercised
+    out, hit = _sink_output(tokenizer, ids)
+    assert out == tokenizer.decode(ids) and not hit
+    out, hit = _sink_output(tokenizer, ids, stop=["明月"])
+    assert hit and out == text.split("明月")[0]
+
+
 # --------------------------------------------------------------------------- OpenAI client
 
 
@@ -459,3 +493,58 @@ def test_page_is_offline(server):
         code, text = get(url, asset)
         assert code == 200 and "http://" not in text and "https://" not in text  # no CDN, no external font
     assert "https://" not in html and "http://" not in html
+
+
+# --------------------------------------------------------------------------- the script
+
+
+def test_script_flags_and_paths_fail_with_one_message(tiny_checkpoint, tmp_path):
+    from mini_qwen.errors import MiniQwenError
+    from mini_qwen_serve import main, split_positionals
+
+    assert split_positionals(["a", "b=c", "--port", "1"]) == ["--port", "1", "--checkpoints", "a", "b=c"]
+    with pytest.raises(MiniQwenError, match="unknown checkpoint path 'nope/sft'"):
+        main(["nope/sft"])
+    with pytest.raises(MiniQwenError, match="used twice"):
+        main(["--checkpoints", f"x={tiny_checkpoint}", f"x={tiny_checkpoint}"])
+    with pytest.raises(MiniQwenError, match="--port must be between"):
+        main([str(tiny_checkpoint), "--port", "70000"])
+    with pytest.raises(MiniQwenError, match="unknown argument"):
+        main([str(tiny_checkpoint), "--max_token", "5"])
+    (tmp_path / "votes").mkdir()
+    (tmp_path / "votes" / "votes.parquet").write_bytes(b"not parquet")
+    from mini_qwen.serve.votes import VoteStore
+
+    with pytest.raises(MiniQwenError, match="cannot read"):
+        VoteStore(tmp_path / "votes")
+
+
+def test_script_serves_and_prints_the_url(tiny_checkpoint, tmp_path):
+    """`python mini_qwen_serve.py <checkpoint>` as a user runs it: prints the URL, answers, stops on SIGINT."""
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(root / "mini_qwen_serve.py"), f"sft={tiny_checkpoint}", "--port",
+                             str(port), "--votes_dir", str(tmp_path / "votes"), "--max_tokens", "4"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "the server exited:\n" + "".join(lines)
+            lines.append(line)
+            if line.startswith("serving"):
+                break
+        assert f"http://127.0.0.1:{port}/" in lines[-1], lines
+        status, _, data = post(f"http://127.0.0.1:{port}", "/v1/chat/completions",
+                               {"messages": [{"role": "user", "content": "hi"}]})  # one model: `model` optional
+        assert status == 200 and data["usage"]["completion_tokens"] == 4  # --max_tokens is the default
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0

@@ -132,6 +132,9 @@ class _TokenSink:
         self.ids: list[int] = []
         self.sent = 0  # characters of the answer already emitted
         self.text = ""
+        # Decoding the whole answer at every token is quadratic; the text of ids[:done_ids] is kept
+        # instead (cut only where a character is complete: byte-level BPE pieces then decode alike).
+        self.done_ids, self.done_text = 0, ""
         self.prompt_seen = False
         self.stop_hit = False
 
@@ -145,7 +148,7 @@ class _TokenSink:
             self.ids.append(token)
         if self.stop_hit:
             return
-        self.text = self.job.slot.tokenizer.decode(self.ids, skip_special_tokens=True)
+        self.text = self._decode()
         stops = self.job.sampling.stop
         for s in stops:
             at = self.text.find(s, max(0, self.sent - len(s)))
@@ -165,6 +168,13 @@ class _TokenSink:
                     break
         self._flush(end)
 
+    def _decode(self) -> str:
+        tail = self.job.slot.tokenizer.decode(self.ids[self.done_ids:], skip_special_tokens=True)
+        text = self.done_text + tail
+        if len(self.ids) - self.done_ids >= 32 and not tail.endswith("\ufffd"):
+            self.done_ids, self.done_text = len(self.ids), text
+        return text
+
     def _flush(self, end: int) -> None:
         if end > self.sent:
             self.job.emit("delta", self.text[self.sent:end])
@@ -172,7 +182,7 @@ class _TokenSink:
 
     def end(self) -> None:
         if not self.stop_hit:
-            self.text = self.job.slot.tokenizer.decode(self.ids, skip_special_tokens=True)
+            self.text = self._decode()
         self._flush(len(self.text))
 
 

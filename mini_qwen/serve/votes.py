@@ -49,7 +49,11 @@ class VoteStore:
         self.path = self.folder / VOTES_FILE
         self._lock = threading.Lock()
         if self.path.exists():  # a file we cannot extend must fail at start, not at the first click
-            schema = pq.read_schema(self.path)
+            try:
+                schema = pq.read_schema(self.path)
+            except (OSError, pa.ArrowException) as err:
+                raise MiniQwenError(f"cannot read the votes file {self.path} ({err}): move it away or pass another "
+                                    f"--votes_dir.") from None
             missing = [n for n in ("prompt", "chosen", "rejected") if n not in schema.names]
             if missing:
                 raise MiniQwenError(f"{self.path} exists but is not a votes file (no column {missing[0]}): move it "
