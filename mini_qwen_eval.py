@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         options = {"help": f.metadata.get("help"), "choices": f.metadata.get("choices"),
                    "default": f.default if f.default is not MISSING else f.default_factory()}
         if typing.get_origin(kind) is list:
-            options.update(nargs="+", type=str, action="extend" if f.name in ("checkpoints", "tasks_dir") else "store")
+            repeatable = f.name in ("checkpoints", "tasks_dir")  # `--tasks_dir a --tasks_dir b` keeps both
+            options.update(nargs="+", type=str, action="extend" if repeatable else "store")
         elif kind is bool:  # --do_sample, --do_sample true, --do_sample false
             options.update(nargs="?", const=True, type=_to_bool)
         else:
