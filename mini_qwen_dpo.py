@@ -83,6 +83,9 @@ class TokenizedDPOTrainer(DPOTrainer):
     answers and re-tokenizes prompt + answer. Our rows are already in the Qwen chat format, cut to
     `max_length` and closed with one `<|im_end|>`, so they go to TRL's collator unchanged (its own
     `max_length` cut is then a no-op).
+
+    Written against TRL 1.16.0, where `_prepare_dataset(self, dataset, processing_class, args,
+    dataset_name)` is private; tests/test_architecture.py fails loudly if that hook changes.
     """
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):

@@ -78,6 +78,7 @@ class AnswerLossSFTTrainer(SFTTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        # Trainer.compute_loss reads this attribute (transformers 5.24; tests/test_architecture.py checks it).
         self.compute_loss_func = ChunkedCausalLMLoss(self.model, recompute=False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -21,8 +21,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
 CAP_GIB = 15.0  # what a 16 GB T4 leaves for tensors
 STEPS = {"pt": 10, "sft": 10, "dpo": 8}  # past the first optimizer step, where AdamW allocates its moments

@@ -109,8 +109,10 @@ def scan_file(stage: str, path: Path, schema: pa.Schema, text_column: str = "tex
                     reason = fold_digits(problem)
                     report.bad[reason] += 1
                     report.first_bad.setdefault(reason, (row + i, problem))
-            if tokenizer is not None and max_length:
-                for what in module.overlong_rows(values, problems, tokenizer, max_length, max_prompt_length):
+            good = [i for i, problem in enumerate(problems) if problem is None]
+            if tokenizer is not None and max_length and good:
+                good_values = {name: [column[i] for i in good] for name, column in values.items()}
+                for what in module.overlong_rows(good_values, tokenizer, max_length, max_prompt_length):
                     if what:
                         report.long[what] += 1
             row += batch.num_rows

@@ -145,6 +145,31 @@ def map_rows(files: list[Path], columns: list[str], encode_batch, tokenizer, num
     return encoded, n_rows
 
 
+def log_skipped_or_stop(dataset, skipped: dict, log, nothing_left: str) -> None:
+    """Log each bad-row reason with its count; stop with `nothing_left` when no row is left to train on."""
+    for problem, count in sorted(skipped.items(), key=lambda item: -item[1]):
+        log(f"  skipped {count}: {problem}")
+    if len(dataset) == 0:
+        raise MiniQwenError(nothing_left)
+
+
+def row_problems(values: dict[str, list], parse, bad_row_error) -> list[str | None]:
+    """Why each row of a batch ({column: values}) cannot be trained on, or None for a good row: a null in a
+    column the stage reads, or the message of the `bad_row_error` that `parse(*row)` raises."""
+    names, out = list(values), []
+    for row in zip(*values.values()):
+        nulls = [name for name, value in zip(names, row) if value is None]
+        if nulls:
+            out.append("null " + " and ".join(f"'{name}'" for name in nulls))
+            continue
+        try:
+            parse(*row)
+            out.append(None)
+        except bad_row_error as err:
+            out.append(str(err))
+    return out
+
+
 def parse_rows(rows, indices, parse, bad_row_error, on_bad_rows: str, locate) -> tuple[list, list[str]]:
     """`parse(*row)` for each row of a batch. A row raising `bad_row_error` is skipped with its reason in
     `problems` (digits folded to N so reasons can be counted), or, with on_bad_rows="error", stops the

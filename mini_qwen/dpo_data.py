@@ -36,6 +36,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from mini_qwen.chat import ChatTokens, parse_turn
+from mini_qwen import data
 from mini_qwen.data import check_string_column, map_rows, parse_rows, require_columns
 from mini_qwen.errors import MiniQwenError
 
@@ -179,34 +180,21 @@ def encode_pairs(tokenizer, pairs: list[tuple], max_length: int, max_prompt_leng
 
 def row_problems(values: dict[str, list]) -> list[str | None]:
     """Why each pair of a batch cannot be trained on, or None for a good one."""
-    out = []
-    for prompt, chosen, rejected in zip(values["prompt"], values["chosen"], values["rejected"]):
-        nulls = [n for n, v in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)) if v is None]
-        if nulls:
-            out.append("null " + " and ".join(f"'{n}'" for n in nulls))
-            continue
-        try:
-            parse_pair(prompt, chosen, rejected)
-            out.append(None)
-        except BadPair as err:
-            out.append(str(err))
-    return out
+    return data.row_problems({name: values[name] for name in COLUMNS}, parse_pair, BadPair)
 
 
-def overlong_rows(values: dict[str, list], problems: list, tokenizer, max_length: int,
+def overlong_rows(values: dict[str, list], tokenizer, max_length: int,
                   max_prompt_length: int | None = None) -> list[str | None]:
-    """For the good rows: what the truncation above does to a pair longer than `max_length` tokens."""
-    out: list[str | None] = [None] * len(problems)
-    good = [i for i, p in enumerate(problems) if p is None]
-    if not good:
-        return out
-    pairs = [parse_pair(values["prompt"][i], values["chosen"][i], values["rejected"][i]) for i in good]
-    prompt_budget = max_prompt_length or max(max_length // 2, 1)
-    for i, pair in zip(good, encode_pairs(tokenizer, pairs, max_length, prompt_budget)):
+    """For good rows: what the truncation above does to a pair longer than `max_length` tokens."""
+    pairs = [parse_pair(*row) for row in zip(*(values[name] for name in COLUMNS))]
+    out = []
+    for pair in encode_pairs(tokenizer, pairs, max_length, max_prompt_length or max(max_length // 2, 1)):
         if pair["dropped"]:
-            out[i] = f"dropped after truncation to {max_length} tokens: {pair['dropped']}"
+            out.append(f"dropped after truncation to {max_length} tokens: {pair['dropped']}")
         elif pair["prompt_cut"] or pair["answer_cut"]:
-            out[i] = f"longer than {max_length} tokens (truncated)"
+            out.append(f"longer than {max_length} tokens (truncated)")
+        else:
+            out.append(None)
     return out
 
 
@@ -253,11 +241,9 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_leng
         f"{max_length}), {sum(dropped.values())} dropped, {sum(problems.values())} skipped as bad rows")
     for reason, count in dropped.most_common():
         log(f"  dropped {count}: {reason}")
-    for problem, count in problems.most_common():
-        log(f"  skipped {count}: {problem}")
-    if len(dataset) == 0:
-        raise MiniQwenError(f"no trainable preference pair in '{source or files[0].parent}' (see the counts "
-                            f"above): check the data or raise --max_length / lower --max_prompt_length.")
+    data.log_skipped_or_stop(dataset, problems, log, f"no trainable preference pair in '{source or files[0].parent}' "
+                             f"(see the counts above): check the data or raise --max_length / lower "
+                             f"--max_prompt_length.")
     stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "prompt_truncated": prompt_cut,
              "answer_truncated": answer_cut, "dropped": dict(dropped), "skipped": dict(problems)}
     return dataset, stats

@@ -21,7 +21,6 @@ from mini_qwen.checkpoint import check_checkpoint
 from mini_qwen.errors import MiniQwenError
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # 151645, 151643
-TEMPLATES = ("pt", "chat")
 
 
 # --------------------------------------------------------------------------- loading

@@ -18,6 +18,7 @@ from mini_qwen.errors import MiniQwenError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")  # see hardware.choose_attention
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ModelArguments:
     attn_implementation: str = field(
         default="auto",
         metadata={"help": "auto (flash_attention_2 when installed on a capable GPU, else sdpa), "
-                  "flash_attention_2, sdpa or eager."},
+                  "flash_attention_2, sdpa, eager or flex_attention.", "choices": list(ATTENTION)},
     )
     tokenizer_path: str | None = field(
         default=None,
@@ -151,6 +152,7 @@ def describe(model) -> str:
     n = count_parameters(model)
     return (f"model: {n / 1e6:.1f}M parameters (hidden {c.hidden_size}, {c.num_hidden_layers} layers, "
             f"{c.num_attention_heads} heads, {c.num_key_value_heads} KV heads, vocab {c.vocab_size}), "
+            # `_attn_implementation` is private (transformers 5.24; pinned in tests/test_architecture.py).
             f"dtype {next(model.parameters()).dtype}, attention {c._attn_implementation}")
 
 

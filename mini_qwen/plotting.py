@@ -238,19 +238,6 @@ def load_curves(path, logging_steps: int | None = None) -> dict[str, Series]:
     return parse_training_log(path, logging_steps=logging_steps)
 
 
-def plot_run(source, out_png, metric: str = "loss", title: str | None = None, logging_steps: int | None = None) -> Path:
-    """One run's ``metric`` curve into ``out_png``; ``source`` as for :func:`load_curves`
-    or a ``log_history`` list (``trainer.state.log_history``)."""
-    if isinstance(source, list):
-        series, label = series_from_log_history(source), "run"
-    else:
-        series, label = load_curves(source, logging_steps=logging_steps), Path(source).name
-    if metric not in series:
-        available = ", ".join(sorted(series)) or "none"
-        raise MiniQwenError(f"no '{metric}' values logged in {label}; logged metrics: {available}")
-    return plot_loss_curves({label: series[metric]}, out_png, title=title or f"{metric} per step", ylabel=metric)
-
-
 def summarize(steps: list[float], values: list[float]) -> dict:
     """points / first / last / min (and its step) / max of one curve, ignoring non-finite values."""
     finite = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]

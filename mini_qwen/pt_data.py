@@ -59,19 +59,12 @@ def row_problems(values: dict[str, list]) -> list[str | None]:
     return [f"{words[problem]} '{name}'" if (problem := text_problem(t)) else None for t in texts]
 
 
-def overlong_rows(values: dict[str, list], problems: list, tokenizer, max_length: int,
+def overlong_rows(values: dict[str, list], tokenizer, max_length: int,
                   max_prompt_length: int | None = None) -> list[str | None]:
-    """For the good rows: a document longer than `max_length` tokens is split across blocks, never cut."""
-    out: list[str | None] = [None] * len(problems)
-    good = [i for i, p in enumerate(problems) if p is None]
-    if not good:
-        return out
+    """For good rows: a document longer than `max_length` tokens is split across blocks, never cut."""
     (_, texts), = values.items()
-    _, lengths = tokenize_batch(tokenizer, [texts[i] for i in good], tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    for i, n in zip(good, lengths):
-        if n > max_length:
-            out[i] = f"longer than {max_length} tokens (split across blocks)"
-    return out
+    _, lengths = tokenize_batch(tokenizer, texts, tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return [f"longer than {max_length} tokens (split across blocks)" if n > max_length else None for n in lengths]
 
 
 def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int = 4096, on_bad_rows: str = "skip",

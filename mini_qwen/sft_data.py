@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
+from mini_qwen import data
 from mini_qwen.data import map_rows, parse_rows, require_columns
 from mini_qwen.errors import MiniQwenError
 
@@ -46,32 +47,22 @@ def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> No
 
 def row_problems(values: dict[str, list]) -> list[str | None]:
     """Why each conversation of a batch cannot be trained on, or None for a good one."""
-    out = []
-    for conv in values["conversations"]:
-        if conv is None:
-            out.append("null 'conversations'")
-            continue
-        try:
-            normalize_messages(conv)
-            out.append(None)
-        except BadConversation as err:
-            out.append(str(err))
-    return out
+    return data.row_problems(values, normalize_messages, BadConversation)
 
 
-def overlong_rows(values: dict[str, list], problems: list, tokenizer, max_length: int,
+def overlong_rows(values: dict[str, list], tokenizer, max_length: int,
                   max_prompt_length: int | None = None) -> list[str | None]:
-    """For the good rows: truncation keeps the answer when it can, else the row is dropped."""
-    out: list[str | None] = [None] * len(problems)
-    good = [i for i, p in enumerate(problems) if p is None]
-    if not good:
-        return out
-    convs = [normalize_messages(values["conversations"][i]) for i in good]
+    """For good rows: truncation keeps the answer when it can, else the row is dropped."""
+    convs = [normalize_messages(conv) for conv in values["conversations"]]
     encoded = encode_conversations(tokenizer, convs, max_length)
-    for i, truncated, labels in zip(good, encoded["truncated"], encoded["labels"]):
-        if truncated:
-            out[i] = (f"longer than {max_length} tokens (truncated)" if any(t != -100 for t in labels)
-                      else f"longer than {max_length} tokens with no answer token left (dropped)")
+    out = []
+    for truncated, labels in zip(encoded["truncated"], encoded["labels"]):
+        if not truncated:
+            out.append(None)
+        elif any(t != -100 for t in labels):
+            out.append(f"longer than {max_length} tokens (truncated)")
+        else:
+            out.append(f"longer than {max_length} tokens with no answer token left (dropped)")
     return out
 
 
@@ -110,11 +101,8 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, first_turn_only
     log(f"data: {n_rows} conversations in {len(files)} file(s) -> {len(dataset)} trained; "
         f"{truncated} truncated to {max_length} tokens, {no_answer_left} dropped (no answer token left), "
         f"{sum(problems.values())} skipped as bad rows")
-    for problem, count in problems.most_common():
-        log(f"  skipped {count}: {problem}")
-    if len(dataset) == 0:
-        raise MiniQwenError(f"no trainable conversation in '{source or files[0].parent}' (see the counts above): "
-                            f"check the data or raise --max_length.")
+    data.log_skipped_or_stop(dataset, problems, log, f"no trainable conversation in '{source or files[0].parent}' "
+                             f"(see the counts above): check the data or raise --max_length.")
     stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "dropped_no_answer": no_answer_left,
              "skipped": dict(problems)}
     return dataset, stats

@@ -16,7 +16,6 @@ from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.plotting import (
     parse_training_log,
     plot_loss_curves,
-    plot_run,
     read_trainer_state,
     series_from_log_history,
     summarize,
@@ -127,12 +126,12 @@ def test_read_trainer_state_picks_the_newest_checkpoint(tmp_path):
     assert read_trainer_state(run / "checkpoint-20" / "trainer_state.json")["loss"][1] == [5.0, 4.0]
 
 
-def test_plot_run_from_an_in_memory_log_history(tmp_path):
+def test_plot_from_an_in_memory_log_history(tmp_path):
+    """What LossPlotCallback does at the end of training: the live log_history, the summary dict left out."""
     history = [{"loss": 3.0, "step": 5}, {"loss": 2.0, "step": 10}, {"train_runtime": 1.0, "train_loss": 2.5, "step": 10}]
-    assert series_from_log_history(history)["loss"] == ([5, 10], [3.0, 2.0])
-    _png_ok(plot_run(history, tmp_path / "loss.png"))
-    with pytest.raises(MiniQwenError, match="no 'eval_loss' values"):
-        plot_run(history, tmp_path / "eval.png", metric="eval_loss")
+    series = series_from_log_history(history)
+    assert series["loss"] == ([5, 10], [3.0, 2.0]) and "train_loss" not in series and "eval_loss" not in series
+    _png_ok(plot_loss_curves({"loss": series["loss"]}, tmp_path / "loss.png"))
 
 
 def test_parse_training_log_formats(tmp_path):

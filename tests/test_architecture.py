@@ -1,0 +1,208 @@
+"""The shape of the house (docs/ARCHITECTURE.md): one data module per stage with the same face, files
+checked once, no import cycle, no sys.path edits, and loud failures when a private library internal
+the code leans on changes. Static checks read source files only; the few runtime ones take seconds."""
+
+import argparse
+import ast
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+from mini_qwen.errors import MiniQwenError
+
+MINI = REPO_ROOT / "mini_data"
+
+
+# --------------------------------------------------------------------------- import graph
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _project_modules() -> dict[str, Path]:
+    files = sorted((REPO_ROOT / "mini_qwen").rglob("*.py")) + sorted(REPO_ROOT.glob("mini_qwen_*.py"))
+    return {_module_name(p): p for p in files}
+
+
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Project modules `path` imports anywhere in its body (a function-level import still makes a cycle)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # `import mini_qwen.x.y` depends on the module that exists
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def test_no_import_cycle_in_the_package_or_the_stage_scripts():
+    modules = _project_modules()
+    graph = {name: _imports(path, name, set(modules)) for name, path in modules.items()}
+    # A package's __init__ is imported with any of its modules; an edge into a bare package name is
+    # only a cycle when the __init__ itself imports back, which the graph already shows.
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    # The stage scripts import the package, never each other.
+    for script in (n for n in graph if n.startswith("mini_qwen_")):
+        assert not {d for d in graph[script] if d.startswith("mini_qwen_")}, script
+    # The seam of issue #11: the stage data modules do not import the checks that loop over them.
+    for stage_module in ("mini_qwen.pt_data", "mini_qwen.sft_data", "mini_qwen.dpo_data", "mini_qwen.packing"):
+        assert "mini_qwen.checks" not in graph[stage_module], stage_module
+
+
+def test_scripts_never_edit_sys_path():
+    """pyproject.toml makes mini_qwen installable (`pip install -e .` in setup.sh): no script patches sys.path."""
+    scripts = (list(REPO_ROOT.glob("mini_qwen_*.py")) + list((REPO_ROOT / "demo").glob("*.py"))
+               + list((REPO_ROOT / "utils").glob("*.py")) + list((REPO_ROOT / "bench").glob("*.py")))
+    assert len(scripts) > 10
+    offenders = [str(p.relative_to(REPO_ROOT)) for p in scripts
+                 if re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", p.read_text(encoding="utf-8"))]
+    assert not offenders, f"sys.path edited in {offenders}; import the installed package instead"
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert 'include = ["mini_qwen", "mini_qwen.*"]' in pyproject
+    assert "pip install -q --disable-pip-version-check --no-deps" in (REPO_ROOT / "setup.sh").read_text()
+
+
+# --------------------------------------------------------------------------- one data module per stage
+
+
+FACE = ("NAME", "WHAT", "FILES_MERGED", "columns", "check_schema", "row_problems", "overlong_rows", "build_dataset")
+
+
+def test_every_stage_data_module_has_the_same_face():
+    from mini_qwen.checks import STAGES
+
+    assert list(STAGES) == ["pt", "sft", "dpo"]
+    shapes = {}
+    for stage, module in STAGES.items():
+        missing = [name for name in FACE if not hasattr(module, name)]
+        assert not missing, f"{module.__name__} lacks {missing}"
+        assert module.NAME == stage and module.__name__ == f"mini_qwen.{stage}_data"
+        shapes[stage] = {name: list(inspect.signature(getattr(module, name)).parameters)
+                         for name in ("columns", "check_schema", "row_problems", "overlong_rows")}
+        build = list(inspect.signature(module.build_dataset).parameters)
+        assert build[:2] == ["files", "tokenizer"] and {"on_bad_rows", "source", "log"} <= set(build), build
+    assert shapes["pt"] == shapes["sft"] == shapes["dpo"]
+    # checks.py loops over the table: no function there switches on a stage name.
+    source = (REPO_ROOT / "mini_qwen" / "checks.py").read_text()
+    assert not re.search(r"""stage\s*[!=]=\s*["'](pt|sft|dpo)["']""", source)
+
+
+def test_files_are_read_for_their_schema_once_per_run(tmp_path, tokenizer, monkeypatch):
+    """The stage finds and checks its files once; the builder trusts the list (PT used to check three times)."""
+    import pyarrow.parquet as pq
+
+    from mini_qwen import pt_data
+    from mini_qwen.checks import find_stage_files
+
+    calls = []
+    real = pq.read_schema
+    monkeypatch.setattr(pq, "read_schema", lambda path, *a, **k: calls.append(Path(path)) or real(path, *a, **k))
+    files = find_stage_files("pt", str(MINI / "pt"))
+    dataset, meta = pt_data.build_dataset(files, tokenizer, 64, cache_dir=str(tmp_path), log=lambda *_: None)
+    assert len(dataset) > 0 and meta["documents"] > 0
+    assert sorted(calls) == sorted(files), "each file's schema is read exactly once"
+
+
+def test_enumerated_flags_are_refused_by_the_parser_with_the_allowed_values():
+    import mini_qwen_dpo
+    import mini_qwen_pt
+    import mini_qwen_sft
+    from mini_qwen.cli import parse_args
+
+    stages = {
+        mini_qwen_pt: (mini_qwen_pt.PTDataArguments, mini_qwen_pt.PresetArguments, mini_qwen_pt.ModelArguments,
+                       mini_qwen_pt.PTTrainingArguments),
+        mini_qwen_sft: (mini_qwen_sft.SFTDataArguments, mini_qwen_sft.SFTModelArguments, mini_qwen_sft.MiniSFTConfig),
+        mini_qwen_dpo: (mini_qwen_dpo.DPODataArguments, mini_qwen_dpo.DPOModelArguments, mini_qwen_dpo.MiniDPOConfig),
+    }
+    for types in stages.values():
+        with pytest.raises(MiniQwenError, match=r"--on_bad_rows.*invalid choice: 'eror' \(choose from 'skip', 'error'\)"):
+            parse_args(types, ["--on_bad_rows", "eror", "--output_dir", "unused"])
+        with pytest.raises(MiniQwenError, match=r"invalid choice: 'flash'.*'sdpa'"):
+            parse_args(types, ["--attn_implementation", "flash", "--output_dir", "unused"])
+    with pytest.raises(MiniQwenError, match=r"--packing: invalid choice: 'docs' \(choose from 'documents', 'concat'\)"):
+        parse_args(stages[mini_qwen_pt], ["--packing", "docs", "--output_dir", "unused"])
+
+
+# --------------------------------------------------------------------------- private library internals
+# Each test pins one private TRL / transformers / argparse detail the code relies on, as it is in the
+# versions of requirements.txt. When one fails after an upgrade, re-read the library and fix the code
+# named in the test before changing the test.
+
+
+def _pinned(package: str) -> str:
+    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
+        if line.startswith(f"{package}=="):
+            return line.split("==")[1].strip()
+    raise AssertionError(f"{package} is not pinned in requirements.txt")
+
+
+def test_trl_dpo_prepare_dataset_is_as_tokenized_dpo_trainer_expects():
+    """mini_qwen_dpo.TokenizedDPOTrainer overrides DPOTrainer._prepare_dataset (written against TRL 1.16.0)."""
+    import trl
+    from trl import DPOTrainer
+
+    from mini_qwen_dpo import TokenizedDPOTrainer
+
+    assert trl.__version__ == _pinned("trl"), "TRL changed: re-check TokenizedDPOTrainer._prepare_dataset"
+    params = list(inspect.signature(DPOTrainer._prepare_dataset).parameters)
+    assert params == ["self", "dataset", "processing_class", "args", "dataset_name"], params
+    assert params == list(inspect.signature(TokenizedDPOTrainer._prepare_dataset).parameters)
+    assert "self._prepare_dataset(" in inspect.getsource(DPOTrainer.__init__), "DPOTrainer no longer calls the hook"
+
+
+def test_trainer_compute_loss_reads_compute_loss_func():
+    """mini_qwen_sft.AnswerLossSFTTrainer sets `self.compute_loss_func` after __init__ (transformers 5.24)."""
+    import transformers
+    from transformers import Trainer
+
+    assert transformers.__version__ == _pinned("transformers")
+    assert "self.compute_loss_func" in inspect.getsource(Trainer.compute_loss)
+
+
+def test_config_attn_implementation_attribute():
+    """mini_qwen.model.describe prints `config._attn_implementation` (transformers 5.24)."""
+    from transformers import Qwen2Config
+
+    assert Qwen2Config(attn_implementation="sdpa")._attn_implementation == "sdpa"
+
+
+def test_argparse_actions_list():
+    """mini_qwen.cli.parse_args and mini_qwen_eval read `parser._actions` to know every flag."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--flag", choices=["a", "b"])
+    assert [a.dest for a in parser._actions] == ["help", "flag"]
