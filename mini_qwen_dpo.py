@@ -29,11 +29,11 @@ from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
+from mini_qwen.dpo_data import ID_COLUMNS, build_dataset
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
-from mini_qwen.dpo_data import ID_COLUMNS, build_dataset
 from mini_qwen.trainlog import first_and_last_loss, last_metric
 
 
