@@ -90,7 +90,8 @@ def main(argv=None):
     if args.host not in LOOPBACK:
         print(f"note: binding to {args.host}: other machines can reach these models"
               + ("" if api_key else " and no --api_key is set"), flush=True)
-    ready = (f"serving {', '.join(slots)} at http://{host}:{args.port}/ (OpenAI base_url http://{host}:{args.port}/v1); "
+    url = f"http://{host}:{args.port}"
+    ready = (f"serving {', '.join(slots)} at {url}/ (OpenAI base_url {url}/v1); "
              f"arena votes -> {Path(args.votes_dir) / 'votes.parquet'}")
 
     class Server(uvicorn.Server):

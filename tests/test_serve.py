@@ -416,6 +416,7 @@ def test_load_many_clients_stream_and_not(server):
         finishes += results
         wait_idle(app, 10)
         rss.append(_rss_mb())
+    print(f"RSS after each round (MB): {[round(r) for r in rss]}")
     assert finishes.count("503") == 0  # 8 clients never exceed 1 running + 16 waiting
     assert get(url, "/health")[0] == 200
     assert rss[2] - rss[1] < 40, f"memory grew {rss[2] - rss[1]:.0f} MB between rounds 2 and 3 ({rss})"

@@ -30,7 +30,8 @@ def parse_json(raw: bytes) -> dict:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ApiError(400, f"the request body is not valid JSON ({err}); send a JSON object, "
-                            f"e.g. {{\"model\": \"sft\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}.",
+                            f"e.g. {{\"model\": \"sft\", \"messages\": [{{\"role\": \"user\", "
+                            f"\"content\": \"hi\"}}]}}.",
                        code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {type(body).__name__}.", code="invalid_json")
