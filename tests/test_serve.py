@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -549,3 +550,17 @@ def test_script_serves_and_prints_the_url(tiny_checkpoint, tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_models_load_on_the_gpu_and_answer(tiny_checkpoint, tmp_path):
+    from mini_qwen.serve.app import create_app
+    from mini_qwen.serve.engine import load_slots
+
+    slots = load_slots([f"sft={tiny_checkpoint}"], log=lambda *a: None)  # no --device: the GPU when there is one
+    assert next(slots["sft"].model.parameters()).device.type == "cuda"
+    with running_server(create_app(slots, tmp_path / "votes")) as url:
+        status, _, data = post(url, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                             "max_tokens": 8, "temperature": 0})
+        assert status == 200 and data["usage"]["completion_tokens"] == 8, data
