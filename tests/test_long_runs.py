@@ -235,6 +235,42 @@ def test_a_failed_checkpoint_save_stops_with_one_message_and_no_half_folder(pt_b
     assert not (out / "checkpoint-2").exists() and complete_checkpoints(str(out)) == []
 
 
+def test_clock_saves_then_a_failed_final_save_names_the_folder(pt_base, tmp_path, monkeypatch, capsys):
+    """--save_every_minutes saves without any step-based save; a failing final save says where the weights are."""
+    import mini_qwen_pt
+
+    original = Trainer._save
+    out = tmp_path / "run"
+
+    def read_only_final(self, output_dir=None, state_dict=None):
+        if Path(output_dir) == out:  # checkpoints save fine, the final model does not
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return original(self, output_dir, state_dict)
+
+    monkeypatch.setattr(Trainer, "_save", read_only_final)
+    with pytest.raises(SystemExit) as exc:
+        run_main(mini_qwen_pt.main, [*pt_base, "--max_steps", "3", "--save_steps", "1000",
+                                     "--save_every_minutes", "0.0001", "--output_dir", str(out)])
+    assert exc.value.code == 2
+    err = error_lines(capsys)
+    assert f"saving the final model to {out} failed: Permission denied. " in err[0] and " GB free of " in err[0]
+    assert [p.name for p in complete_checkpoints(str(out))] == ["checkpoint-3", "checkpoint-2", "checkpoint-1"]
+
+
+def test_bad_step_guard_decisions():
+    from mini_qwen.long_run import BadStepGuard
+
+    guard = BadStepGuard(factor=3.0, window=4, max_consecutive=2)
+    assert [guard.decide(x) for x in (10.0, 40.0, 9.0, 8.0)] == [False] * 4  # no median yet: 40 is not a spike
+    assert guard.decide(float("inf")) and guard.last_reason == "loss inf" and guard.consecutive == 1
+    assert guard.decide(30.0) and guard.last_reason.endswith("> 3 x median 9.5 of the last 4 good steps")
+    assert guard.consecutive == 2
+    assert not guard.decide(20.0) and guard.consecutive == 0 and guard.total == 2  # 20 < 3 x 9.5
+    assert list(guard.history) == [40.0, 9.0, 8.0, 20.0]  # the window keeps the last 4 good steps
+    off = BadStepGuard(factor=0, window=4, max_consecutive=2)
+    assert [off.decide(x) for x in (1.0, 1.0, 1.0, 1.0, 1e6)] == [False] * 5 and off.decide(float("nan"))
+
+
 # --------------------------------------------------------------------------- run_config.json
 
 
