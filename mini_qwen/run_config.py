@@ -3,9 +3,10 @@ with sizes, process count), so it can be reproduced and two runs compared; and t
 run is the same run.
 
 `--resume_from_checkpoint` with a changed per-device batch, gradient accumulation, process count or data
-set would not continue the same run: the data position Trainer restores counts batches, so a different
-batch shape or file list resumes at a different place in the data (and the learning-rate schedule was
-laid out for the old step count). Such a resume prints what changed and stops, unless
+set (the files and their sizes, and what makes a sample and orders them: block_size, packing, max_length,
+max_prompt_length, first_turn_only, max_pairs, seed) would not continue the same run: the data position
+Trainer restores counts batches, so a different batch shape or data set resumes at a different place in
+the data (and the learning-rate schedule was laid out for the old step count). Such a resume prints what changed and stops, unless
 `--allow_changed_resume true` says it is meant.
 """
 
@@ -23,8 +24,11 @@ from mini_qwen.errors import MiniQwenError
 FILE_NAME = "run_config.json"
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "tokenizers", "safetensors",
             "pyarrow", "flash-attn", "liger-kernel")
-# A change in these makes a resumed run a different run.
+# A change in these makes a resumed run a different run: the batch, the process count, the data files, and the
+# arguments that decide what a sample is and in which order samples come (the data position is a batch count).
 RESUME_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "processes", "data_files")
+RESUME_ARGUMENTS = ("block_size", "packing", "text_column", "max_length", "max_prompt_length", "first_turn_only",
+                    "max_pairs", "seed", "data_seed")
 # Arguments that differ between a run and its resumption by design, or say nothing about the result.
 NOT_COMPARED = {"resume_from_checkpoint", "allow_changed_resume", "local_rank", "logging_dir", "output_dir",
                 "hub_token", "run_name"}
@@ -108,9 +112,10 @@ def compare(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(changes that make it another run, other changed arguments) between two run configs."""
     blocking = [_describe(k, old.get(k), new.get(k)) for k in RESUME_KEYS if old.get(k) != new.get(k)]
     old_args, new_args = old.get("arguments", {}), new.get("arguments", {})
-    other = [f"{k}: {old_args.get(k)!r} -> {new_args.get(k)!r}"
-             for k in sorted(set(old_args) | set(new_args))
-             if k not in NOT_COMPARED and k not in RESUME_KEYS and old_args.get(k) != new_args.get(k)]
+    changed = [k for k in sorted(set(old_args) | set(new_args))
+               if k not in NOT_COMPARED and k not in RESUME_KEYS and old_args.get(k) != new_args.get(k)]
+    blocking += [f"{k}: {old_args.get(k)!r} -> {new_args.get(k)!r}" for k in RESUME_ARGUMENTS if k in changed]
+    other = [f"{k}: {old_args.get(k)!r} -> {new_args.get(k)!r}" for k in changed if k not in RESUME_ARGUMENTS]
     return blocking, other
 
 
@@ -150,8 +155,10 @@ def record_run(stage: str, parsed, data_files, training_args) -> dict:
                 config["previous"] = {k: old.get(k) for k in ("time", "git", *RESUME_KEYS[:3])}
     if training_args.process_index == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.write_text(json.dumps(config, indent=1, default=str, ensure_ascii=False))
+        try:  # written whole, then renamed: the other processes never read half a file
+            partial = path.with_suffix(".json.partial")
+            partial.write_text(json.dumps(config, indent=1, default=str, ensure_ascii=False))
+            partial.replace(path)
         except OSError as err:
             from mini_qwen.long_run import free_space
 

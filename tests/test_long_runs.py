@@ -324,11 +324,12 @@ def test_compare_names_process_count_and_data_changes():
            "arguments": {"learning_rate": 1e-4, "output_dir": "x", "resume_from_checkpoint": None}}
     new = {**old, "processes": 8, "data_files": [{"path": "/d/a.parquet", "bytes": 11}, {"path": "/d/c.parquet",
                                                                                          "bytes": 5}],
-           "arguments": {"learning_rate": 2e-4, "output_dir": "y", "resume_from_checkpoint": "auto"}}
+           "arguments": {"learning_rate": 2e-4, "output_dir": "y", "resume_from_checkpoint": "auto", "seed": 1}}
     blocking, other = compare(old, new)
     assert blocking[0] == "processes: 6 -> 8"
     assert "1 file(s) gone (e.g. /d/b.parquet)" in blocking[1] and "1 file(s) new (e.g. /d/c.parquet)" in blocking[1]
     assert "/d/a.parquet: 10 -> 11 bytes" in blocking[1]
+    assert blocking[2:] == ["seed: None -> 1"]  # another data order
     assert other == ["learning_rate: 0.0001 -> 0.0002"]  # output_dir / resume_from_checkpoint differ by design
     assert compare(old, old) == ([], [])
 
