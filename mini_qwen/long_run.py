@@ -20,6 +20,10 @@ failed saves reported. One shape for all three stages: the stage's TrainingArgum
   loss scaler skips overflowing steps itself.
 - **A failed save** (disk full, permission denied) stops the run with one message naming the folder and
   the free space, after removing the half-written checkpoint-N so resume never takes it for complete.
+
+Written against transformers 5.24 / accelerate 1.15: it overrides Trainer's private `_save_checkpoint` and
+relies on the order of its training loop (callback `on_pre_optimizer_step` before `optimizer.step()`, the
+optimizer created before accelerate wraps it); tests/test_long_runs.py pins these details.
 """
 
 import math
@@ -187,8 +191,8 @@ class LongRunMixin:
         self.add_callback(_LongRunCallback(self))
 
     # -- bad steps ------------------------------------------------------------------------------------------
-    def create_optimizer(self, *args, **kwargs):
-        optimizer = super().create_optimizer(*args, **kwargs)
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
         if not self.is_deepspeed_enabled and not getattr(optimizer, "_long_run_guarded", False):
             # Wrapped before accelerate wraps it, so its fp16 GradScaler path calls this too.
             original = optimizer.step

@@ -124,10 +124,11 @@ def test_demo_argv_on_a_t4_trains_fewer_layers(fake_gpu):
 
 def test_t4_fit_bench_plans_fp16_demo_stages_at_the_t4_size():
     """bench/t4_fit.py (the GPU check below) runs the demo recipes in fp16 with the layers a 15 GiB GPU gets."""
-    import sys
+    import importlib.util
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import t4_fit
+    spec = importlib.util.spec_from_file_location("t4_fit", Path(__file__).resolve().parents[1] / "bench" / "t4_fit.py")
+    t4_fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(t4_fit)
 
     layers = t4_fit.t4_layers()
     assert 0 < layers < 48

@@ -340,3 +340,38 @@ def test_a_resume_without_checkpoints_is_not_compared(tmp_path):
                            per_device_train_batch_size=2, gradient_accumulation_steps=1, allow_changed_resume=False)
     record_run("pt", (), [], args)  # nothing to resume: a new run, whose config replaces the old file
     assert json.loads((tmp_path / "run_config.json").read_text())["processes"] == 1
+
+
+# --------------------------------------------------------------------------- library internals long_run.py relies on
+
+
+def test_trainer_internals_long_run_relies_on():
+    """LongRunMixin overrides / calls private Trainer details of transformers 5.24 and accelerate 1.15; when this
+    fails after an upgrade, re-read the library and fix mini_qwen/long_run.py before changing the test."""
+    import inspect
+
+    import accelerate
+    import transformers
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from mini_qwen.long_run import LongRunMixin
+
+    pins = {line.split("==")[0]: line.split("==")[1].strip()
+            for line in (REPO_ROOT / "requirements.txt").read_text().splitlines() if "==" in line}
+    assert transformers.__version__ == pins["transformers"] and accelerate.__version__ == pins["accelerate"]
+    for name in ("_save_checkpoint", "save_model", "create_optimizer", "training_step"):
+        ours, theirs = inspect.signature(getattr(LongRunMixin, name)), inspect.signature(getattr(Trainer, name))
+        assert list(ours.parameters) == list(theirs.parameters), name
+    assert list(inspect.signature(Trainer._save_checkpoint).parameters) == ["self", "model", "trial"]
+    assert "trial" in inspect.signature(Trainer._get_output_dir).parameters
+    # trainer_state.json is written last in a checkpoint: without it resume skips the folder.
+    save = inspect.getsource(Trainer._save_checkpoint)
+    assert save.index("self._save_rng_state(") < save.index("TRAINER_STATE_NAME")
+    # The pre-optimizer-step callback comes before the optimizer step, and the step count moves even when we skip.
+    loop = inspect.getsource(Trainer._run_epoch)
+    assert loop.index("on_pre_optimizer_step") < loop.index("self.optimizer.step()") < loop.index("global_step += 1")
+    assert loop.index("self.training_step(") < loop.index("on_pre_optimizer_step")
+    # The optimizer is created before accelerate wraps it; the fp16 scaler path calls the step method it found then.
+    prepare = inspect.getsource(Trainer._prepare_for_training)
+    assert prepare.index("self.create_optimizer()") < prepare.index("self.accelerator.prepare(")
+    assert "_optimizer_original_step_method = self.optimizer.step" in inspect.getsource(AcceleratedOptimizer.__init__)
