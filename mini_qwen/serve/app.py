@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -47,6 +47,10 @@ class Battle:
     answers: dict = field(default_factory=dict)  # side -> finished answer text
     started: set = field(default_factory=set)
     voted: bool = False
+
+
+class ClientGone(Exception):
+    """The client of a non-streamed request disconnected: its generation was cancelled."""
 
 
 def _error(err: P.ApiError) -> JSONResponse:
@@ -99,6 +103,10 @@ def create_app(slots: dict[str, ModelSlot], votes_dir: str | Path, api_key: str 
         return _error(P.ApiError(err.status_code, what.get(err.status_code, str(err.detail)), code="not_found"
                                  if err.status_code == 404 else None))
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, err: ClientGone):  # nobody reads it; no stack in the server log
+        return Response(status_code=499)
+
     @app.exception_handler(Exception)
     async def internal_error(request: Request, err: Exception):  # a bug of ours: one line, no stack to the client
         print(f"internal error on {request.method} {request.url.path}: {type(err).__name__}: {err}", flush=True)
@@ -131,7 +139,7 @@ def create_app(slots: dict[str, ModelSlot], votes_dir: str | Path, api_key: str 
                 if time.monotonic() - checked >= POLL_S:  # tokens may arrive faster than POLL_S: check anyway
                     checked = time.monotonic()
                     if await request.is_disconnected():
-                        raise asyncio.CancelledError
+                        raise ClientGone
                 if event is None:
                     continue
                 if event[0] == "delta":
