@@ -78,8 +78,24 @@ def free_space(folder: str | os.PathLike) -> str:
 
 
 def is_write_failure(err: BaseException) -> bool:
-    # torch.save reports a full disk as RuntimeError("... PytorchStreamWriter failed writing file ...").
-    return isinstance(err, OSError) or (isinstance(err, RuntimeError) and "PytorchStreamWriter" in str(err))
+    """A save that failed on the disk (full, read-only, no permission), however the library reports it."""
+    if isinstance(err, OSError):
+        return True
+    text = str(err)
+    # torch.save: RuntimeError("[enforce fail at inline_container.cc] ... PytorchStreamWriter failed writing file
+    # ... / open file failed"); safetensors: SafetensorError("Error while serializing: I/O error: ...").
+    if isinstance(err, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
+        return True
+    return type(err).__name__ == "SafetensorError" and "I/O error" in text
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = " ".join(str(err).split())
+    if "inline_container" in text:  # torch.save's C++ message says "unexpected pos 11840 vs 11732" on a full disk
+        return f"torch.save could not write the file (a full disk, usually; torch says: {text[:160]})"
+    return text[:300]
 
 
 def _is_main_thread() -> bool:
@@ -282,28 +298,32 @@ class LongRunMixin:
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         try:
             return super()._save_checkpoint(model, trial)
-        except (OSError, RuntimeError) as err:
+        except Exception as err:  # noqa: BLE001 (only disk failures are handled; the rest is re-raised)
             if not is_write_failure(err):
                 raise
+            free_then = free_space(folder)
             # trainer_state.json is written last; without it the folder is never resumed from. Remove the rest.
-            (folder / "trainer_state.json").unlink(missing_ok=True)
+            try:
+                (folder / "trainer_state.json").unlink(missing_ok=True)
+            except OSError:
+                pass
             shutil.rmtree(folder, ignore_errors=True)
-            left = " (could not remove it; it lacks trainer_state.json, so resume skips it)" if folder.exists() else \
-                " (the partial folder was removed)"
+            left = ("could not remove it, but it lacks trainer_state.json, so resume skips it" if folder.exists()
+                    else "the partial folder was removed")
             raise MiniQwenError(
-                f"saving checkpoint {folder} failed: {getattr(err, 'strerror', None) or err}{left}. "
-                f"{free_space(folder)} on that disk. Free space (--save_total_limit keeps fewer checkpoints) or fix "
-                f"the folder's permissions, then rerun with --resume_from_checkpoint auto.") from None
+                f"saving checkpoint {folder} failed: {_reason(err)} ({left}). When it failed the disk had "
+                f"{free_then}. Free space (--save_total_limit keeps fewer checkpoints) or fix the folder's "
+                f"permissions, then rerun with --resume_from_checkpoint auto.") from None
 
     def save_model(self, output_dir=None, _internal_call=False):
         try:
             return super().save_model(output_dir, _internal_call=_internal_call)
-        except (OSError, RuntimeError) as err:
+        except Exception as err:  # noqa: BLE001 (only disk failures are handled; the rest is re-raised)
             if _internal_call or not is_write_failure(err):
                 raise  # inside _save_checkpoint, which cleans up and reports
             folder = output_dir or self.args.output_dir
             raise MiniQwenError(
-                f"saving the final model to {folder} failed: {getattr(err, 'strerror', None) or err}. "
+                f"saving the final model to {folder} failed: {_reason(err)}. "
                 f"{free_space(folder)} on that disk. The newest checkpoint-N in {self.args.output_dir} holds the "
                 f"trained weights: free space or fix permissions, then rerun with --resume_from_checkpoint auto "
                 f"(it finishes at once and saves).") from None

@@ -10,6 +10,7 @@
 The bad batches are injected by wrapping Trainer.compute_loss here, in the test; the stages carry no hook.
 """
 
+import contextlib
 import errno
 import json
 import math
@@ -216,23 +217,43 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(pt_base, tmp_path, monkeypatch
 # --------------------------------------------------------------------------- a failed save
 
 
+@contextlib.contextmanager
+def small_disk(folder: Path, size: str = "60M"):
+    """A `size` tmpfs at `folder` when this process may mount one (root with CAP_SYS_ADMIN), else None."""
+    folder.mkdir(parents=True)
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                                   str(folder)], capture_output=True).returncode == 0
+    try:
+        yield folder if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
 def test_a_failed_checkpoint_save_stops_with_one_message_and_no_half_folder(pt_base, tmp_path, monkeypatch, capsys):
+    """A real full disk where a 60 MB tmpfs can be mounted: the tiny model's weights (40 MB) fit, its AdamW state
+    (80 MB) does not, and torch.save fails mid-file. Elsewhere the disk-full error is raised after the weights,
+    optimizer and scheduler were written."""
     import mini_qwen_pt
 
-    def disk_full(self, output_dir):  # after weights, optimizer and scheduler were written
-        (Path(output_dir) / "rng_state.pth").write_bytes(b"PK\x03\x04 cut")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    with small_disk(tmp_path / "disk") as disk:
+        if disk is None:
+            def disk_full(self, output_dir):
+                (Path(output_dir) / "rng_state.pth").write_bytes(b"PK\x03\x04 cut")
+                raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Trainer, "_save_rng_state", disk_full)
-    out = tmp_path / "run"
-    with pytest.raises(SystemExit) as exc:
-        run_main(mini_qwen_pt.main, [*pt_base, "--max_steps", "4", "--save_steps", "2", "--output_dir", str(out)])
-    assert exc.value.code == 2
-    err = error_lines(capsys)
-    assert (f"saving checkpoint {out / 'checkpoint-2'} failed: No space left on device (the partial folder was "
-            f"removed).") in err[0]
-    assert " GB free of " in err[0] and "--resume_from_checkpoint auto" in err[0]
-    assert not (out / "checkpoint-2").exists() and complete_checkpoints(str(out)) == []
+            monkeypatch.setattr(Trainer, "_save_rng_state", disk_full)
+        out = (disk or tmp_path) / "run"
+        with pytest.raises(SystemExit) as exc:
+            run_main(mini_qwen_pt.main, [*pt_base, "--max_steps", "4", "--save_steps", "2", "--output_dir", str(out)])
+        assert exc.value.code == 2
+        err = error_lines(capsys)
+        reason = "torch.save could not write the file (a full disk, usually" if disk else "No space left on device"
+        assert f"saving checkpoint {out / 'checkpoint-2'} failed: {reason}" in err[0], err
+        assert "(the partial folder was removed). When it failed the disk had " in err[0]
+        assert (" 0.00 GB free of 0.1 GB" if disk else " GB free of ") in err[0]
+        assert "--resume_from_checkpoint auto" in err[0]
+        assert not (out / "checkpoint-2").exists() and complete_checkpoints(str(out)) == []
 
 
 def test_clock_saves_then_a_failed_final_save_names_the_folder(pt_base, tmp_path, monkeypatch, capsys):
