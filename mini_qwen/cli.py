@@ -14,6 +14,7 @@ from trl import TrlParser
 
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.hardware import check_precision, check_requested_precision, precision_defaults
+from mini_qwen.long_run import LongRunArguments, check_long_run_args
 
 PRECISION_FLAGS = ("bf16", "fp16", "use_cpu")
 
@@ -209,4 +210,6 @@ def parse_args(dataclass_types, argv=None):
     for obj in parsed:
         if hasattr(obj, "bf16") and hasattr(obj, "fp16"):
             check_precision(obj)
+        if isinstance(obj, LongRunArguments):
+            check_long_run_args(obj)
     return parsed

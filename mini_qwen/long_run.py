@@ -65,6 +65,16 @@ class LongRunArguments:
                 "wrote the checkpoint (see run_config.json)."})
 
 
+def check_long_run_args(training_args) -> None:
+    """Called by mini_qwen.cli.parse_args (before anything loads) and by LongRunMixin."""
+    if getattr(training_args, "enable_jit_checkpoint", False):
+        # transformers' own SIGTERM handler saves mid-accumulation and then lets the stage save its "final"
+        # model as if the run had ended; two handlers would also fight over the signal.
+        raise MiniQwenError("--enable_jit_checkpoint is transformers' SIGTERM handler; the stages have their own "
+                            "(finish the step, save a complete checkpoint, exit 0 with the resume command): "
+                            "leave --enable_jit_checkpoint off.")
+
+
 def free_space(folder: str | os.PathLike) -> str:
     """Free space on the disk holding `folder` (or its nearest existing parent), e.g. '1.2 GB free'."""
     path = Path(folder).resolve()
@@ -197,6 +207,7 @@ class LongRunMixin:
     """Mixed into a transformers / TRL trainer class before it: `class T(LongRunMixin, SFTTrainer)`."""
 
     def __init__(self, *args, **kwargs):
+        check_long_run_args(kwargs.get("args"))
         super().__init__(*args, **kwargs)
         a = self.args
         self._bad_steps = BadStepGuard(getattr(a, "loss_spike_factor", 3.0), getattr(a, "loss_spike_window", 100),

@@ -124,3 +124,8 @@ def test_a_bad_recipe_value_names_the_recipe_and_stops_before_loading(tmp_path, 
     # The command line wins over the recipe, and then it is the flag that is named.
     with pytest.raises(MiniQwenError, match=r"^--per_device_train_batch_size -2 is out of range"):
         mini_qwen_pt.main(["--config", str(recipe), "--per_device_train_batch_size", "-2"])
+
+
+def test_transformers_jit_checkpoint_is_refused_at_parse_time():
+    with pytest.raises(MiniQwenError, match=r"^--enable_jit_checkpoint is transformers' SIGTERM handler"):
+        parse_args(stage_types("pt"), ["--enable_jit_checkpoint", "true", "--output_dir", "unused"])
