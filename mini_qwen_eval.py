@@ -487,8 +487,13 @@ def batch(checkpoints: list[Checkpoint], prompts: list[str], args: EvalArguments
     if suite is not None:
         import lm_eval
 
+        from mini_qwen.generate import inference_device
+
+        batch_size = args.bench_batch_size
+        if batch_size == "auto":
+            batch_size = "auto" if inference_device(args.device).type == "cuda" else "8 (auto on CPU)"
         report["benchmarks"] = {"tasks": suite.names, "num_fewshot": args.num_fewshot, "limit": args.limit,
-                                "batch_size": args.bench_batch_size, "tasks_dir": args.tasks_dir,
+                                "batch_size": batch_size, "tasks_dir": args.tasks_dir,
                                 "lm_eval_version": getattr(lm_eval, "__version__", "?"), "chance": suite.chance}
     out = Path(args.report_dir)
     write_report(report, out)
