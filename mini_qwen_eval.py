@@ -33,7 +33,6 @@ Checkpoints are given as paths or label=path, as positional arguments or after -
 import argparse
 import difflib
 import gc
-import json
 import math
 import re
 import sys
@@ -294,35 +293,6 @@ def load_heldout(args: EvalArguments) -> tuple[list[str] | None, str]:
     return texts, source
 
 
-# --------------------------------------------------------------------------- training logs
-
-
-def training_summary(path: str) -> dict | None:
-    """First / last training loss (and DPO reward accuracy / margin) from the trainer_state.json of a
-    checkpoint folder, or of the newest checkpoint-N inside a stage's output folder."""
-    folder = Path(path)
-    state_file = folder / "trainer_state.json"
-    if not state_file.is_file():
-        steps = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*/trainer_state.json")
-                 if (m := re.fullmatch(r"checkpoint-(\d+)", p.parent.name))]
-        if not steps:
-            return None
-        state_file = max(steps)[1]
-    try:
-        history = json.loads(state_file.read_text()).get("log_history", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-    losses = [(e.get("step"), e["loss"]) for e in history if isinstance(e.get("loss"), (int, float))]
-    summary = {"trainer_state": str(state_file)}
-    if losses:
-        summary.update(first_loss=losses[0][1], last_loss=losses[-1][1], last_step=losses[-1][0])
-    for key in ("rewards/accuracies", "rewards/margins"):
-        values = [e[key] for e in history if isinstance(e.get(key), (int, float))]
-        if values:
-            summary[key] = values[-1]
-    return summary if len(summary) > 1 else None
-
-
 # --------------------------------------------------------------------------- modes
 
 
@@ -408,6 +378,7 @@ def _evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str
 
     from mini_qwen.generate import heldout_nll, load_for_inference
     from mini_qwen.report import degeneration_stats
+    from mini_qwen.trainlog import run_summary
 
     print(f"[{ckpt.label}] loading {ckpt.path} ({ckpt.template} template)", flush=True)
     model, tokenizer = load_for_inference(ckpt.path, args.tokenizer_path, args.device)
@@ -424,7 +395,7 @@ def _evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str
               "mean_repetition_rate": degeneration[primary]["repetition_rate"],
               "mean_distinct_2": degeneration[primary]["distinct_2"],
               "stop_rate": degeneration[primary]["stop_rate"],
-              "perplexity": None, "heldout_tokens": None, "training": training_summary(ckpt.path),
+              "perplexity": None, "heldout_tokens": None, "training": run_summary(ckpt.path),
               "degeneration": degeneration, "benchmarks": None, "answers": answers}
     if heldout:
         total, count = heldout_nll(model, tokenizer, heldout, args.ppl_max_length, args.ppl_batch_size)
