@@ -85,9 +85,15 @@ def test_gold_stub_scores_one_and_random_stub_scores_chance(suite):
     assert (row["n"], row["num_fewshot"]) == (20, 0)
 
 
-def test_chat_text_is_the_training_format():
-    from mini_qwen.benchmarks import chat_text
+def test_chat_text_is_the_training_format(tiny_checkpoint):
+    from mini_qwen.benchmarks import chat_text, make_lm
     from mini_qwen.chat import format_prompt
+    from mini_qwen.generate import load_for_inference
+
+    lm = make_lm(*load_for_inference(tiny_checkpoint, device="cpu"), batch_size=2)
+    # lm-eval's HF backend renders chat prompts our way: no "You are Qwen..." system turn the model never saw
+    assert lm.apply_chat_template([{"role": "user", "content": "q"}]) == format_prompt("q")
+    assert lm.get_model_info()["model_num_parameters"] > 0  # local, no Hub lookup of the model's commit
 
     assert chat_text([{"role": "user", "content": "李白是谁？"}]) == format_prompt("李白是谁？")
     assert chat_text([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]) == format_prompt("q", "s")
