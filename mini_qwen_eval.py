@@ -175,36 +175,16 @@ class Checkpoint:
     template: str
 
 
-def is_pt_name(*names: str) -> bool:
-    """pt, pt1, mini_qwen_pt, pt-small... but not sft, dpo, adapter or script."""
-    return any(re.search(r"(?:^|[^a-z])pt\d*(?:$|[^a-z])", name.lower()) for name in names if name)
-
-
 def parse_checkpoints(specs: list[str], template: str) -> list[Checkpoint]:
+    from mini_qwen.checkpoint import chat_or_pt, parse_checkpoint_specs
+
     if not specs:
         specs = [p for p in STAGE_OUTPUTS if Path(p).exists()]
         if not specs:
             raise MiniQwenError(f"no checkpoint given and none of {', '.join(STAGE_OUTPUTS)} exists: train a stage "
                                 f"first, or pass a checkpoint folder (python mini_qwen_eval.py path/to/model).")
-    out = []
-    for spec in specs:
-        label = None
-        if "=" in spec and not Path(spec).exists():
-            label, spec = spec.split("=", 1)
-            if not label.strip() or not spec.strip():
-                raise MiniQwenError(f"bad checkpoint '{label}={spec}': write label=path, e.g. sft=results/sft.")
-        folder = Path(spec)
-        parent = folder.resolve().parent.name if folder.name.startswith("checkpoint-") else ""
-        if label is None:
-            label = f"{parent}/{folder.name}" if parent else (folder.name or str(folder))
-        chosen = template if template != "auto" else ("pt" if is_pt_name(label, folder.name, parent) else "chat")
-        out.append(Checkpoint(label, spec, chosen))
-    labels = [c.label for c in out]
-    duplicates = sorted({x for x in labels if labels.count(x) > 1})
-    if duplicates:
-        raise MiniQwenError(f"checkpoint label(s) {', '.join(duplicates)} used twice: name them, "
-                            f"e.g. --checkpoints a=runs/a/sft b=runs/b/sft.")
-    return out
+    return [Checkpoint(label, path, chat_or_pt(label, path, template))
+            for label, path in parse_checkpoint_specs(specs)]
 
 
 def unescape_newlines(text: str) -> str:

@@ -7,6 +7,7 @@ transformers load anything.
 """
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -79,3 +80,46 @@ def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None,
         raise MiniQwenError(f"checkpoint '{path}' has no tokenizer files (tokenizer.json): pass --tokenizer_path "
                             f"models/tokenizer (the same Qwen2.5 tokenizer the model was trained with).")
     return folder
+
+
+# --------------------------------------------------------------------------- naming checkpoints on a command line
+# mini_qwen_eval.py and mini_qwen_serve.py take checkpoints as `path` or `label=path` and pick each one's
+# prompt format by name; both use these, so a checkpoint is labelled and templated the same way everywhere.
+
+
+def is_pt_name(*names: str) -> bool:
+    """pt, pt1, mini_qwen_pt, pt-small... but not sft, dpo, adapter or script."""
+    return any(re.search(r"(?:^|[^a-z])pt\d*(?:$|[^a-z])", name.lower()) for name in names if name)
+
+
+def parse_checkpoint_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """`path` or `label=path` -> [(label, path)], labels unique. An unlabelled `.../run/checkpoint-N` is
+    labelled `run/checkpoint-N`, any other folder by its name."""
+    out = []
+    for spec in specs:
+        label, path = None, spec
+        if "=" in spec and not Path(spec).exists():
+            label, path = spec.split("=", 1)
+            if not label.strip() or not path.strip():
+                raise MiniQwenError(f"bad checkpoint '{spec}': write label=path, e.g. sft=results/sft.")
+        if label is None:
+            folder = Path(path)
+            label = (f"{folder.resolve().parent.name}/{folder.name}" if folder.name.startswith("checkpoint-")
+                     else folder.name or str(folder))
+        out.append((label.strip(), path.strip()))
+    labels = [label for label, _ in out]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise MiniQwenError(f"checkpoint label(s) {', '.join(duplicates)} used twice: name them, "
+                            f"e.g. --checkpoints a=runs/a/sft b=runs/b/sft.")
+    return out
+
+
+def chat_or_pt(label: str, path: str, template: str = "auto") -> str:
+    """The prompt format for a checkpoint: `template` when set, else "pt" (raw text) when its label or
+    folder says pt (pt, mini_qwen_pt, results/pt/checkpoint-100), else "chat"."""
+    if template != "auto":
+        return template
+    folder = Path(path)
+    parent = folder.resolve().parent.name if folder.name.startswith("checkpoint-") else ""
+    return "pt" if is_pt_name(label, folder.name, parent) else "chat"

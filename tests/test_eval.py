@@ -123,7 +123,8 @@ def test_batch_report(checkpoints, tmp_path, capsys):
 
 
 def test_checkpoint_names_pick_templates():
-    from mini_qwen_eval import is_pt_name, parse_arguments, parse_checkpoints
+    from mini_qwen.checkpoint import is_pt_name
+    from mini_qwen_eval import parse_arguments, parse_checkpoints
 
     assert is_pt_name("pt") and is_pt_name("pt3") and is_pt_name("mini_qwen_pt")
     assert not any(is_pt_name(n) for n in ("sft", "dpo", "adapter", "script", "checkpoint-7730"))

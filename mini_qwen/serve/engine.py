@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from mini_qwen.errors import MiniQwenError
 
@@ -32,44 +31,11 @@ class ModelSlot:
     created: int = 0
 
 
-def is_pt_checkpoint(label: str, path: str) -> bool:
-    """PT models (raw-text continuation) by name: the label or folder says pt (pt, pt1, mini_qwen_pt,
-    results/pt/checkpoint-100), as mini_qwen_eval.py decides its template."""
-    import re
-
-    folder = Path(path)
-    names = [label, folder.name]
-    if folder.name.startswith("checkpoint-"):
-        names.append(folder.resolve().parent.name)
-    return any(re.search(r"(?:^|[^a-z])pt\d*(?:$|[^a-z])", n.lower()) for n in names if n)
-
-
-def parse_checkpoint_specs(specs: list[str]) -> list[tuple[str, str]]:
-    """`path` or `label=path` -> [(label, path)], labels unique."""
-    out = []
-    for spec in specs:
-        label, path = None, spec
-        if "=" in spec and not Path(spec).exists():
-            label, path = spec.split("=", 1)
-            if not label.strip() or not path.strip():
-                raise MiniQwenError(f"bad checkpoint '{spec}': write label=path, e.g. sft=results/sft.")
-        if label is None:
-            folder = Path(path)
-            label = (f"{folder.resolve().parent.name}/{folder.name}" if folder.name.startswith("checkpoint-")
-                     else folder.name or str(folder))
-        out.append((label.strip(), path.strip()))
-    labels = [label for label, _ in out]
-    duplicates = sorted({x for x in labels if labels.count(x) > 1})
-    if duplicates:
-        raise MiniQwenError(f"checkpoint name(s) {', '.join(duplicates)} used twice: name them, "
-                            f"e.g. --checkpoints sft=runs/a/sft sft2=runs/b/sft.")
-    return out
-
-
 def load_slots(specs: list[str], template: str = "auto", tokenizer_path: str | None = None,
                device: str | None = None, log=print) -> dict[str, ModelSlot]:
     """Every checkpoint loaded once (on the GPU when there is one), by name. All paths are checked
     before the first (slow) load, so a typo in the third one fails in a second."""
+    from mini_qwen.checkpoint import chat_or_pt, parse_checkpoint_specs
     from mini_qwen.generate import check_checkpoint, load_for_inference
 
     pairs = parse_checkpoint_specs(specs)
@@ -78,7 +44,7 @@ def load_slots(specs: list[str], template: str = "auto", tokenizer_path: str | N
     slots = {}
     for label, path in pairs:
         model, tokenizer = load_for_inference(path, tokenizer_path, device)
-        chosen = template if template != "auto" else ("pt" if is_pt_checkpoint(label, path) else "chat")
+        chosen = chat_or_pt(label, path, template)
         context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
         slots[label] = ModelSlot(label, path, chosen, model, tokenizer, context, int(time.time()))
         log(f"loaded {label} ({path}): template {chosen}, context {context} tokens, "
