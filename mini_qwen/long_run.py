@@ -274,10 +274,11 @@ class LongRunMixin:
         minutes = getattr(self.args, "save_every_minutes", 0) or 0
         due = (minutes > 0 and self.args.save_strategy != "no"
                and time.monotonic() - self._last_save_time >= minutes * 60)
-        flags = torch.tensor([float(due), float(self._signals.received or 0)], device=self.args.device)
-        if self.args.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)  # every process alike
-        due, received = bool(flags[0].item()), int(flags[1].item())
+        received = self._signals.received or 0
+        if self.args.world_size > 1 and torch.distributed.is_initialized():  # every process decides alike
+            flags = torch.tensor([float(due), float(received)], device=self.args.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            due, received = bool(flags[0].item()), int(flags[1].item())
         if due or received:
             control.should_save = True
         if received:
