@@ -35,8 +35,11 @@ def inference_device(device: str | None = None) -> torch.device:
 
 
 def inference_dtype(device: torch.device) -> torch.dtype:
-    # bf16 on CPU is ~25x slower than fp32 for a small model; fp16 may overflow a model trained in bf16.
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    # bf16 on CPU is ~25x slower than fp32 for a small model; fp16 may overflow a model trained in bf16;
+    # bf16 on a GPU without bf16 tensor cores (T4, V100) is emulated and slow.
+    from mini_qwen.hardware import native_bf16
+
+    if device.type == "cuda" and native_bf16():
         return torch.bfloat16
     return torch.float32
 
