@@ -149,11 +149,27 @@ UNCHECKED = {
 }
 
 
-def check_numeric_flags(parser, cli: list[str], recipe: dict, recipe_path: str | None) -> None:
-    """Every numeric flag in RANGES, as the stage would get it (recipe, then command line), before any
-    dataclass (and so TrainingArguments' own checks, the model or the data) is built."""
+def _plain(value):
+    return str(getattr(value, "value", value))  # enum members (lr_scheduler_type, ...) by their value
+
+
+def check_flag_values(parser, cli: list[str], recipe: dict, recipe_path: str | None) -> None:
+    """Every flag as the stage would get it (recipe, then command line), before any dataclass (and so
+    TrainingArguments' own checks, the model or the data) is built: numeric flags in RANGES, and flags
+    with choices. argparse checks choices on the command line only; a recipe value becomes a default,
+    which argparse never checks, so `packing: docs` in a YAML file is caught here, with the same words."""
     parser.set_defaults_with_config(**{k: v for k, v in recipe.items() if k != "env"})
     namespace, _ = parser.parse_known_args(cli)
+    for action in parser._actions:
+        value = getattr(namespace, action.dest, None)
+        if not action.choices or value is None:
+            continue
+        allowed = [_plain(c) for c in action.choices]
+        for item in value if isinstance(value, list) else [value]:
+            if _plain(item) not in allowed:
+                raise MiniQwenError(f"invalid arguments: argument --{action.dest}: invalid choice: '{_plain(item)}'"
+                                    + (f" (from {recipe_path})" if recipe_path and action.dest in recipe else "")
+                                    + f" (choose from {', '.join(repr(a) for a in allowed)}).")
     problems = []
     for name, value in vars(namespace).items():
         allowed = RANGES.get(name)
@@ -201,7 +217,7 @@ def parse_args(dataclass_types, argv=None):
             defaults[other] = False
     check_requested_precision({**defaults, **asked})  # before transformers' own, less helpful, check
     parser.set_defaults_with_config(**defaults)
-    check_numeric_flags(parser, cli, recipe, argv[argv.index("--config") + 1] if recipe else None)
+    check_flag_values(parser, cli, recipe, argv[argv.index("--config") + 1] if recipe else None)
     try:
         parsed = parser.parse_args_and_config(argv)
     except (ValueError, TypeError) as err:

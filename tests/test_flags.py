@@ -129,3 +129,16 @@ def test_a_bad_recipe_value_names_the_recipe_and_stops_before_loading(tmp_path, 
 def test_transformers_jit_checkpoint_is_refused_at_parse_time():
     with pytest.raises(MiniQwenError, match=r"^--enable_jit_checkpoint is transformers' SIGTERM handler"):
         parse_args(stage_types("pt"), ["--enable_jit_checkpoint", "true", "--output_dir", "unused"])
+
+
+@pytest.mark.parametrize("stage, flag, bad", [("pt", "packing", "docs"), ("sft", "on_bad_rows", "eror"),
+                                              ("dpo", "on_bad_rows", "eror")])
+def test_a_choice_typo_is_refused_from_the_command_line_and_from_a_recipe(stage, flag, bad, tmp_path):
+    """argparse checks choices on the command line only; a recipe value is a default it never checks."""
+    expected = rf"^invalid arguments: argument --{flag}(/--[\w-]+)?: invalid choice: '{bad}'"
+    with pytest.raises(MiniQwenError, match=expected + r" \(choose from "):
+        parse_args(stage_types(stage), [f"--{flag}", bad, "--output_dir", "unused"])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"{flag}: {bad}\n")
+    with pytest.raises(MiniQwenError, match=expected + rf" \(from {recipe}\) \(choose from '"):
+        parse_args(stage_types(stage), ["--config", str(recipe), "--output_dir", "unused"])
