@@ -69,13 +69,6 @@ def main(argv=None):
     if not specs:
         raise MiniQwenError("no checkpoint given and neither results/sft nor results/dpo exists: pass one, e.g. "
                             "python mini_qwen_serve.py results/sft (or --checkpoints sft=results/sft dpo=results/dpo).")
-    if not 0 < args.port < 65536:
-        raise MiniQwenError(f"--port must be between 1 and 65535, got {args.port}.")
-    if args.max_tokens < 1:
-        raise MiniQwenError(f"--max_tokens must be at least 1, got {args.max_tokens}.")
-    if not (0 <= args.temperature <= 2 and 0 < args.top_p <= 1):
-        raise MiniQwenError(f"--temperature must be in [0, 2] and --top_p in (0, 1] "
-                            f"(got {args.temperature}, {args.top_p}).")
     api_key = args.api_key or os.environ.get("MINI_QWEN_API_KEY") or None
 
     import uvicorn

@@ -136,6 +136,9 @@ RANGES: dict[str, Range] = {
     "save_total_limit": POSITIVE, "save_every_minutes": Range(0, None),
     "loss_spike_factor": Range(1, None, low_open=True, also=(0,)), "loss_spike_window": Range(1, 1_000_000),
     "max_consecutive_bad_steps": POSITIVE,
+    # serving (mini_qwen_serve.py)
+    "port": Range(1, 65535), "max_concurrent": POSITIVE, "max_queue": Range(0, None), "max_tokens": POSITIVE,
+    "temperature": Range(0, 2), "top_p": Range(0, 1, low_open=True),
     # processes
     "seed": Range(0, 2**32 - 1), "data_seed": Range(0, 2**32 - 1), "ddp_timeout": POSITIVE,
     "ddp_bucket_cap_mb": POSITIVE, "torch_empty_cache_steps": POSITIVE,

@@ -509,8 +509,12 @@ def test_script_flags_and_paths_fail_with_one_message(tiny_checkpoint, tmp_path)
         main(["nope/sft"])
     with pytest.raises(MiniQwenError, match="used twice"):
         main(["--checkpoints", f"x={tiny_checkpoint}", f"x={tiny_checkpoint}"])
-    with pytest.raises(MiniQwenError, match="--port must be between"):
+    with pytest.raises(MiniQwenError, match=r"--port 70000 is out of range: allowed at least 1 and at most 65535"):
         main([str(tiny_checkpoint), "--port", "70000"])
+    with pytest.raises(MiniQwenError, match=r"--temperature 3 is out of range: allowed at least 0 and at most 2"):
+        main([str(tiny_checkpoint), "--temperature", "3"])
+    with pytest.raises(MiniQwenError, match=r"--max_concurrent 0 is out of range: allowed at least 1"):
+        main([str(tiny_checkpoint), "--max_concurrent", "0"])
     with pytest.raises(MiniQwenError, match="unknown argument"):
         main([str(tiny_checkpoint), "--max_token", "5"])
     (tmp_path / "votes").mkdir()
