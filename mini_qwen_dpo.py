@@ -32,6 +32,7 @@ from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.dpo_data import ID_COLUMNS, build_dataset
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
+from mini_qwen.memory import check_speed_flags
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.trainlog import first_and_last_loss, last_metric
@@ -106,6 +107,7 @@ def main(argv=None):
         raise MiniQwenError(f"--max_pairs must be at least 1 (got {data_args.max_pairs}).")
     set_seed(training_args.seed)
     check_launch(training_args)
+    check_speed_flags(training_args, model_args)  # --use_liger_kernel, --pure_bf16: refused here, not late
     # Found and checked once, before the models are loaded; the builder below trusts this list.
     files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
     record_run("dpo", (data_args, model_args, training_args), files, training_args)  # run_config.json

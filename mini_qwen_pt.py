@@ -24,7 +24,7 @@ from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.memory import ChunkedLossTrainer
+from mini_qwen.memory import ChunkedLossTrainer, check_speed_flags
 from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.packing import PACKING, collate_blocks
 from mini_qwen.run_config import record_run
@@ -71,6 +71,7 @@ def main(argv=None):
         (PTDataArguments, PresetArguments, ModelArguments, PTTrainingArguments), argv)
     set_seed(training_args.seed)
     check_launch(training_args)
+    check_speed_flags(training_args, model_args)  # --use_liger_kernel, --pure_bf16: refused here, not late
     # Found and checked once, before the model is built; the builder below trusts this list.
     files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
     record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)  # run_config.json

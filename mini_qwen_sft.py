@@ -24,7 +24,7 @@ from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
+from mini_qwen.memory import ChunkedCausalLMLoss, check_speed_flags, hidden_states_only_kwargs
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.sft_data import build_dataset
@@ -66,6 +66,12 @@ class MiniSFTConfig(LongRunArguments, SFTConfig):
     save_total_limit: int = 3
     logging_steps: float = 20
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+    padding_free: bool = field(default=True, metadata={
+        "help": "Flatten each batch into one row with position ids restarting at every conversation (TRL's "
+                "padding-free collator): no compute on pad tokens, and attention never crosses conversations "
+                "(transformers builds the block mask from position_ids; SDPA or flash-attention). Same loss as "
+                "padded batches (tests/test_throughput.py). false: the original padded batches. "
+                "--pad_to_multiple_of N rounds the flattened length up to fewer distinct shapes."})
 
 
 class AnswerLossSFTTrainer(SFTTrainer):
@@ -92,6 +98,7 @@ def main(argv=None):
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     set_seed(training_args.seed)
     check_launch(training_args)
+    check_speed_flags(training_args, model_args)  # --use_liger_kernel, --pure_bf16: refused here, not late
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
     files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
     record_run("sft", (data_args, model_args, training_args), files, training_args)  # run_config.json

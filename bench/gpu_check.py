@@ -103,7 +103,12 @@ def summarize(trainer, captured: dict) -> dict:
     timed = steps[WARMUP_LOGS:] or steps
     losses = [e["loss"] for e in history if "loss" in e]
     args = trainer.args
+    model = trainer.model
     res = {"deepspeed": bool(getattr(trainer, "is_deepspeed_enabled", False)),
+           "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+           "bf16_autocast": bool(args.bf16), "optim": str(args.optim), "torch_compile": bool(args.torch_compile),
+           "use_liger_kernel": bool(args.use_liger_kernel), "padding_free": bool(getattr(args, "padding_free", False)),
+           "losses": [e["loss"] for e in history if "loss" in e][:50],
            "gradient_checkpointing": bool(args.gradient_checkpointing),
            "chunked_loss": bool(getattr(args, "chunked_loss", False)),
            "sequences_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
@@ -122,26 +127,113 @@ def summarize(trainer, captured: dict) -> dict:
     return res
 
 
+# ---------------------------------------------------------------- the reference: a bare PyTorch loop
+
+def run_bare(out: Path, preset: str, batch: int, seq: int, steps: int, modes: list[str]) -> int:
+    """The same model and batch as the PT sub-runs with no Trainer, data loader or callbacks.
+
+    bf16: bf16 weights and AdamW states (what --pure_bf16 trains); fp32_master: fp32 weights with the
+    forward / backward under bf16 autocast (the default recipe). Fused AdamW, grad-norm clipping at 1.0
+    and one `loss.item()` per step, as Trainer does with logging_steps 1. Random tokens: only the shapes
+    matter for speed. One JSON per mode, in the same form as a stage sub-run's.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mini_qwen.callbacks import flops_per_token
+    from mini_qwen.hardware import peak_flops
+    from mini_qwen.model import PresetArguments, build_config
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    config = build_config(PresetArguments(model_preset=preset))
+    fpt = flops_per_token(config) + 6 * config.num_hidden_layers * config.hidden_size * seq  # as ThroughputCallback
+    peak = peak_flops()
+    out.mkdir(parents=True, exist_ok=True)
+    rc = 0
+    for mode in modes:
+        name = f"bare_{mode}"
+        result = {"name": name, "stage": "bare", "status": "ok", "launcher": "python", "sequences_per_step": batch,
+                  "weights_dtype": "bfloat16" if mode == "bf16" and cuda else "float32",
+                  "bf16_autocast": cuda and mode == "fp32_master", "optim": "torch.optim.AdamW(fused=cuda)"}
+        try:
+            torch.manual_seed(0)
+            with device:  # build the weights on the GPU directly: a 1B-parameter init on the CPU takes ~20 s
+                model = AutoModelForCausalLM.from_config(
+                    config, dtype=torch.bfloat16 if mode == "bf16" and cuda else torch.float32,
+                    attn_implementation="sdpa")
+            model.train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+            ids = torch.randint(0, config.vocab_size, (batch, seq), device=device)
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and mode == "fp32_master")
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            times, losses = [], []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                with autocast:
+                    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())  # the one host sync per step
+                times.append(time.perf_counter() - t0)
+            timed = times[WARMUP_LOGS:] or times
+            tps = batch * seq / statistics.median(timed)
+            result.update({"steps": steps, "logged_steps": steps, "warmup_logs_skipped": len(times) - len(timed),
+                           "tokens_per_second": round(tps, 1), "losses": losses,
+                           "loss_first": losses[0], "loss_last": losses[-1], "train_seconds": round(sum(times), 1)})
+            if peak:
+                result["mfu"] = round(tps * fpt / peak, 4)
+            if cuda:
+                result["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                result["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+                result["device"] = torch.cuda.get_device_name()
+            del model, optimizer
+            if cuda:
+                torch.cuda.empty_cache()
+        except BaseException as err:  # an OOM in one mode must not lose the other's row
+            rc = 1
+            result.update({"status": "failed", "error": f"{type(err).__name__}: {err}"[:2000],
+                           "traceback": traceback.format_exc()[-6000:]})
+            traceback.print_exc()
+        (out / f"{name}.json").write_text(json.dumps(result, indent=1, default=str))
+        print(f"gpu_check: {name}: {json.dumps({k: v for k, v in result.items() if k not in ('losses', 'traceback')})}",
+              flush=True)
+    return rc
+
+
 # ---------------------------------------------------------------- the plan: which sub-runs, with which flags
 
 def plan(gpu: bool, work: Path) -> list[dict]:
-    """Sub-runs in order of importance (later ones are skipped when the time budget runs out)."""
+    """Sub-runs in order of importance (later ones are skipped when the time budget runs out).
+
+    Every PT sub-run has the same model, batch and steps as the bare loop, so each row's tokens/s is
+    comparable to the bare fp32-master row (the `× bare` column of the report).
+    """
     py = [sys.executable, str(Path(__file__).resolve())]
+    sft_data = os.environ.get("GPU_CHECK_SFT_DATA", str(ROOT / "mini_data" / "sft"))  # real-length rows if given
+    dpo_data = os.environ.get("GPU_CHECK_DPO_DATA", str(ROOT / "mini_data" / "dpo"))
     if gpu:
+        # --bf16 true with the default fp32 master weights: the recipe under test.
         preset = ["--model_preset", "1b", "--bf16", "true", "--attn_implementation", "sdpa"]
-        pt_shape = ["--block_size", "1024", "--per_device_train_batch_size", "8", "--max_steps", "12"]
-        sft_shape = ["--max_length", "1024", "--per_device_train_batch_size", "8", "--max_steps", "10"]
+        pt_shape = ["--block_size", "1024", "--per_device_train_batch_size", "8", "--max_steps", "20"]
+        sft_shape = ["--max_length", "1024", "--per_device_train_batch_size", "8", "--max_steps", "12"]
         dpo_shape = ["--max_length", "1024", "--per_device_train_batch_size", "4", "--max_steps", "8"]
         precision = ["--bf16", "true", "--attn_implementation", "sdpa"]
-        limits = {"pt": 150, "sft": 150, "dpo": 180, "ds": 240}
-    else:  # CPU smoke: the same sub-runs on the tiny preset
+        bare = ["--preset", "1b", "--batch", "8", "--seq", "1024", "--steps", "20"]
+        limits = {"bare": 120, "pt": 120, "sft": 120, "dpo": 150, "ds": 200, "compile": 240}
+    else:  # CPU smoke: the same sub-runs on the tiny preset (GPU-only levers left out)
         preset = ["--model_preset", "tiny", "--use_cpu", "true"]
         pt_shape = ["--block_size", "128", "--per_device_train_batch_size", "2", "--max_steps", "3"]
         sft_shape = ["--max_length", "128", "--per_device_train_batch_size", "2", "--max_steps", "3"]
         dpo_shape = ["--max_length", "128", "--max_prompt_length", "64", "--per_device_train_batch_size", "2",
                      "--max_steps", "3"]
         precision = ["--use_cpu", "true"]
-        limits = {"pt": 240, "sft": 300, "dpo": 300, "ds": 300}
+        bare = ["--preset", "tiny", "--batch", "2", "--seq", "128", "--steps", "3"]
+        limits = {"bare": 120, "pt": 240, "sft": 300, "dpo": 300, "ds": 300, "compile": 300}
     common = ["--gradient_accumulation_steps", "1", "--logging_steps", "1", "--save_strategy", "no",
               "--report_to", "none", "--warmup_steps", "0", "--disable_tqdm", "true"]
     pt = [*preset, *pt_shape, *common, "--data_dir", str(ROOT / "mini_data" / "pt"),
@@ -152,27 +244,43 @@ def plan(gpu: bool, work: Path) -> list[dict]:
         cmd = (launcher or py) + ["stage", stage, "--name", name, "--out", "{out}", "--", *argv]
         return {"name": name, "stage": stage, "cmd": cmd, "timeout": limit}
 
+    def pt_run(name, *flags, limit=limits["pt"], launcher=None):
+        return sub(name, "pt", [*pt, *flags, "--output_dir", str(work / name)], limit, launcher)
+
+    sft = [*precision, *sft_shape, *common, "--model_name_or_path", base_model, "--data_dir", sft_data,
+           "--learning_rate", "1e-5"]
     runs = [
-        sub("pt", "pt", [*pt, "--output_dir", base_model], limits["pt"]),
-        sub("pt_chunked_loss", "pt", [*pt, "--chunked_loss", "true", "--output_dir", str(work / "pt_c")],
-            limits["pt"]),
-        sub("sft", "sft", [*precision, *sft_shape, *common, "--model_name_or_path", base_model,
-                           "--data_dir", str(ROOT / "mini_data" / "sft"), "--output_dir", str(work / "sft"),
-                           "--learning_rate", "1e-5"], limits["sft"]),
+        {"name": "bare", "stage": "bare", "cmd": py + ["bare", "--out", "{out}", *bare], "timeout": limits["bare"]},
+        sub("pt", "pt", [*pt, "--output_dir", base_model], limits["pt"]),  # the default recipe
+    ]
+    if gpu:
+        runs.append(pt_run("pt_pure_bf16", "--pure_bf16", "true"))
+        # DeepSpeed ZeRO-2 through accelerate, 1 process (on CPU it would JIT-compile an op for ~50 s)
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(work / "accelerate_ds1.yaml"), str(Path(__file__).resolve())]
+        runs.append(pt_run("pt_zero2", limit=limits["ds"], launcher=launcher))
+    runs += [
+        sub("sft", "sft", [*sft, "--output_dir", str(work / "sft")], limits["sft"]),  # padding-free (default)
         sub("dpo", "dpo", [*precision, *dpo_shape, *common, "--model_name_or_path", base_model,
-                           "--data_dir", str(ROOT / "mini_data" / "dpo"), "--output_dir", str(work / "dpo"),
+                           "--data_dir", dpo_data, "--output_dir", str(work / "dpo"),
                            "--learning_rate", "5e-7"], limits["dpo"]),
     ]
-    if gpu:  # DeepSpeed ZeRO-2 through accelerate, 1 process (on CPU it would JIT-compile an op for ~50 s)
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(work / "accelerate_ds1.yaml"),
-                    str(Path(__file__).resolve())]
-        runs.append(sub("pt_zero2", "pt", [*pt, "--output_dir", str(work / "pt_ds")], limits["ds"], launcher))
-    runs += [
-        sub("pt_gradient_checkpointing", "pt", [*pt, "--gradient_checkpointing", "true",
-                                                "--output_dir", str(work / "pt_g")], limits["pt"]),
-        sub("pt_gc_chunked_loss", "pt", [*pt, "--gradient_checkpointing", "true", "--chunked_loss", "true",
-                                         "--output_dir", str(work / "pt_gc")], limits["pt"]),
-    ]
+    sft_padded = sub("sft_padded", "sft", [*sft, "--padding_free", "false", "--output_dir", str(work / "sft_padded")],
+                     limits["sft"])
+    if gpu:  # levers: each kept only if it beats `pt` at the same loss (bench/RESULTS.md)
+        runs += [
+            pt_run("pt_liger", "--use_liger_kernel", "true"),
+            sft_padded,
+            pt_run("pt_chunked_loss", "--chunked_loss", "true"),
+            pt_run("pt_compile", "--torch_compile", "true", limit=limits["compile"]),
+            pt_run("pt_liger_b16", "--use_liger_kernel", "true", "--per_device_train_batch_size", "16"),
+            sub("sft_bucketed", "sft", [*sft, "--pad_to_multiple_of", "1024",
+                                        "--output_dir", str(work / "sft_bucketed")], limits["sft"]),
+            pt_run("pt_pure_bf16_liger", "--pure_bf16", "true", "--use_liger_kernel", "true"),
+            pt_run("pt_gradient_checkpointing", "--gradient_checkpointing", "true"),
+        ]
+    else:
+        runs += [sft_padded, pt_run("pt_chunked_loss", "--chunked_loss", "true")]
     return runs
 
 
@@ -217,6 +325,13 @@ def run_all(out: Path, budget: float, dry_run: bool, work: Path, force_plan: str
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU: running a tiny-model CPU smoke of the same sub-runs instead", flush=True)
     runs = plan(gpu, work)
+    only = [n for n in os.environ.get("GPU_CHECK_ONLY", "").split(",") if n]  # e.g. a second call for the levers
+    if only:
+        unknown = sorted(set(only) - {r["name"] for r in runs})
+        if unknown:
+            print(f"gpu_check: GPU_CHECK_ONLY names no sub-run {unknown}; known: {[r['name'] for r in runs]}")
+            return 2
+        runs = [r for r in runs if r["name"] in only]
     if gpu and not dry_run:
         write_accelerate_config(work / "accelerate_ds1.yaml")
     start = time.monotonic()
@@ -254,7 +369,7 @@ def report(out: Path, status: dict | None = None, gpu: bool | None = None) -> No
         results.append(json.loads(path.read_text()))
     names = {r["name"] for r in results}
     for name, st in (status or {}).items():
-        if name not in names:
+        if name not in names and not any(n.startswith(name + "_") for n in names):  # bare -> bare_<mode>
             results.append({"name": name, "status": st})
         else:
             for r in results:
@@ -270,20 +385,26 @@ def report(out: Path, status: dict | None = None, gpu: bool | None = None) -> No
         except Exception as err:  # a missing package is a finding, not a crash
             env[pkg] = f"unavailable ({type(err).__name__})"
     (out / "gpu_results.json").write_text(json.dumps({"env": env, "runs": results}, indent=1, default=str))
+    by_name = {r["name"]: r for r in results}
+    ref = by_name.get("bare_fp32_master", {}).get("tokens_per_second")
     lines = [f"# GPU check ({env['gpu'] or 'no GPU: CPU smoke, tiny preset'})", "",
              " ".join(f"{k} {v};" for k, v in env.items()), "",
-             f"tokens/s and MFU: median over the logged steps after the first {WARMUP_LOGS} (ThroughputCallback); "
+             f"tokens/s and MFU: median over the logged steps after the first {WARMUP_LOGS} (ThroughputCallback; "
+             "the bare loop times its own steps); × bare = tokens/s over the bare fp32-master loop's; "
              "peak = torch.cuda.max_memory_allocated during train().", "",
-             "| run | status | steps | tokens/s | MFU | peak alloc GB | peak reserved GB | loss first → last | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | status | weights | steps | tokens/s | × bare | MFU | peak alloc GB | peak reserved GB | "
+             "loss first → last | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         def f(key, fmt="{}"):
             v = r.get(key)
             return fmt.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "–"
         loss = (f"{r['loss_first']:.3f} → {r['loss_last']:.3f}" if "loss_first" in r else "–")
-        lines.append(f"| {r['name']} | {r.get('status')} | {f('steps')} | {f('tokens_per_second', '{:,.0f}')} | "
-                     f"{f('mfu', '{:.1%}')} | {f('peak_allocated_gb')} | {f('peak_reserved_gb')} | {loss} | "
-                     f"{f('train_seconds')} |")
+        ratio = f"{r['tokens_per_second'] / ref:.2f}" if ref and r.get("tokens_per_second") else "–"
+        lines.append(f"| {r['name']} | {r.get('status')} | {f('weights_dtype')} | {f('steps')} | "
+                     f"{f('tokens_per_second', '{:,.0f}')} | {ratio} | {f('mfu', '{:.1%}')} | "
+                     f"{f('peak_allocated_gb')} | {f('peak_reserved_gb')} | {loss} | {f('train_seconds')} |")
+    lines += ["", *comparisons(by_name)]
     failed = [r for r in results if r.get("status") != "ok"]
     for r in failed:
         lines += ["", f"**{r['name']}**: {r.get('status')}: {r.get('error', 'see gpu_check.log')}"]
@@ -291,12 +412,47 @@ def report(out: Path, status: dict | None = None, gpu: bool | None = None) -> No
     print("\n".join(lines), flush=True)
 
 
+def loss_gap(a: dict, b: dict, steps: int = 20) -> float | None:
+    """Largest relative difference of two runs' logged losses over their first `steps` common steps."""
+    pairs = list(zip(a.get("losses") or [], b.get("losses") or []))[:steps]
+    return max(abs(x - y) / abs(y) for x, y in pairs) if pairs else None
+
+
+def comparisons(by_name: dict) -> list[str]:
+    """The issue's targets, as measured in this run (a row that did not run says so)."""
+    def tps(name):
+        return by_name.get(name, {}).get("tokens_per_second")
+
+    def ratio(name, over, target):
+        if not (tps(name) and tps(over)):
+            return f"- {name} / {over}: not measured (target {target})"
+        return f"- {name} / {over} tokens/s: {tps(name) / tps(over):.2f} (target {target})"
+
+    lines = ["Targets (issue #12):"]
+    mfu = by_name.get("pt", {}).get("mfu")
+    lines.append(f"- pt (default recipe) MFU: {mfu:.1%} (target ≥ 45%)" if mfu else "- pt MFU: not measured (target ≥ 45%)")
+    lines.append(ratio("pt_zero2", "pt", "≥ 0.9"))
+    gap = loss_gap(by_name.get("pt_zero2", {}), by_name.get("pt", {}))
+    lines.append(f"- pt_zero2 vs pt, first 20 logged losses: largest relative gap {gap:.2%} (target ≤ 1%)"
+                 if gap is not None else "- pt_zero2 vs pt losses: not measured (target within 1%)")
+    lines.append(ratio("sft", "pt", "≥ 0.8"))
+    lines.append(ratio("dpo", "pt", "≥ 0.5"))
+    for lever in ("pt_pure_bf16", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
+                  "pt_gradient_checkpointing", "sft_padded", "sft_bucketed"):
+        if lever in by_name:
+            base = "sft" if lever.startswith("sft") else "pt"
+            gap = loss_gap(by_name[lever], by_name.get(base, {}), 5)
+            line = ratio(lever, base, "> 1 to keep a lever")
+            lines.append(line + (f"; first-5 loss gap {gap:.2%}" if gap is not None else ""))
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("all")
     a.add_argument("--out", required=True)
-    a.add_argument("--budget", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET", 400)),
+    a.add_argument("--budget", type=float, default=float(os.environ.get("GPU_CHECK_BUDGET", 420)),
                    help="seconds for all sub-runs together")
     a.add_argument("--work", default=os.environ.get("GPU_CHECK_WORK", "/tmp/mini_qwen_gpu_check"))
     a.add_argument("--dry-run", action="store_true")
@@ -308,6 +464,13 @@ def main():
     b = sub.add_parser("base")
     b.add_argument("--dir", required=True)
     b.add_argument("--preset", default="1b")
+    e = sub.add_parser("bare")
+    e.add_argument("--out", required=True)
+    e.add_argument("--preset", default="1b")
+    e.add_argument("--batch", type=int, default=8)
+    e.add_argument("--seq", type=int, default=1024)
+    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--modes", default="fp32_master,bf16", help="comma-separated: fp32_master, bf16")
     r = sub.add_parser("report")
     r.add_argument("--out", required=True)
     own = sys.argv[1:]
@@ -320,6 +483,8 @@ def main():
         sys.exit(run_all(Path(args.out), args.budget, args.dry_run, Path(args.work), args.plan))
     if args.cmd == "stage":
         sys.exit(run_stage(args.stage, args.name, Path(args.out), stage_argv))
+    if args.cmd == "bare":
+        sys.exit(run_bare(Path(args.out), args.preset, args.batch, args.seq, args.steps, args.modes.split(",")))
     if args.cmd == "base":
         import torch
 

@@ -40,6 +40,12 @@ class ModelArguments:
         metadata={"help": "Tokenizer folder. Default: the checkpoint's own, else models/qwen2.5-0.5b-instruct "
                   "(from prepare.sh), else models/tokenizer (built offline by setup.sh)."},
     )
+    pure_bf16: bool = field(
+        default=False,
+        metadata={"help": "GPU with --bf16: keep the weights and AdamW states in bf16 (less memory, faster, but an "
+                  "update below ~1/256 of a weight rounds away). Default: fp32 master weights + bf16 autocast, "
+                  "the numerics DeepSpeed ZeRO-2 uses. Ignored on CPU (always fp32)."},
+    )
 
 
 @dataclass
@@ -118,13 +124,20 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_dtype(training_args) -> torch.dtype:
-    """Weights stay fp32 under mixed precision on CPU; on GPUs the seed loaded bf16 weights directly."""
+def model_dtype(training_args, pure_bf16: bool = False) -> torch.dtype:
+    """The dtype the weights are loaded in: fp32 master weights unless --pure_bf16 on a GPU with --bf16.
+
+    With --bf16, Trainer runs forward and backward under bf16 autocast either way; the question is only
+    what the optimizer updates. bf16 has 8 mantissa bits: next to a weight of ~0.02 one ulp is ~1.2e-4,
+    so an AdamW step of ~1e-4 (warmup, the schedule's decayed tail) rounds to zero or to a whole ulp.
+    fp32 master weights keep those steps, and are what DeepSpeed ZeRO-2 (`run.sh pt multi`) uses, so one
+    GPU and many train with the same numerics.
+    """
     if getattr(training_args, "use_cpu", False) or not torch.cuda.is_available():
         return torch.float32
-    if training_args.bf16:
+    if training_args.bf16 and pure_bf16:
         return torch.bfloat16
-    return torch.float32  # fp16 AMP needs fp32 master weights
+    return torch.float32  # bf16 / fp16 autocast over fp32 master weights
 
 
 def new_model(preset_args: PresetArguments, model_args: ModelArguments, training_args):
@@ -132,7 +145,8 @@ def new_model(preset_args: PresetArguments, model_args: ModelArguments, training
 
     config = build_config(preset_args)
     attn = choose_attention(model_args.attn_implementation, training_args)
-    model = AutoModelForCausalLM.from_config(config, dtype=model_dtype(training_args), attn_implementation=attn)
+    model = AutoModelForCausalLM.from_config(config, dtype=model_dtype(training_args, model_args.pure_bf16),
+                                             attn_implementation=attn)
     return model
 
 
@@ -144,7 +158,8 @@ def load_model(path: str, model_args: ModelArguments, training_args):
     config = AutoConfig.from_pretrained(path)
     validate_config(config, source=f"model config ({folder / 'config.json'})")
     attn = choose_attention(model_args.attn_implementation, training_args)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(training_args), attn_implementation=attn)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(training_args, model_args.pure_bf16),
+                                                attn_implementation=attn)
 
 
 def describe(model) -> str:

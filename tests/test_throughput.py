@@ -1,0 +1,259 @@
+"""Issue #12 on CPU: the default GPU recipe's dtype, the speed levers' refusals and equivalence, padding-free SFT
+and the GPU check's bare reference loop. The GPU figures themselves come from bench/gpu_check.sh."""
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from mini_qwen.errors import MiniQwenError
+from mini_qwen.memory import check_speed_flags
+from mini_qwen.model import PresetArguments, build_config, model_dtype
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-5
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(build_config(PresetArguments(model_preset="tiny")),
+                                             attn_implementation="sdpa", dtype=torch.float32)
+    model.config.use_cache = False
+    return model
+
+
+def grads_of(model, loss) -> dict:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+# ---------------------------------------------------------------- the default recipe: fp32 master weights
+
+def args(**kw):
+    base = {"use_cpu": False, "bf16": False, "fp16": False, "use_liger_kernel": False, "chunked_loss": False}
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_default_gpu_recipe_keeps_fp32_master_weights(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert model_dtype(args(bf16=True)) == torch.float32  # bf16 autocast over fp32 weights: the default
+    assert model_dtype(args(bf16=True), pure_bf16=True) == torch.bfloat16  # --pure_bf16: today's old path
+    assert model_dtype(args(fp16=True), pure_bf16=True) == torch.float32  # fp16 AMP always needs fp32 masters
+    assert model_dtype(args(bf16=True, use_cpu=True), pure_bf16=True) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert model_dtype(args(bf16=True), pure_bf16=True) == torch.float32  # CPU: always fp32
+
+
+def test_bf16_weights_lose_small_updates_that_fp32_masters_keep():
+    """The README's reason for the default: a 1e-4 step on a 0.02 weight is below half a bf16 ulp."""
+    weight = torch.full((1000,), 0.02)
+    step = torch.full((1000,), 4e-5)
+    bf16 = start = weight.bfloat16()  # one bf16 ulp at 0.02 is 2**-13 = 1.2e-4
+    for _ in range(10):  # ten small steps, as in warmup or the schedule's decayed tail
+        bf16 = bf16 + step.bfloat16()
+        weight = weight + step
+    assert torch.equal(bf16, start)  # every step rounded away
+    assert weight.sub(0.02).mean().item() == pytest.approx(4e-4, rel=1e-3)
+
+
+def test_speed_flags_that_cannot_run_here_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MiniQwenError, match="--use_liger_kernel needs a CUDA GPU"):
+        check_speed_flags(args(use_liger_kernel=True))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    if importlib.util.find_spec("liger_kernel") is None:
+        with pytest.raises(MiniQwenError, match=r"pip install -e \.\[gpu\]"):
+            check_speed_flags(args(use_liger_kernel=True, bf16=True))
+    with pytest.raises(MiniQwenError, match="--pure_bf16 true needs --bf16 true"):
+        check_speed_flags(args(), SimpleNamespace(pure_bf16=True))
+    check_speed_flags(args(bf16=True), SimpleNamespace(pure_bf16=True))  # a valid combination passes
+
+
+def test_pt_refuses_liger_on_cpu_before_building_anything(tmp_path, capsys):
+    import mini_qwen_pt
+    from mini_qwen.errors import run_main
+
+    argv = ["--model_preset", "tiny", "--use_cpu", "true", "--use_liger_kernel", "true", "--max_steps", "1",
+            "--data_dir", str(REPO_ROOT / "mini_data" / "pt"), "--output_dir", str(tmp_path / "out"),
+            "--report_to", "none"]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(mini_qwen_pt.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--use_liger_kernel needs a CUDA GPU" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+# ---------------------------------------------------------------- padding-free SFT = padded SFT
+
+@pytest.fixture(scope="module")
+def sft_rows(tokenizer):
+    from mini_qwen.checks import find_stage_files
+    from mini_qwen.sft_data import build_dataset
+
+    files = find_stage_files("sft", str(REPO_ROOT / "mini_data" / "sft"))
+    dataset, _ = build_dataset(files[:1], tokenizer, 80, log=lambda *a, **k: None)
+    rows = [dataset[i] for i in range(4)]
+    assert len({len(r["input_ids"]) for r in rows}) > 1  # different lengths, or padding would not matter
+    return rows
+
+
+def sft_loss(trainer_cls, model, tokenizer, rows, tmp_path, **config):
+    from trl import SFTConfig
+
+    cfg = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", max_length=None,
+                    dataset_kwargs={"skip_prepare_dataset": True}, **config)
+    from datasets import Dataset
+
+    data = Dataset.from_list(rows)
+    trainer = trainer_cls(model=model, args=cfg, train_dataset=data, processing_class=tokenizer)
+    batch = trainer.data_collator([dict(r) for r in rows])
+    num_items = (batch["labels"] != -100).sum()  # answer tokens: the same count either way (asserted below)
+    model.train()
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
+    return batch, num_items.item(), loss, grads_of(model, loss)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["answer_loss_cpu_path", "trl_fused_head_gpu_path"])
+def test_padding_free_sft_equals_padded(fused, tokenizer, sft_rows, tmp_path):
+    """Same per-answer-token mean loss and gradients, flattened or padded (and flattened + bucketed)."""
+    from trl import SFTTrainer
+
+    from mini_qwen_sft import AnswerLossSFTTrainer
+
+    cls = SFTTrainer if fused else AnswerLossSFTTrainer
+    model = tiny_model()
+    padded, n_padded, loss_padded, g_padded = sft_loss(cls, model, tokenizer, sft_rows, tmp_path, padding_free=False)
+    flat, n_flat, loss_flat, g_flat = sft_loss(cls, model, tokenizer, sft_rows, tmp_path, padding_free=True)
+    bucket, n_bucket, loss_bucket, g_bucket = sft_loss(cls, model, tokenizer, sft_rows, tmp_path,
+                                                       padding_free=True, pad_to_multiple_of=64)
+    real = sum(len(r["input_ids"]) for r in sft_rows)
+    assert padded["input_ids"].shape == (len(sft_rows), max(len(r["input_ids"]) for r in sft_rows))
+    assert flat["input_ids"].shape == (1, real)  # no pad token computed
+    assert bucket["input_ids"].shape == (1, math.ceil(real / 64) * 64)
+    assert "attention_mask" not in flat and flat["position_ids"][0, 0] == 0
+    assert n_padded == n_flat == n_bucket > 0
+    assert abs(loss_flat.item() - loss_padded.item()) <= TOL
+    assert abs(loss_bucket.item() - loss_padded.item()) <= TOL
+    assert max_diff(g_flat, g_padded) <= TOL
+    assert max_diff(g_bucket, g_padded) <= TOL
+
+
+def test_sft_defaults_to_padding_free():
+    from mini_qwen.cli import parse_args
+    from mini_qwen_sft import MiniSFTConfig, SFTDataArguments, SFTModelArguments
+
+    *_, cfg = parse_args((SFTDataArguments, SFTModelArguments, MiniSFTConfig), ["--output_dir", "/tmp/x"])
+    assert cfg.padding_free is True
+    *_, cfg = parse_args((SFTDataArguments, SFTModelArguments, MiniSFTConfig),
+                         ["--output_dir", "/tmp/x", "--padding_free", "false"])
+    assert cfg.padding_free is False
+
+
+# ---------------------------------------------------------------- torch.compile: same loss and gradients
+
+# Runs on CPU too (passed there once: `MINI_QWEN_CPU_COMPILE_TEST=1 pytest -k torch_compile`), but inductor needs
+# ~45 s of 2 busy cores to compile the tiny model's forward + backward: more than this file's whole test budget.
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("MINI_QWEN_CPU_COMPILE_TEST") != "1",
+                    reason="needs a CUDA GPU (or MINI_QWEN_CPU_COMPILE_TEST=1: ~45 s of inductor compile on CPU)")
+def test_torch_compile_gives_the_eager_loss_and_gradients():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    eager = tiny_model().to(device)
+    ids = torch.randint(0, eager.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(3))
+    position_ids = torch.cat([torch.arange(20), torch.arange(28)]).repeat(2, 1)  # packed documents, as PT
+    batch = {"input_ids": ids.to(device), "labels": ids.to(device), "position_ids": position_ids.to(device)}
+    ref = eager(**batch).loss
+    ref_grads = grads_of(eager, ref)
+    compiled_model = tiny_model().to(device)
+    compiled = torch.compile(compiled_model)
+    loss = compiled(**batch).loss
+    grads = grads_of(compiled_model, loss)
+    assert abs(loss.item() - ref.item()) <= 1e-4
+    assert max_diff(grads, ref_grads) <= 1e-4
+
+
+# ---------------------------------------------------------------- the GPU check: reference loop and plan
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "bench" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_bare_loop_and_report_on_cpu(tmp_path):
+    gpu_check = load_gpu_check()
+    runs = tmp_path / "gpu_runs"
+    assert gpu_check.run_bare(runs, "tiny", batch=1, seq=16, steps=3, modes=["fp32_master", "bf16"]) == 0
+    rows = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    assert set(rows) == {"bare_fp32_master", "bare_bf16"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["tokens_per_second"] > 0 and len(row["losses"]) == 3
+        assert all(math.isfinite(x) for x in row["losses"]) and row["losses"][-1] < row["losses"][0]
+    # On CPU both modes are fp32 with the same seed: the same losses (the loop is deterministic).
+    assert rows["bare_bf16"]["losses"] == rows["bare_fp32_master"]["losses"]
+    gpu_check.report(tmp_path, {"bare": "ok", "pt_zero2": "skipped (time budget)"})
+    md = (tmp_path / "gpu_results.md").read_text()
+    assert "| bare_fp32_master | ok | float32 | 3 |" in md and "| 1.00 |" in md
+    assert "| bare |" not in md and "| pt_zero2 | skipped (time budget) |" in md
+    assert "pt_zero2 / pt: not measured (target ≥ 0.9)" in md
+
+
+def test_gpu_check_plan_covers_every_row_of_the_issue(tmp_path):
+    gpu_check = load_gpu_check()
+    names = [r["name"] for r in gpu_check.plan(True, tmp_path)]
+    assert names[:4] == ["bare", "pt", "pt_pure_bf16", "pt_zero2"]  # the reference and the recipe first
+    for name in ("sft", "sft_padded", "dpo", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16",
+                 "sft_bucketed", "pt_gradient_checkpointing"):
+        assert name in names
+    cmds = {r["name"]: " ".join(r["cmd"]) for r in gpu_check.plan(True, tmp_path)}
+    assert "--pure_bf16 true" in cmds["pt_pure_bf16"] and "--pure_bf16" not in cmds["pt"]
+    assert "--padding_free false" in cmds["sft_padded"] and "--padding_free" not in cmds["sft"]
+    assert "--torch_compile true" in cmds["pt_compile"] and "accelerate" in cmds["pt_zero2"]
+    # The loss comparison the issue asks for (ZeRO-2 vs one process, first 20 steps within 1%).
+    assert gpu_check.loss_gap({"losses": [10.0, 9.0]}, {"losses": [10.0, 9.09]}) == pytest.approx(0.0099, rel=1e-2)
+
+
+# ---------------------------------------------------------------- on a GPU (skipped here)
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_default_recipe_trains_fp32_weights_under_bf16_autocast(tmp_path):
+    import mini_qwen_pt
+
+    common = ["--model_preset", "tiny", "--block_size", "128", "--per_device_train_batch_size", "2", "--max_steps", "2",
+              "--data_dir", str(REPO_ROOT / "mini_data" / "pt"), "--report_to", "none", "--save_strategy", "no",
+              "--bf16", "true", "--cache_dir", str(tmp_path / "cache")]
+    mini_qwen_pt.main([*common, "--output_dir", str(tmp_path / "a")])
+    mini_qwen_pt.main([*common, "--pure_bf16", "true", "--output_dir", str(tmp_path / "b")])
+    a = json.loads((tmp_path / "a" / "config.json").read_text())
+    b = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert a.get("dtype", a.get("torch_dtype")) == "float32" and b.get("dtype", b.get("torch_dtype")) == "bfloat16"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None,
+                    reason="needs a CUDA GPU and liger-kernel (pip install -e .[gpu])")
+def test_liger_kernel_gives_the_plain_loss_and_gradients():
+    from transformers.integrations.liger import apply_liger_kernel
+
+    plain, liger = tiny_model().cuda(), tiny_model().cuda()
+    apply_liger_kernel(liger, {})
+    ids = torch.randint(0, plain.config.vocab_size, (2, 64), device="cuda")
+    ref = plain(input_ids=ids, labels=ids).loss
+    loss = liger(input_ids=ids, labels=ids).loss
+    assert abs(loss.item() - ref.item()) <= 1e-3
+    assert max_diff(grads_of(liger, loss), grads_of(plain, ref)) <= 1e-3
