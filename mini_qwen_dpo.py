@@ -19,7 +19,7 @@ question and the assistant header stay), then each answer's tail so prompt + ans
 `--max_length`; see mini_qwen/dpo_data.py.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
@@ -121,8 +121,10 @@ def main(argv=None):
         ref_model = None
         print(f"reference: log-probs of {model_args.model_name_or_path} precomputed before training")
     else:
-        # Explicit, so TRL never reloads the reference from `config._name_or_path` itself.
-        ref_model = load_model(model_args.model_name_or_path, model_args, training_args)
+        # Explicit, so TRL never reloads the reference from `config._name_or_path` itself. Frozen, so it needs no
+        # fp32 master copy: bf16 weights under --bf16 on a GPU (half the memory; its matmuls run in bf16 under
+        # autocast either way), fp32 elsewhere.
+        ref_model = load_model(model_args.model_name_or_path, replace(model_args, pure_bf16=True), training_args)
         ref_model.requires_grad_(False)
         ref_model.eval()
         print(f"reference: a frozen copy of {model_args.model_name_or_path}")
