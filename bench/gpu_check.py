@@ -214,8 +214,12 @@ def plan(gpu: bool, work: Path) -> list[dict]:
     comparable to the bare fp32-master row (the `× bare` column of the report).
     """
     py = [sys.executable, str(Path(__file__).resolve())]
-    sft_data = os.environ.get("GPU_CHECK_SFT_DATA", str(ROOT / "mini_data" / "sft"))  # real-length rows if given
-    dpo_data = os.environ.get("GPU_CHECK_DPO_DATA", str(ROOT / "mini_data" / "dpo"))
+    # Real-length rows when given (or when the shared reference samples sit next to the checkout), else mini_data/.
+    samples = ROOT.parent / "shared" / "reference" / "mini_data_baai"
+    sft_data = os.environ.get("GPU_CHECK_SFT_DATA", str(samples / "sft" if (samples / "sft").is_dir()
+                                                        else ROOT / "mini_data" / "sft"))
+    dpo_data = os.environ.get("GPU_CHECK_DPO_DATA", str(samples / "dpo" if (samples / "dpo").is_dir()
+                                                        else ROOT / "mini_data" / "dpo"))
     if gpu:
         # --bf16 true with the default fp32 master weights: the recipe under test.
         preset = ["--model_preset", "1b", "--bf16", "true", "--attn_implementation", "sdpa"]
