@@ -50,3 +50,15 @@ def tiny_checkpoint(tmp_path_factory, tokenizer):
     AutoModelForCausalLM.from_config(build_config(PresetArguments(model_preset="tiny"))).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# Gradient comparison for the tests that check a lever (chunked loss, padding-free SFT, ...) against the plain path.
+def grads_of(model, loss) -> dict:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)

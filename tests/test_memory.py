@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
+from conftest import grads_of, max_diff
 from mini_qwen.memory import ChunkedLossTrainer, chunked_causal_lm_loss, hidden_states_only_kwargs
 from mini_qwen.model import PresetArguments, build_config
 
@@ -27,17 +28,6 @@ def make_batch(vocab: int, batch: int = 3, seq: int = 41, seed: int = 1):
     labels[0, :17] = -100  # a masked prompt
     labels[1, -1] = -100  # ignored last label (its prediction is dropped by the shift anyway)
     return input_ids, labels
-
-
-def grads_of(model, loss) -> dict:
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 @pytest.mark.parametrize("chunk_size", [7, 64, 10_000])

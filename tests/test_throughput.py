@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from conftest import grads_of, max_diff
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.memory import check_speed_flags
 from mini_qwen.model import PresetArguments, build_config, model_dtype
@@ -26,17 +27,6 @@ def tiny_model(seed: int = 0):
                                              attn_implementation="sdpa", dtype=torch.float32)
     model.config.use_cache = False
     return model
-
-
-def grads_of(model, loss) -> dict:
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 # ---------------------------------------------------------------- the default recipe: fp32 master weights
