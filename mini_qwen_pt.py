@@ -27,8 +27,8 @@ from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.memory import ChunkedLossTrainer, check_speed_flags
 from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.packing import PACKING, collate_blocks
-from mini_qwen.run_config import record_run
 from mini_qwen.pt_data import build_dataset
+from mini_qwen.run_config import record_run
 from mini_qwen.trainlog import first_and_last_loss
 
 
