@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mini_qwen.chat import format_messages
 from mini_qwen.errors import MiniQwenError
 
 LOCAL_TASKS = Path(__file__).resolve().parent / "tasks"
@@ -141,28 +142,13 @@ def _load_error(name: str, err: Exception) -> str:
 # --------------------------------------------------------------------------- the model
 
 
-def chat_text(messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """The Qwen chat format exactly as mini_qwen.chat renders training data: a system turn only when given.
-
-    With add_generation_prompt=False the last (assistant) message stays open, as lm-eval asks for
-    multiple-choice continuations scored inside the answer.
-    """
-    parts = []
-    for i, m in enumerate(messages):
-        last_open = not add_generation_prompt and i == len(messages) - 1 and m["role"] == "assistant"
-        parts.append(f"<|im_start|>{m['role']}\n{m['content']}" + ("" if last_open else "<|im_end|>\n"))
-    if add_generation_prompt:
-        parts.append("<|im_start|>assistant\n")
-    return "".join(parts)
-
-
 def make_lm(model, tokenizer, batch_size: int | str = "auto", max_batch_size: int = 64):
     """lm-eval's HF backend around a loaded model (see the module docstring)."""
     from lm_eval.models.huggingface import HFLM
 
     class MiniQwenLM(HFLM):
         def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
-            return chat_text(chat_history, add_generation_prompt)
+            return format_messages(chat_history, add_generation_prompt)  # the training format, no default system turn
 
         def get_model_info(self) -> dict:
             # HFLM's asks the Hub for the model's commit (a network call that stalls offline).

@@ -21,17 +21,26 @@ IGNORE = -100
 ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
+def format_messages(messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The chat text of a conversation so far ([system], user, assistant, ..., user): the text
+    `encode_conversations` trains on for those turns. The one renderer of the format: inference, eval,
+    serving and lm-eval's chat prompts all come through here.
+
+    add_generation_prompt: end with the assistant header (the model answers next). Without it a last
+    assistant message stays open (no <|im_end|>), as lm-eval asks when it scores choices inside the answer.
+    """
+    turns = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    if add_generation_prompt:
+        return "".join(turns) + "<|im_start|>assistant\n"
+    if messages and messages[-1]["role"] == "assistant":
+        turns[-1] = turns[-1].removesuffix("<|im_end|>\n")
+    return "".join(turns)
+
+
 def format_prompt(question: str, system: str | None = None) -> str:
-    """The text a chat model is given at inference time, ending with the assistant header."""
-    head = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
-    return f"{head}<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def format_messages(messages: list[dict]) -> str:
-    """The chat prompt of a conversation so far ([system], user, assistant, ..., user), ending with the
-    assistant header: the text `encode_conversations` trains on for those turns (serving renders with this)."""
-    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return f"{turns}<|im_start|>assistant\n"
+    """The text a chat model is given at inference time for one question, ending with the assistant header."""
+    head = [{"role": "system", "content": system}] if system else []
+    return format_messages(head + [{"role": "user", "content": question}])
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:

@@ -86,7 +86,8 @@ def test_gold_stub_scores_one_and_random_stub_scores_chance(suite):
 
 
 def test_chat_text_is_the_training_format(tiny_checkpoint):
-    from mini_qwen.benchmarks import chat_text, make_lm
+    from mini_qwen.benchmarks import make_lm
+    from mini_qwen.chat import format_messages as chat_text
     from mini_qwen.chat import format_prompt
     from mini_qwen.generate import load_for_inference
 
