@@ -92,6 +92,11 @@ def is_pt_name(*names: str) -> bool:
     return any(re.search(r"(?:^|[^a-z])pt\d*(?:$|[^a-z])", name.lower()) for name in names if name)
 
 
+def _run_of(folder: Path) -> str:
+    """The run folder's name for a checkpoint-N folder inside it (results/pt/checkpoint-100 -> "pt"), else ""."""
+    return folder.resolve().parent.name if folder.name.startswith("checkpoint-") else ""
+
+
 def parse_checkpoint_specs(specs: list[str]) -> list[tuple[str, str]]:
     """`path` or `label=path` -> [(label, path)], labels unique. An unlabelled `.../run/checkpoint-N` is
     labelled `run/checkpoint-N`, any other folder by its name."""
@@ -104,8 +109,8 @@ def parse_checkpoint_specs(specs: list[str]) -> list[tuple[str, str]]:
                 raise MiniQwenError(f"bad checkpoint '{spec}': write label=path, e.g. sft=results/sft.")
         if label is None:
             folder = Path(path)
-            label = (f"{folder.resolve().parent.name}/{folder.name}" if folder.name.startswith("checkpoint-")
-                     else folder.name or str(folder))
+            run = _run_of(folder)
+            label = f"{run}/{folder.name}" if run else folder.name or str(folder)
         out.append((label.strip(), path.strip()))
     labels = [label for label, _ in out]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})
@@ -121,5 +126,4 @@ def chat_or_pt(label: str, path: str, template: str = "auto") -> str:
     if template != "auto":
         return template
     folder = Path(path)
-    parent = folder.resolve().parent.name if folder.name.startswith("checkpoint-") else ""
-    return "pt" if is_pt_name(label, folder.name, parent) else "chat"
+    return "pt" if is_pt_name(label, folder.name, _run_of(folder)) else "chat"

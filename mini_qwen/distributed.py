@@ -12,7 +12,6 @@ resumed run ends with the same loss as an uninterrupted one (tests/test_resume.p
 
 import json
 import os
-import re
 import zipfile
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from mini_qwen.checkpoint import weights_problem
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.trainlog import checkpoint_folders
+from mini_qwen.trainlog import checkpoint_folders, checkpoint_step
 
 
 def _deepspeed_config(training_args) -> tuple[dict | None, str | None]:
@@ -70,8 +69,6 @@ def check_launch(training_args) -> None:
         print(f"launch: {world} process(es) x per-device batch {micro} x grad-accum {gas} "
               f"= global batch {micro * gas * world} sequences per optimizer step")
 
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 def checkpoint_problem(folder: Path) -> str | None:
@@ -146,7 +143,7 @@ def check_resume_path(wanted: str, output_dir: str) -> None:
     folder = Path(wanted)
     if not folder.is_dir():
         problem = "folder does not exist"
-    elif not _CHECKPOINT.match(folder.name) and not has_optimizer_state(folder):
+    elif checkpoint_step(folder) is None and not has_optimizer_state(folder):
         problem = ("it is not a checkpoint-N folder written during training (a stage's final output has the weights "
                    "but no optimizer or scheduler state); to start a new run from its weights use "
                    "--model_name_or_path instead")

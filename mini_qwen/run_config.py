@@ -123,7 +123,9 @@ def _resuming(training_args) -> bool:
     wanted = training_args.resume_from_checkpoint
     if not wanted:
         return False
-    return any(p.is_dir() for p in Path(training_args.output_dir).glob("checkpoint-*")) or Path(wanted).is_dir()
+    from mini_qwen.trainlog import checkpoint_folders
+
+    return bool(checkpoint_folders(training_args.output_dir)) or Path(wanted).is_dir()
 
 
 def record_run(stage: str, parsed, data_files, training_args) -> dict:

@@ -20,12 +20,18 @@ from mini_qwen.errors import MiniQwenError
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+def checkpoint_step(folder) -> int | None:
+    """N of a folder named checkpoint-N (Trainer's name: N is the global step), else None."""
+    m = _CHECKPOINT.match(Path(folder).name)
+    return int(m.group(1)) if m else None
+
+
 def checkpoint_folders(root) -> list[Path]:
     """The checkpoint-N folders directly under `root`, newest (largest N = global_step) first."""
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    found = [(n, p) for p in root.iterdir() if p.is_dir() and (n := checkpoint_step(p)) is not None]
     return [p for _, p in sorted(found, reverse=True)]
 
 
