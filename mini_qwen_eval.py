@@ -457,12 +457,9 @@ def batch(checkpoints: list[Checkpoint], prompts: list[str], args: EvalArguments
 
 
 def _check_numbers(args: EvalArguments) -> None:
-    if args.max_new_tokens < 1:
-        raise MiniQwenError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}.")
-    if args.limit is not None and args.limit < 1:
-        raise MiniQwenError(f"--limit must be at least 1 question per task, got {args.limit}.")
-    if args.num_fewshot is not None and args.num_fewshot < 0:
-        raise MiniQwenError(f"--num_fewshot must be 0 or more, got {args.num_fewshot}.")
+    from mini_qwen.ranges import check_ranges  # the stages' one table of allowed ranges
+
+    check_ranges({name: getattr(args, name) for name in ("max_new_tokens", "limit", "num_fewshot")})
     size = args.bench_batch_size
     if size != "auto" and not (size.isdigit() and int(size) >= 1):
         raise MiniQwenError(f"--bench_batch_size must be a whole number >= 1 or auto, got '{size}'.")

@@ -1,4 +1,4 @@
-"""Every numeric flag of every stage is range-checked before anything is built (mini_qwen/cli.py RANGES):
+"""Every numeric flag of every stage is range-checked before anything is built (mini_qwen/ranges.py RANGES):
 zero, negative, NaN or out-of-range values end in one message naming the flag and the allowed range.
 
 The table is tested from both ends: every int/float field of every stage's dataclasses (their own and the
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from mini_qwen.cli import RANGES, UNCHECKED, parse_args
+from mini_qwen.cli import parse_args
+from mini_qwen.ranges import RANGES, UNCHECKED
 from mini_qwen.errors import MiniQwenError, run_main
 
 
@@ -50,7 +51,7 @@ def numeric_fields(types) -> dict[str, type]:
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_numeric_field_is_in_the_table(stage):
     missing = sorted(set(numeric_fields(stage_types(stage))) - set(RANGES) - set(UNCHECKED))
-    assert not missing, f"numeric flags of {stage} with no range in mini_qwen/cli.py RANGES: {missing}"
+    assert not missing, f"numeric flags of {stage} with no range in mini_qwen/ranges.py RANGES: {missing}"
 
 
 def outside(name: str, kind: type):
