@@ -73,6 +73,9 @@ def flash_attention_available() -> bool:
     return major >= 8  # FlashAttention-2 needs Ampere or newer
 
 
+ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")  # --attn_implementation's choices
+
+
 def choose_attention(requested: str, training_args=None) -> str:
     on_gpu = torch.cuda.is_available() and not getattr(training_args, "use_cpu", False)
     if requested == "auto":
@@ -84,8 +87,8 @@ def choose_attention(requested: str, training_args=None) -> str:
         if not on_gpu or not flash_attention_available():
             raise MiniQwenError("--attn_implementation flash_attention_2 needs an Ampere-or-newer CUDA GPU; "
                                 "use sdpa here.")
-    elif requested not in ("sdpa", "eager", "flex_attention"):
-        raise MiniQwenError(f"unknown --attn_implementation '{requested}': use auto, flash_attention_2, sdpa or eager.")
+    elif requested not in ATTENTION:
+        raise MiniQwenError(f"unknown --attn_implementation '{requested}': use one of {', '.join(ATTENTION)}.")
     return requested
 
 

@@ -15,10 +15,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
 
 from mini_qwen.checkpoint import check_checkpoint
 from mini_qwen.errors import MiniQwenError
+from mini_qwen.hardware import ATTENTION, choose_attention
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
-ATTENTION = ("auto", "flash_attention_2", "sdpa", "eager", "flex_attention")  # see hardware.choose_attention
 
 
 @dataclass
@@ -141,8 +141,6 @@ def model_dtype(training_args, pure_bf16: bool = False) -> torch.dtype:
 
 
 def new_model(preset_args: PresetArguments, model_args: ModelArguments, training_args):
-    from mini_qwen.hardware import choose_attention
-
     config = build_config(preset_args)
     attn = choose_attention(model_args.attn_implementation, training_args)
     model = AutoModelForCausalLM.from_config(config, dtype=model_dtype(training_args, model_args.pure_bf16),
@@ -152,8 +150,6 @@ def new_model(preset_args: PresetArguments, model_args: ModelArguments, training
 
 def load_model(path: str, model_args: ModelArguments, training_args):
     """Load a checkpoint written by an earlier stage, with a clear message when it is not one."""
-    from mini_qwen.hardware import choose_attention
-
     folder = check_checkpoint(path, need_tokenizer=False)  # the tokenizer is load_stage_tokenizer's
     config = AutoConfig.from_pretrained(path)
     validate_config(config, source=f"model config ({folder / 'config.json'})")
