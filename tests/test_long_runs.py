@@ -30,7 +30,7 @@ from test_resume import MINI, fake_checkpoint, history, one_thread  # noqa: F401
 from transformers import Trainer, TrainerCallback
 
 from mini_qwen.distributed import complete_checkpoints
-from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.errors import run_main
 from mini_qwen.run_config import compare, record_run
 
 STEPS = 16

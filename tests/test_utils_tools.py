@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.errors import run_main
 from mini_qwen.plotting import (
     parse_training_log,
     plot_loss_curves,

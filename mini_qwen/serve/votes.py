@@ -1,7 +1,7 @@
 """Arena votes -> preference pairs that `mini_qwen_dpo.py --data_dir <votes folder>` trains on directly.
 
 A vote for one answer becomes one row of `<folder>/votes.parquet` in the Infinity-Preference
-schema that mini_qwen/preference.py reads (the same column types as mini_data/dpo):
+schema that mini_qwen/dpo_data.py reads (the same column types as mini_data/dpo):
     prompt   string                                   the user's question
     chosen   list<struct<content: string, role: string>>   [system], user, winning answer
     rejected list<struct<content: string, role: string>>   [system], user, losing answer
@@ -22,6 +22,7 @@ import json
 import os
 import threading
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,21 +60,16 @@ class VoteStore:
                 raise MiniQwenError(f"{self.path} exists but is not a votes file (no column {missing[0]}): move it "
                                     f"away or pass another --votes_dir.")
 
+    @contextmanager
     def _locked(self):
-        store = self
-
-        class _Both:
-            def __enter__(self):
-                store._lock.acquire()
-                self.fd = os.open(store.folder / ".votes.lock", os.O_CREAT | os.O_RDWR, 0o644)
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-            def __exit__(self, *exc):
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-                os.close(self.fd)
-                store._lock.release()
-
-        return _Both()
+        """This server's threads one at a time (the lock), and other processes sharing the folder (flock)."""
+        with self._lock:
+            fd = os.open(self.folder / ".votes.lock", os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing the descriptor releases the flock
 
     def add(self, prompt: str, system: str | None, answers: dict[str, str], models: dict[str, str],
             winner: str) -> dict:
