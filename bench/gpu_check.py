@@ -108,6 +108,7 @@ def summarize(trainer, captured: dict) -> dict:
            "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
            "bf16_autocast": bool(args.bf16), "optim": str(args.optim), "torch_compile": bool(args.torch_compile),
            "use_liger_kernel": bool(args.use_liger_kernel), "padding_free": bool(getattr(args, "padding_free", False)),
+           "collator": type(trainer.data_collator).__name__,  # SFT: PackedRowsCollator = packed rows (default)
            "losses": [e["loss"] for e in history if "loss" in e][:50],
            "gradient_checkpointing": bool(args.gradient_checkpointing),
            "chunked_loss": bool(getattr(args, "chunked_loss", False)),
@@ -264,27 +265,30 @@ def plan(gpu: bool, work: Path) -> list[dict]:
                     str(work / "accelerate_ds1.yaml"), str(Path(__file__).resolve())]
         runs.append(pt_run("pt_zero2", limit=limits["ds"], launcher=launcher))
     runs += [
-        sub("sft", "sft", [*sft, "--output_dir", str(work / "sft")], limits["sft"]),  # padding-free (default)
+        sub("sft", "sft", [*sft, "--output_dir", str(work / "sft")], limits["sft"]),  # packed rows (default)
         sub("dpo", "dpo", [*precision, *dpo_shape, *common, "--model_name_or_path", base_model,
                            "--data_dir", dpo_data, "--output_dir", str(work / "dpo"),
                            "--learning_rate", "5e-7"], limits["dpo"]),
     ]
-    sft_padded = sub("sft_padded", "sft", [*sft, "--padding_free", "false", "--output_dir", str(work / "sft_padded")],
-                     limits["sft"])
+    sft_padded = sub("sft_padded", "sft", [*sft, "--packing", "false", "--padding_free", "false",
+                                           "--output_dir", str(work / "sft_padded")], limits["sft"])
+    sft_padding_free = sub("sft_padding_free", "sft", [*sft, "--packing", "false", "--padding_free", "true",
+                                                       "--output_dir", str(work / "sft_padding_free")], limits["sft"])
     if gpu:  # levers: each kept only if it beats `pt` at the same loss (bench/RESULTS.md)
         runs += [
             pt_run("pt_liger", "--use_liger_kernel", "true"),
+            sft_padding_free,
             sft_padded,
             pt_run("pt_chunked_loss", "--chunked_loss", "true"),
             pt_run("pt_compile", "--torch_compile", "true", limit=limits["compile"]),
             pt_run("pt_liger_b16", "--use_liger_kernel", "true", "--per_device_train_batch_size", "16"),
-            sub("sft_bucketed", "sft", [*sft, "--pad_to_multiple_of", "1024",
-                                        "--output_dir", str(work / "sft_bucketed")], limits["sft"]),
+            sub("sft_bucketed", "sft", [*sft, "--packing", "false", "--padding_free", "true", "--pad_to_multiple_of",
+                                        "1024", "--output_dir", str(work / "sft_bucketed")], limits["sft"]),
             pt_run("pt_pure_bf16_liger", "--pure_bf16", "true", "--use_liger_kernel", "true"),
             pt_run("pt_gradient_checkpointing", "--gradient_checkpointing", "true"),
         ]
     else:
-        runs += [sft_padded, pt_run("pt_chunked_loss", "--chunked_loss", "true")]
+        runs += [sft_padding_free, sft_padded, pt_run("pt_chunked_loss", "--chunked_loss", "true")]
     return runs
 
 
@@ -442,11 +446,14 @@ def comparisons(by_name: dict) -> list[str]:
     lines.append(ratio("sft", "pt", "≥ 0.8"))
     lines.append(ratio("dpo", "pt", "≥ 0.5"))
     for lever in ("pt_pure_bf16", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
-                  "pt_gradient_checkpointing", "sft_padded", "sft_bucketed"):
+                  "pt_gradient_checkpointing", "sft_padding_free", "sft_padded", "sft_bucketed"):
         if lever in by_name:
             base = "sft" if lever.startswith("sft") else "pt"
+            line = ratio(lever, base, "< 1 keeps packed rows" if base == "sft" else "> 1 to keep a lever")
+            if base == "sft":  # packed rows put other conversations in each step: the losses are not comparable
+                lines.append(line)
+                continue
             gap = loss_gap(by_name[lever], by_name.get(base, {}), 5)
-            line = ratio(lever, base, "> 1 to keep a lever")
             lines.append(line + (f"; first-5 loss gap {gap:.2%}" if gap is not None else ""))
     return lines
 

@@ -2,7 +2,7 @@
 # GPU check (issue #12): a bare PyTorch loop (bf16 weights, and fp32 master weights + bf16 autocast) as the
 # reference; PT 1b (block 1024, batch 8) in the default recipe (fp32 master + bf16 autocast), --pure_bf16,
 # accelerate + DeepSpeed ZeRO-2 on 1 GPU and each speed lever (Liger, --chunked_loss, torch.compile,
-# batch 16, gradient checkpointing); SFT padding-free / padded / bucketed and DPO at max_length 1024.
+# batch 16, gradient checkpointing); SFT packed rows (default) / padding-free / padded / bucketed and DPO at max_length 1024.
 # Each: tokens/s, MFU, peak GPU memory and the ratio to the bare fp32-master loop; the issue's targets last.
 #
 # Run as (repository root, on the GPU machine; results and the log go to $OUT, else bench/):

@@ -106,3 +106,45 @@ class PackedBlocks(torch.utils.data.Dataset):
 def collate_blocks(rows):
     """Stack blocks; no attention_mask on purpose (see the module docstring)."""
     return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+# ---------------------------------------------------------------- SFT: whole conversations packed into rows
+
+def pack_conversations(dataset, max_length: int):
+    """Conversations (input_ids + labels) packed best-fit-decreasing into rows of at most `max_length` tokens.
+
+    TRL's `pack_dataset(strategy="bfd")` does the binning: a conversation is never split (ours are already cut
+    to max_length), and each row records its conversations' lengths in `seq_lengths`.
+    """
+    from trl import pack_dataset
+
+    return pack_dataset(dataset.select_columns(["input_ids", "labels"]), max_length, strategy="bfd")
+
+
+class PackedRowsCollator:
+    """Packed SFT rows -> a [batch, max_length] batch of one fixed shape: no step waits on a new sequence length.
+
+    Position ids restart at 0 at each conversation and the trailing pad is a sequence of its own; with no
+    attention_mask, transformers builds a per-row block-diagonal causal mask from them (as for PT's `documents`
+    blocks), so a conversation never attends to another and attention costs rows x max_length^2, not the
+    (batch x max_length)^2 of one flattened row under SDPA. A conversation's first token is never a target.
+    """
+
+    def __init__(self, pad_token_id: int, max_length: int):
+        self.pad_token_id, self.max_length = pad_token_id, max_length
+
+    def __call__(self, rows):
+        shape = (len(rows), self.max_length)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        labels = torch.full(shape, -100, dtype=torch.long)
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            input_ids[i, :n] = torch.as_tensor(row["input_ids"])
+            labels[i, :n] = torch.as_tensor(row["labels"])
+            start = 0
+            for length in [*row["seq_lengths"], self.max_length - n]:  # the pad tail last
+                position_ids[i, start:start + length] = torch.arange(length)
+                start += length
+        labels[position_ids == 0] = -100
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
