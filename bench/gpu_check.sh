@@ -61,13 +61,17 @@ export TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHON
 
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PYTHON - <<'EOF'
-import importlib, sys
+import importlib, importlib.metadata, sys
 print("python", sys.version.split()[0])
 for name in ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "tokenizers", "pyarrow",
              "huggingface_hub", "pydantic", "triton", "liger_kernel", "flash_attn"):
     try:
         module = importlib.import_module(name)
-        print(f"  {name} {getattr(module, '__version__', '?')} ({module.__file__})")
+        try:  # liger_kernel has no __version__: its installed metadata says which wheel was loaded
+            version = getattr(module, "__version__", None) or importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "?"
+        print(f"  {name} {version} ({module.__file__})")
     except Exception as err:
         print(f"  {name}: IMPORT FAILED: {type(err).__name__}: {err}")
 import torch
