@@ -29,7 +29,7 @@ from mini_qwen.checks import find_stage_files
 from mini_qwen.cli import parse_args
 from mini_qwen.data import ON_BAD_ROWS
 from mini_qwen.distributed import check_launch, resume_checkpoint
-from mini_qwen.dpo_data import ID_COLUMNS, build_dataset
+from mini_qwen.dpo_data import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, with_lengths
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.memory import check_speed_flags
@@ -95,6 +95,14 @@ class TokenizedDPOTrainer(DPOTrainer):
             return dataset
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
+    def _set_signature_columns_if_needed(self):
+        # Trainer drops the columns the collator does not read before it builds the sampler; a length-aware
+        # sampler (--train_sampling_strategy group_by_length / batch_rebalance) needs the `length` column kept.
+        super()._set_signature_columns_if_needed()
+        if self.args.train_sampling_strategy in LENGTH_SAMPLERS and \
+                self.args.length_column_name not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, self.args.length_column_name]
+
 
 def main(argv=None):
     data_args, model_args, training_args = parse_args((DPODataArguments, DPOModelArguments, MiniDPOConfig), argv)
@@ -135,6 +143,8 @@ def main(argv=None):
         if data_args.max_pairs is not None and data_args.max_pairs < len(dataset):
             dataset = dataset.select(range(data_args.max_pairs))
             print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")
+        if training_args.train_sampling_strategy in LENGTH_SAMPLERS:  # batches of like lengths: less padding
+            dataset = with_lengths(dataset, training_args.length_column_name)
 
     training_args.include_num_input_tokens_seen = "non_padding"  # real tokens (chosen + rejected) for tokens/s
     trainer = with_long_run(TokenizedDPOTrainer)(

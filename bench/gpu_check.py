@@ -32,6 +32,99 @@ STAGES = {"pt": "mini_qwen_pt", "sft": "mini_qwen_sft", "dpo": "mini_qwen_dpo"}
 WARMUP_LOGS = 2  # logged steps left out of the throughput median (CUDA/cuBLAS init, optimizer state allocation)
 
 
+# ---------------------------------------------------------------- where a step's time goes
+
+PROFILE_STEPS = 2  # steps traced per row (the last ones of a stage run, extra ones after the bare loop's timing)
+KERNEL_KINDS = (  # first match wins; CUDA kernel names on a GPU, aten op names on CPU
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "cublas", "aten::mm", "aten::bmm", "aten::addmm",
+                "aten::linear", "aten::matmul")),
+    ("attention", ("flash", "fmha", "attention", "efficient", "scaled_dot")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("softmax / cross-entropy", ("softmax", "nll", "cross_entropy", "logsumexp")),
+    ("copies / casts", ("copy", "cast", "aten::to", "aten::_to")),
+    ("norm / reductions", ("reduce", "norm", "aten::mean", "aten::sum", "rsqrt")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in lowered for k in keys)), "other elementwise")
+
+
+class StepProfile:
+    """torch.profiler around a few steps: device time by kind of kernel, the top kernels, and how much of the
+    wall time the device was busy (the rest: the host launching kernels, syncs, data loading)."""
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.profiler = torch.profiler.profile(activities=activities)
+        self.steps, self.wall = 0, 0.0
+
+    def start(self):
+        self._sync()
+        self.profiler.start()
+        self.t0 = time.perf_counter()
+
+    def stop(self, steps: int):
+        self._sync()
+        self.wall += time.perf_counter() - self.t0
+        self.profiler.stop()
+        self.steps += steps
+
+    def _sync(self):
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def summary(self) -> dict:
+        from torch.autograd import DeviceType
+
+        events = []
+        for evt in self.profiler.key_averages():
+            if self.cuda:  # kernels: their own device time
+                if evt.device_type == DeviceType.CUDA and evt.self_device_time_total > 0:
+                    events.append((evt.key, evt.self_device_time_total, evt.count))
+            elif evt.key.startswith("aten::") and evt.self_cpu_time_total > 0:
+                events.append((evt.key, evt.self_cpu_time_total, evt.count))
+        steps = max(self.steps, 1)
+        busy = sum(t for _, t, _ in events) / 1e3 / steps  # ms a step (microseconds in the profiler)
+        kinds: dict = {}
+        for name, t, _ in events:
+            kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + t / 1e3 / steps
+        top = sorted(events, key=lambda e: -e[1])[:10]
+        return {"profiled_steps": self.steps, "wall_ms_per_step": round(self.wall * 1e3 / steps, 2),
+                "busy_ms_per_step": round(busy, 2), "clock": "device" if self.cuda else "cpu (aten ops)",
+                "kinds_ms_per_step": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                "top": [[name[:90], round(t / 1e3 / steps, 2), count // steps] for name, t, count in top]}
+
+
+def profile_callback(last_steps: int = PROFILE_STEPS):
+    """A TrainerCallback that profiles a stage run's last `last_steps` optimizer steps (the timed median of the
+    logged steps barely moves); the summary lands in `callback.result`."""
+    from transformers import TrainerCallback
+
+    class ProfileLastSteps(TrainerCallback):
+        result: dict | None = None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.max_steps - state.global_step == last_steps:
+                self.profile = StepProfile()
+                self.profile.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == state.max_steps and getattr(self, "profile", None) is not None:
+                self.profile.stop(last_steps)
+                self.result = self.profile.summary()
+
+    return ProfileLastSteps()
+
+
 # ---------------------------------------------------------------- one sub-run, in this process
 
 def run_stage(stage: str, name: str, out: Path, argv: list[str]) -> int:
@@ -45,9 +138,13 @@ def run_stage(stage: str, name: str, out: Path, argv: list[str]) -> int:
     cuda = torch.cuda.is_available()
     captured: dict = {}
     original_train = transformers.Trainer.train
+    profile = profile_callback() if os.environ.get("GPU_CHECK_PROFILE", "1") == "1" and rank == 0 else None
 
     def train(self, *args, **kwargs):
         captured["trainer"] = self
+        if profile is not None and self.args.max_steps > PROFILE_STEPS + WARMUP_LOGS:
+            self.add_callback(profile)
+            captured["profiled_steps"] = PROFILE_STEPS  # left out of the tokens/s median (profiler overhead)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -87,6 +184,8 @@ def run_stage(stage: str, name: str, out: Path, argv: list[str]) -> int:
     trainer = captured.get("trainer")
     if trainer is not None:
         result.update(summarize(trainer, captured))
+    if profile is not None and profile.result:
+        result["profile"] = profile.result
     if cuda:
         result["device"] = torch.cuda.get_device_name()
     if rank == 0:
@@ -100,7 +199,7 @@ def run_stage(stage: str, name: str, out: Path, argv: list[str]) -> int:
 def summarize(trainer, captured: dict) -> dict:
     history = trainer.state.log_history
     steps = [e for e in history if "loss" in e and "tokens_per_second" in e]
-    timed = steps[WARMUP_LOGS:] or steps
+    timed = steps[WARMUP_LOGS:len(steps) - captured.get("profiled_steps", 0)] or steps
     losses = [e["loss"] for e in history if "loss" in e]
     args = trainer.args
     model = trainer.model
@@ -113,7 +212,8 @@ def summarize(trainer, captured: dict) -> dict:
            "gradient_checkpointing": bool(args.gradient_checkpointing),
            "chunked_loss": bool(getattr(args, "chunked_loss", False)),
            "sequences_per_step": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
-           "steps": trainer.state.global_step, "logged_steps": len(steps), "warmup_logs_skipped": len(steps) - len(timed),
+           "steps": trainer.state.global_step, "logged_steps": len(steps), "warmup_logs_skipped": WARMUP_LOGS,
+           "profiled_steps": captured.get("profiled_steps", 0),
            "train_seconds": round(captured.get("train_seconds", float("nan")), 1)}
     if timed:
         res["tokens_per_second"] = round(statistics.median(e["tokens_per_second"] for e in timed), 1)
@@ -170,19 +270,29 @@ def run_bare(out: Path, preset: str, batch: int, seq: int, steps: int, modes: li
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            times, losses = [], []
-            for _ in range(steps):
-                t0 = time.perf_counter()
+            def step() -> float:
                 with autocast:
                     loss = model(input_ids=ids, labels=ids, use_cache=False).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())  # the one host sync per step
+                return loss.item()  # the one host sync per step
+
+            times, losses = [], []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                losses.append(step())
                 times.append(time.perf_counter() - t0)
             timed = times[WARMUP_LOGS:] or times
             tps = batch * seq / statistics.median(timed)
+            if os.environ.get("GPU_CHECK_PROFILE", "1") == "1":  # extra steps: the timing above is untouched
+                profile = StepProfile()
+                profile.start()
+                for _ in range(PROFILE_STEPS):
+                    step()
+                profile.stop(PROFILE_STEPS)
+                result["profile"] = profile.summary()
             result.update({"steps": steps, "logged_steps": steps, "warmup_logs_skipped": len(times) - len(timed),
                            "tokens_per_second": round(tps, 1), "losses": losses,
                            "loss_first": losses[0], "loss_last": losses[-1], "train_seconds": round(sum(times), 1)})
@@ -192,7 +302,7 @@ def run_bare(out: Path, preset: str, batch: int, seq: int, steps: int, modes: li
                 result["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 result["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
                 result["device"] = torch.cuda.get_device_name()
-            del model, optimizer
+            model = optimizer = None  # free the GPU memory before the next mode
             if cuda:
                 torch.cuda.empty_cache()
         except BaseException as err:  # an OOM in one mode must not lose the other's row
@@ -254,6 +364,12 @@ def plan(gpu: bool, work: Path) -> list[dict]:
 
     sft = [*precision, *sft_shape, *common, "--model_name_or_path", base_model, "--data_dir", sft_data,
            "--learning_rate", "1e-5"]
+    dpo = [*precision, *dpo_shape, *common, "--model_name_or_path", base_model, "--data_dir", dpo_data,
+           "--learning_rate", "5e-7"]
+
+    def dpo_run(name, *flags):  # DPO levers: 4 micro-batches a step, so a length-aware sampler has pairs to sort
+        return sub(name, "dpo", [*dpo, "--gradient_accumulation_steps", "4", "--max_steps", "7", *flags,
+                                 "--output_dir", str(work / name)], limits["dpo"])
     runs = [
         {"name": "bare", "stage": "bare", "cmd": py + ["bare", "--out", "{out}", *bare], "timeout": limits["bare"]},
         sub("pt", "pt", [*pt, "--output_dir", base_model], limits["pt"]),  # the default recipe
@@ -266,9 +382,7 @@ def plan(gpu: bool, work: Path) -> list[dict]:
         runs.append(pt_run("pt_zero2", limit=limits["ds"], launcher=launcher))
     runs += [
         sub("sft", "sft", [*sft, "--output_dir", str(work / "sft")], limits["sft"]),  # packed rows (default)
-        sub("dpo", "dpo", [*precision, *dpo_shape, *common, "--model_name_or_path", base_model,
-                           "--data_dir", dpo_data, "--output_dir", str(work / "dpo"),
-                           "--learning_rate", "5e-7"], limits["dpo"]),
+        sub("dpo", "dpo", [*dpo, "--output_dir", str(work / "dpo")], limits["dpo"]),
     ]
     sft_padded = sub("sft_padded", "sft", [*sft, "--packing", "false", "--padding_free", "false",
                                            "--output_dir", str(work / "sft_padded")], limits["sft"])
@@ -284,11 +398,15 @@ def plan(gpu: bool, work: Path) -> list[dict]:
             pt_run("pt_liger_b16", "--use_liger_kernel", "true", "--per_device_train_batch_size", "16"),
             sub("sft_bucketed", "sft", [*sft, "--packing", "false", "--padding_free", "true", "--pad_to_multiple_of",
                                         "1024", "--output_dir", str(work / "sft_bucketed")], limits["sft"]),
+            dpo_run("dpo_grouped", "--train_sampling_strategy", "group_by_length"),
+            dpo_run("dpo_rebalance", "--train_sampling_strategy", "batch_rebalance"),
+            dpo_run("dpo_precompute_ref", "--precompute_ref_log_probs", "true"),
             pt_run("pt_pure_bf16_liger", "--pure_bf16", "true", "--use_liger_kernel", "true"),
             pt_run("pt_gradient_checkpointing", "--gradient_checkpointing", "true"),
         ]
     else:
-        runs += [sft_padding_free, sft_padded, pt_run("pt_chunked_loss", "--chunked_loss", "true")]
+        runs += [sft_padding_free, sft_padded, pt_run("pt_chunked_loss", "--chunked_loss", "true"),
+                 dpo_run("dpo_grouped", "--train_sampling_strategy", "group_by_length")]
     return runs
 
 
@@ -324,12 +442,11 @@ def run_all(out: Path, budget: float, dry_run: bool, work: Path, force_plan: str
 
     gpu = torch.cuda.is_available() if force_plan is None else force_plan == "gpu"
     out.mkdir(parents=True, exist_ok=True)
-    runs_dir = out / "gpu_runs"
-    runs_dir.mkdir(exist_ok=True)
+    runs_dir = work / "gpu_runs"  # one JSON a sub-run; $OUT gets only the merged results (few files come back)
+    runs_dir.mkdir(parents=True, exist_ok=True)
     if not dry_run:
         for stale in runs_dir.glob("*.json"):
             stale.unlink()
-    work.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU: running a tiny-model CPU smoke of the same sub-runs instead", flush=True)
     runs = plan(gpu, work)
@@ -366,12 +483,12 @@ def run_all(out: Path, budget: float, dry_run: bool, work: Path, force_plan: str
         print(f"===== {run['name']}: {status[run['name']]} in {time.monotonic() - t0:.0f} s", flush=True)
     if dry_run:
         return 0
-    report(out, status, gpu)
+    report(out, status, gpu, runs_dir)
     return 0
 
 
-def report(out: Path, status: dict | None = None, gpu: bool | None = None) -> None:
-    runs_dir = out / "gpu_runs"
+def report(out: Path, status: dict | None = None, gpu: bool | None = None, runs_dir: Path | None = None) -> None:
+    runs_dir = runs_dir or out / "gpu_runs"
     results = []
     for path in sorted(runs_dir.glob("*.json"), key=lambda p: p.stat().st_mtime):
         results.append(json.loads(path.read_text()))
@@ -412,7 +529,7 @@ def report(out: Path, status: dict | None = None, gpu: bool | None = None) -> No
         lines.append(f"| {r['name']} | {r.get('status')} | {f('weights_dtype')} | {f('steps')} | "
                      f"{f('tokens_per_second', '{:,.0f}')} | {ratio} | {f('mfu', '{:.1%}')} | "
                      f"{f('peak_allocated_gb')} | {f('peak_reserved_gb')} | {loss} | {f('train_seconds')} |")
-    lines += ["", *comparisons(by_name)]
+    lines += ["", *comparisons(by_name), *profiles(results)]
     failed = [r for r in results if r.get("status") != "ok"]
     for r in failed:
         lines += ["", f"**{r['name']}**: {r.get('status')}: {r.get('error', 'see gpu_check.log')}"]
@@ -446,15 +563,36 @@ def comparisons(by_name: dict) -> list[str]:
     lines.append(ratio("sft", "pt", "≥ 0.8"))
     lines.append(ratio("dpo", "pt", "≥ 0.5"))
     for lever in ("pt_pure_bf16", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
-                  "pt_gradient_checkpointing", "sft_padding_free", "sft_padded", "sft_bucketed"):
+                  "pt_gradient_checkpointing", "sft_padding_free", "sft_padded", "sft_bucketed", "dpo_grouped",
+                  "dpo_rebalance", "dpo_precompute_ref"):
         if lever in by_name:
-            base = "sft" if lever.startswith("sft") else "pt"
+            base = lever.split("_")[0]
             line = ratio(lever, base, "< 1 keeps packed rows" if base == "sft" else "> 1 to keep a lever")
-            if base == "sft":  # packed rows put other conversations in each step: the losses are not comparable
+            if base != "pt":  # other conversations / pairs in each step: the losses are not comparable
+                if lever == "dpo_precompute_ref":  # tokens/s counts the steps; the reference pass over every pair
+                    line += f" (steps only; train() with the reference pass: {by_name[lever].get('train_seconds')} s)"
                 lines.append(line)
                 continue
             gap = loss_gap(by_name[lever], by_name.get(base, {}), 5)
             lines.append(line + (f"; first-5 loss gap {gap:.2%}" if gap is not None else ""))
+    return lines
+
+
+def profiles(results: list[dict]) -> list[str]:
+    """Where each profiled row's step goes: device-busy share of the wall time, time by kind, top kernels."""
+    rows = [r for r in results if r.get("profile")]
+    if not rows:
+        return []
+    clock = rows[0]["profile"]["clock"]
+    lines = ["", f"Where a step goes ({PROFILE_STEPS} profiled steps a row, torch.profiler, {clock} time; busy = "
+                 "time in kernels / wall time, the rest is the host launching, syncing or loading):", "",
+             "| run | wall ms/step | busy | by kind (ms/step) | top kernels (ms/step) |", "|---|---|---|---|---|"]
+    for r in rows:
+        prof = r["profile"]
+        busy = prof["busy_ms_per_step"] / prof["wall_ms_per_step"] if prof["wall_ms_per_step"] else 0
+        kinds = ", ".join(f"{k} {v:.1f}" for k, v in prof["kinds_ms_per_step"].items())
+        top = "; ".join(f"`{name[:48]}` {t:.1f}" for name, t, _ in prof["top"][:3])
+        lines.append(f"| {r['name']} | {prof['wall_ms_per_step']:.1f} | {busy:.0%} | {kinds} | {top} |")
     return lines
 
 
@@ -484,6 +622,7 @@ def main():
     e.add_argument("--modes", default="fp32_master,bf16", help="comma-separated: fp32_master, bf16")
     r = sub.add_parser("report")
     r.add_argument("--out", required=True)
+    r.add_argument("--work", default=os.environ.get("GPU_CHECK_WORK", "/tmp/mini_qwen_gpu_check"))
     own = sys.argv[1:]
     stage_argv = []
     if "--" in own:  # everything after `--` goes to the stage script untouched
@@ -500,7 +639,7 @@ def main():
         import torch
 
         return save_base_model(Path(args.dir), args.preset, torch.cuda.is_available())
-    report(Path(args.out))
+    report(Path(args.out), runs_dir=Path(args.work) / "gpu_runs")
 
 
 if __name__ == "__main__":

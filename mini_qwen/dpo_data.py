@@ -247,3 +247,17 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_leng
     stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "prompt_truncated": prompt_cut,
              "answer_truncated": answer_cut, "dropped": dict(dropped), "skipped": dict(problems)}
     return dataset, stats
+
+
+LENGTH_SAMPLERS = ("group_by_length", "batch_rebalance")  # --train_sampling_strategy values that read lengths
+
+
+def with_lengths(dataset, column: str = "length"):
+    """Adds each pair's padded length, prompt + the longer answer (TRL pads chosen and rejected together), for
+    transformers' length-aware samplers (`--train_sampling_strategy group_by_length / batch_rebalance`)."""
+    def lengths(batch):
+        return {column: [len(p) + max(len(c), len(r)) for p, c, r in
+                         zip(batch["prompt_ids"], batch["chosen_ids"], batch["rejected_ids"])]}
+
+    return dataset.map(lengths, batched=True, desc="pair lengths")
+

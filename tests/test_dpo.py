@@ -126,6 +126,66 @@ def test_dpo_precomputed_reference(tiny_checkpoint, tmp_path, capsys):
     _reload(out)
 
 
+def _dpo_trainer(checkpoint, output_dir, *flags):
+    """The DPO stage's trainer on the real sample at real lengths, built as main() builds it, without training."""
+    import copy
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mini_qwen.checks import find_stage_files
+    from mini_qwen.cli import parse_args
+    from mini_qwen.dpo_data import LENGTH_SAMPLERS, build_dataset, with_lengths
+    from mini_qwen_dpo import DPODataArguments, DPOModelArguments, MiniDPOConfig, TokenizedDPOTrainer
+
+    data_args, _, args = parse_args((DPODataArguments, DPOModelArguments, MiniDPOConfig), [
+        "--output_dir", str(output_dir), "--use_cpu", "true", "--report_to", "none", "--seed", "0",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "4", *flags])
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    dataset, _ = build_dataset(find_stage_files("dpo", str(REAL_DPO)), tokenizer, args.max_length,
+                               data_args.max_prompt_length, log=lambda *a, **k: None)
+    if args.train_sampling_strategy in LENGTH_SAMPLERS:
+        dataset = with_lengths(dataset)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    return TokenizedDPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=dataset,
+                               processing_class=tokenizer)
+
+
+def _epoch(trainer) -> tuple[float, list[int]]:
+    """Real tokens / computed tokens over one epoch of the trainer's own data loader, and the pair ids drawn."""
+    draws = trainer._get_train_sampler()  # what get_train_dataloader draws from: ids, or lists of ids (rebalance)
+    ids = [i for draw in draws for i in (draw if isinstance(draw, list) else [draw])]
+    real = computed = 0
+    for batch in trainer.get_train_dataloader():
+        real += int(batch["attention_mask"].sum())
+        computed += batch["attention_mask"].numel()
+    return real / computed, ids
+
+
+@needs_real_dpo
+@pytest.mark.parametrize("strategy", ["group_by_length", "batch_rebalance"])
+def test_dpo_length_samplers_cut_padding(tiny_checkpoint, tmp_path, strategy):
+    """transformers' length-aware samplers work on our tokenized pairs (the `length` column survives Trainer's
+    column pruning) and pad far less than random batches of the same real pairs at max_length 1024."""
+    plain = _dpo_trainer(tiny_checkpoint, tmp_path / "random")
+    grouped = _dpo_trainer(tiny_checkpoint, tmp_path / strategy, "--train_sampling_strategy", strategy)
+    random_share, _ = _epoch(plain)
+    grouped_share, ids = _epoch(grouped)
+    assert sorted(set(ids)) == list(range(len(grouped.train_dataset)))  # every pair, none invented
+    print(f"{strategy}: real / computed tokens {random_share:.2f} random -> {grouped_share:.2f}")
+    assert random_share < 0.8 and grouped_share > random_share + 0.1, (random_share, grouped_share)
+
+
+def test_dpo_stage_keeps_lengths_for_a_length_sampler(tiny_checkpoint, tmp_path):
+    from mini_qwen_dpo import main
+
+    trainer = main(run_args(tiny_checkpoint, REAL_DPO if any(REAL_DPO.glob("*.parquet")) else
+                            Path(__file__).resolve().parents[1] / "mini_data" / "dpo", tmp_path / "dpo",
+                            "--max_steps", "1", "--per_device_train_batch_size", "2",
+                            "--train_sampling_strategy", "group_by_length"))
+    assert "length" in trainer.train_dataset.column_names
+    assert math.isfinite([e for e in trainer.state.log_history if "loss" in e][0]["loss"])
+
+
 def test_truncation_keeps_question_end_and_headers(tokenizer, tmp_path, capsys):
     from mini_qwen.chat import ChatTokens, format_prompt
     from mini_qwen.checks import find_stage_files
