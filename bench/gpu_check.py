@@ -377,9 +377,7 @@ def plan(gpu: bool, work: Path) -> list[dict]:
     if gpu:
         runs.append(pt_run("pt_pure_bf16", "--pure_bf16", "true"))
         # DeepSpeed ZeRO-2 through accelerate, 1 process (on CPU it would JIT-compile an op for ~50 s)
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                    str(work / "accelerate_ds1.yaml"), str(Path(__file__).resolve())]
-        runs.append(pt_run("pt_zero2", limit=limits["ds"], launcher=launcher))
+        runs.append(pt_run("pt_zero2", limit=limits["ds"], launcher=deepspeed_launcher(work, "zero2")))
     runs += [
         sub("sft", "sft", [*sft, "--output_dir", str(work / "sft")], limits["sft"]),  # packed rows (default)
         sub("dpo", "dpo", [*dpo, "--output_dir", str(work / "dpo")], limits["dpo"]),
@@ -403,6 +401,14 @@ def plan(gpu: bool, work: Path) -> list[dict]:
             dpo_run("dpo_precompute_ref", "--precompute_ref_log_probs", "true"),
             pt_run("pt_pure_bf16_liger", "--pure_bf16", "true", "--use_liger_kernel", "true"),
             pt_run("pt_gradient_checkpointing", "--gradient_checkpointing", "true"),
+            # ZeRO's cost on one GPU is host-side (a Python hook per parameter in backward): variants without the
+            # overlap / contiguous-gradient hooks, and stage 1, which shards only the optimizer states.
+            pt_run("pt_zero2_no_overlap", limit=limits["ds"], launcher=deepspeed_launcher(work, "zero2_no_overlap")),
+            pt_run("pt_zero1", limit=limits["ds"], launcher=deepspeed_launcher(work, "zero1")),
+            # If the profile shows the GPU waiting on the host: CUDA graphs replay a step's kernels in one launch.
+            pt_run("pt_compile_graphs", "--torch_compile", "true", "--torch_compile_mode", "reduce-overhead",
+                   limit=limits["compile"]),
+            pt_run("pt_chunked_loss_b16", "--chunked_loss", "true", "--per_device_train_batch_size", "16"),
         ]
     else:
         runs += [sft_padding_free, sft_padded, pt_run("pt_chunked_loss", "--chunked_loss", "true"),
@@ -424,17 +430,32 @@ def save_base_model(folder: Path, preset: str, gpu: bool) -> None:
     print(f"gpu_check: saved a random {preset} model to {folder} for the SFT / DPO sub-runs", flush=True)
 
 
-def write_accelerate_config(path: Path) -> None:
-    """accelerate_config.yaml with one process and an absolute DeepSpeed config path."""
+# DeepSpeed variants of the repository's ds_zero2.json, each with its own one-process accelerate config.
+DEEPSPEED_VARIANTS = {
+    "zero2": {},
+    "zero2_no_overlap": {"overlap_comm": False, "contiguous_gradients": False},
+    "zero1": {"stage": 1, "overlap_comm": False, "contiguous_gradients": False},
+}
+
+
+def deepspeed_launcher(work: Path, variant: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(work / f"accelerate_ds1_{variant}.yaml"), str(Path(__file__).resolve())]
+
+
+def write_accelerate_configs(work: Path) -> None:
+    """accelerate_config.yaml with one process, pointing at ds_zero2.json or a variant of it (absolute paths)."""
     import yaml
 
-    config = yaml.safe_load((ROOT / "accelerate_config.yaml").read_text())
-    config["num_processes"] = 1
-    config["num_machines"] = 1
-    config["machine_rank"] = 0
-    config["main_process_port"] = 29517
-    config.setdefault("deepspeed_config", {})["deepspeed_config_file"] = str(ROOT / "ds_zero2.json")
-    path.write_text(yaml.safe_dump(config))
+    for variant, zero in DEEPSPEED_VARIANTS.items():
+        ds = json.loads((ROOT / "ds_zero2.json").read_text())
+        ds["zero_optimization"].update(zero)
+        ds_path = work / f"ds_{variant}.json"
+        ds_path.write_text(json.dumps(ds, indent=1))
+        config = yaml.safe_load((ROOT / "accelerate_config.yaml").read_text())
+        config.update({"num_processes": 1, "num_machines": 1, "machine_rank": 0, "main_process_port": 29517})
+        config.setdefault("deepspeed_config", {})["deepspeed_config_file"] = str(ds_path)
+        (work / f"accelerate_ds1_{variant}.yaml").write_text(yaml.safe_dump(config))
 
 
 def run_all(out: Path, budget: float, dry_run: bool, work: Path, force_plan: str | None = None) -> int:
@@ -458,7 +479,7 @@ def run_all(out: Path, budget: float, dry_run: bool, work: Path, force_plan: str
             return 2
         runs = [r for r in runs if r["name"] in only]
     if gpu and not dry_run:
-        write_accelerate_config(work / "accelerate_ds1.yaml")
+        write_accelerate_configs(work)
     start = time.monotonic()
     status = {}
     for run in runs:
@@ -563,7 +584,8 @@ def comparisons(by_name: dict) -> list[str]:
     lines.append(ratio("sft", "pt", "≥ 0.8"))
     lines.append(ratio("dpo", "pt", "≥ 0.5"))
     for lever in ("pt_pure_bf16", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
-                  "pt_gradient_checkpointing", "sft_padding_free", "sft_padded", "sft_bucketed", "dpo_grouped",
+                  "pt_gradient_checkpointing", "pt_zero2_no_overlap", "pt_zero1", "pt_compile_graphs",
+                  "pt_chunked_loss_b16", "sft_padding_free", "sft_padded", "sft_bucketed", "dpo_grouped",
                   "dpo_rebalance", "dpo_precompute_ref"):
         if lever in by_name:
             base = lever.split("_")[0]

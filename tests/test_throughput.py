@@ -290,6 +290,17 @@ def test_gpu_check_plan_covers_every_row_of_the_issue(tmp_path):
                        ("dpo_precompute_ref", "--precompute_ref_log_probs true")):
         assert flag in cmds[name] and "--gradient_accumulation_steps 4" in cmds[name] and flag not in cmds["dpo"]
     assert "--torch_compile true" in cmds["pt_compile"] and "accelerate" in cmds["pt_zero2"]
+    # DeepSpeed variants: the repository's ds_zero2.json with only the named knobs changed, one process each.
+    import yaml
+
+    gpu_check.write_accelerate_configs(tmp_path)
+    base = json.loads((REPO_ROOT / "ds_zero2.json").read_text())["zero_optimization"]
+    for variant, knobs in gpu_check.DEEPSPEED_VARIANTS.items():
+        accelerate = yaml.safe_load((tmp_path / f"accelerate_ds1_{variant}.yaml").read_text())
+        assert accelerate["num_processes"] == 1 and accelerate["distributed_type"] == "DEEPSPEED"
+        ds = json.loads(Path(accelerate["deepspeed_config"]["deepspeed_config_file"]).read_text())
+        assert ds["zero_optimization"] == {**base, **knobs}
+        assert f"accelerate_ds1_{variant}.yaml" in cmds[f"pt_{variant}"]
     # The loss comparison the issue asks for (ZeRO-2 vs one process, first 20 steps within 1%).
     assert gpu_check.loss_gap({"losses": [10.0, 9.0]}, {"losses": [10.0, 9.09]}) == pytest.approx(0.0099, rel=1e-2)
 
