@@ -185,6 +185,32 @@ def test_trl_dpo_prepare_dataset_is_as_tokenized_dpo_trainer_expects():
     assert "self._prepare_dataset(" in inspect.getsource(DPOTrainer.__init__), "DPOTrainer no longer calls the hook"
 
 
+def test_trainer_prunes_columns_before_the_length_sampler_reads_them():
+    """TokenizedDPOTrainer keeps `length` in `_signature_columns` (transformers 5.24 / TRL 1.16): Trainer drops
+    the other columns before it builds the sampler, and the length-aware samplers read that column."""
+    import transformers
+    from transformers import Trainer
+    from trl import DPOTrainer
+
+    assert transformers.__version__ == _pinned("transformers")
+    loader = inspect.getsource(Trainer._get_dataloader)
+    assert loader.index("_remove_unused_columns") < loader.index("sampler_fn(dataset)")
+    assert "self._signature_columns = [" in inspect.getsource(DPOTrainer._set_signature_columns_if_needed)
+    assert "self.args.length_column_name" in inspect.getsource(Trainer._get_train_sampler)
+
+
+def test_trl_sft_forces_padding_free_when_packing():
+    """mini_qwen_sft sets args.packing False after packing itself: TRL 1.16's SFTTrainer would otherwise switch to
+    its padding-free collator (and refuse ours) whenever packing is bfd."""
+    import trl
+    from trl import SFTTrainer
+
+    assert trl.__version__ == _pinned("trl")
+    init = inspect.getsource(SFTTrainer.__init__)
+    assert 'args.padding_free or (args.packing and args.packing_strategy in {"bfd", "bfd_split"})' in init
+    assert "Passing a custom data collator is not supported when using padding-free" in init
+
+
 def test_trainer_compute_loss_reads_compute_loss_func():
     """mini_qwen_sft.AnswerLossSFTTrainer sets `self.compute_loss_func` after __init__ (transformers 5.24)."""
     import transformers
