@@ -399,6 +399,7 @@ def plan(gpu: bool, work: Path) -> list[dict]:
             dpo_run("dpo_grouped", "--train_sampling_strategy", "group_by_length"),
             dpo_run("dpo_rebalance", "--train_sampling_strategy", "batch_rebalance"),
             dpo_run("dpo_precompute_ref", "--precompute_ref_log_probs", "true"),
+            dpo_run("dpo_unbucketed", "--pad_to_multiple_of", "none"),  # the default pads to a multiple of 64
             pt_run("pt_pure_bf16_liger", "--pure_bf16", "true", "--use_liger_kernel", "true"),
             pt_run("pt_gradient_checkpointing", "--gradient_checkpointing", "true"),
             # ZeRO's cost on one GPU is host-side (a Python hook per parameter in backward): variants without the
@@ -586,7 +587,7 @@ def comparisons(by_name: dict) -> list[str]:
     for lever in ("pt_pure_bf16", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
                   "pt_gradient_checkpointing", "pt_zero2_no_overlap", "pt_zero1", "pt_compile_graphs",
                   "pt_chunked_loss_b16", "sft_padding_free", "sft_padded", "sft_bucketed", "dpo_grouped",
-                  "dpo_rebalance", "dpo_precompute_ref"):
+                  "dpo_rebalance", "dpo_precompute_ref", "dpo_unbucketed"):
         if lever in by_name:
             base = lever.split("_")[0]
             line = ratio(lever, base, "< 1 keeps packed rows" if base == "sft" else "> 1 to keep a lever")

@@ -175,6 +175,28 @@ def test_dpo_length_samplers_cut_padding(tiny_checkpoint, tmp_path, strategy):
     assert random_share < 0.8 and grouped_share > random_share + 0.1, (random_share, grouped_share)
 
 
+@needs_real_dpo
+def test_dpo_pads_to_a_multiple_of_64_with_the_same_loss(tiny_checkpoint, tmp_path):
+    """The default --pad_to_multiple_of 64 bounds the batch shapes (16 at max_length 1024) and changes no number:
+    the same loss as padding to the longest only, on the same real pairs."""
+    import torch
+
+    bucketed = _dpo_trainer(tiny_checkpoint, tmp_path / "b")
+    plain = _dpo_trainer(tiny_checkpoint, tmp_path / "p", "--pad_to_multiple_of", "none")
+    assert bucketed.args.pad_to_multiple_of == 64 and plain.args.pad_to_multiple_of is None
+    rows = [bucketed.train_dataset[i] for i in range(4)]
+    batch_b, batch_p = bucketed.data_collator(rows), plain.data_collator(rows)
+    assert batch_b["input_ids"].shape[1] % 64 == 0 and batch_b["input_ids"].shape[1] > batch_p["input_ids"].shape[1]
+    bucketed.model.train(), plain.model.train()
+    with torch.no_grad():
+        loss_b = bucketed.compute_loss(bucketed.model, batch_b)
+        loss_p = plain.compute_loss(plain.model, batch_p)
+    assert abs(loss_b.item() - loss_p.item()) < 1e-5, (loss_b.item(), loss_p.item())
+    shapes = {bucketed.data_collator([bucketed.train_dataset[j] for j in range(i, i + 4)])["input_ids"].shape[1]
+              for i in range(0, len(bucketed.train_dataset) - 3, 4)}
+    assert shapes <= set(range(64, 1025, 64))
+
+
 def test_dpo_stage_keeps_lengths_for_a_length_sampler(tiny_checkpoint, tmp_path):
     from mini_qwen_dpo import main
 
