@@ -176,6 +176,15 @@ def test_packed_rows_sft_equals_padded(fused, tokenizer, sft_rows, tmp_path):
     loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items)
     assert abs(loss.item() - loss_padded.item()) <= TOL
     assert max_diff(grads_of(model, loss), g_padded) <= TOL
+    # --packing true --padding_free true: TRL's own collator flattens the packed rows (position ids from seq_lengths)
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    flat = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(rows)
+    assert flat["input_ids"].shape == (1, sum(len(r["input_ids"]) for r in rows))
+    assert (flat["labels"] != -100).sum().item() == n_padded
+    loss = trainer.compute_loss(model, dict(flat), num_items_in_batch=num_items)
+    assert abs(loss.item() - loss_padded.item()) <= TOL
+    assert max_diff(grads_of(model, loss), g_padded) <= TOL
 
 
 def test_packed_rows_give_one_batch_shape(tokenizer):
