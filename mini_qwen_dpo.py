@@ -33,7 +33,7 @@ from mini_qwen.dpo_data import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, with_
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.memory import check_speed_flags
-from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
+from mini_qwen.model import ModelArguments, describe, kahan_adamw, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.trainlog import first_and_last_loss, last_metric
 
@@ -159,6 +159,7 @@ def main(argv=None):
         processing_class=tokenizer,
         callbacks=[LossPlotCallback("DPO loss", metrics=("loss", "rewards/accuracies", "rewards/margins"))],
     )
+    trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)

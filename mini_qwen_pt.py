@@ -25,7 +25,8 @@ from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.memory import ChunkedLossTrainer, check_speed_flags
-from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
+from mini_qwen.model import (ModelArguments, PresetArguments, describe, kahan_adamw, load_model,
+                             load_stage_tokenizer, new_model)
 from mini_qwen.packing import PACKING, collate_blocks
 from mini_qwen.pt_data import build_dataset
 from mini_qwen.run_config import record_run
@@ -104,6 +105,7 @@ def main(argv=None):
         processing_class=tokenizer,
         callbacks=[LossPlotCallback("pretraining loss")],
     )
+    trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     # First in the list so the progress printer already shows tokens/s.
     trainer.callback_handler.callbacks.insert(
         0, ThroughputCallback(model.config, tokens_per_step,

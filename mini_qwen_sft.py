@@ -26,7 +26,7 @@ from mini_qwen.distributed import check_launch, resume_checkpoint
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.long_run import LongRunArguments, with_long_run
 from mini_qwen.memory import ChunkedCausalLMLoss, check_speed_flags, hidden_states_only_kwargs
-from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
+from mini_qwen.model import ModelArguments, describe, kahan_adamw, load_model, load_stage_tokenizer
 from mini_qwen.packing import PackedRowsCollator, pack_conversations
 from mini_qwen.run_config import record_run
 from mini_qwen.sft_data import build_dataset
@@ -144,6 +144,7 @@ def main(argv=None):
         processing_class=tokenizer,
         callbacks=[LossPlotCallback("SFT loss")],
     )
+    trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)

@@ -54,7 +54,8 @@ class Cost:
         self.real += n_real
         self.computed += rows * width
         self.executed += self.layers * (rows * width * self.linear + rows * width ** 2 * self.attention)
-        self.ideal += self.layers * (n_real * self.linear + sum(n * n for s in segments for n in s) * self.attention / 2)
+        pairs = sum(n * n for s in segments for n in s) / 2  # causal (query, key) pairs of the real sequences
+        self.ideal += self.layers * (n_real * self.linear + pairs * self.attention)
 
     def row(self, name: str, shape: str) -> str:
         return f"| {name} | {shape} | {self.real / self.computed:.2f} | {self.executed / self.ideal:.2f} |"

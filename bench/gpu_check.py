@@ -388,6 +388,8 @@ def plan(gpu: bool, work: Path) -> list[dict]:
                                                        "--output_dir", str(work / "sft_padding_free")], limits["sft"])
     if gpu:  # levers: each kept only if it beats `pt` at the same loss (bench/RESULTS.md)
         runs += [
+            # bf16 weights whose small updates are compensated: the bf16 speed at fp32-master numerics?
+            pt_run("pt_pure_bf16_kahan", "--pure_bf16", "true", "--kahan_summation", "true"),
             pt_run("pt_liger", "--use_liger_kernel", "true"),
             sft_padding_free,
             sft_padded,
@@ -584,7 +586,7 @@ def comparisons(by_name: dict) -> list[str]:
                  if gap is not None else "- pt_zero2 vs pt losses: not measured (target within 1%)")
     lines.append(ratio("sft", "pt", "≥ 0.8"))
     lines.append(ratio("dpo", "pt", "≥ 0.5"))
-    for lever in ("pt_pure_bf16", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
+    for lever in ("pt_pure_bf16", "pt_pure_bf16_kahan", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
                   "pt_gradient_checkpointing", "pt_zero2_no_overlap", "pt_zero1", "pt_compile_graphs",
                   "pt_chunked_loss_b16", "sft_padding_free", "sft_padded", "sft_bucketed", "dpo_grouped",
                   "dpo_rebalance", "dpo_precompute_ref", "dpo_unbucketed"):

@@ -64,7 +64,7 @@ $PYTHON - <<'EOF'
 import importlib, importlib.metadata, sys
 print("python", sys.version.split()[0])
 for name in ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "tokenizers", "pyarrow",
-             "huggingface_hub", "pydantic", "triton", "liger_kernel", "flash_attn"):
+             "huggingface_hub", "pydantic", "triton", "liger_kernel", "optimi", "flash_attn"):
     try:
         module = importlib.import_module(name)
         try:  # liger_kernel has no __version__: its installed metadata says which wheel was loaded

@@ -34,6 +34,7 @@ liger=$(sed -n 's/.*"liger-kernel==\([^"]*\)".*/\1/p' pyproject.toml)
 # numpy, safetensors, huggingface_hub 1.33, typing-extensions, xxhash, triton. What it lacks, or has too old:
 WHEELS=(
     "transformers==$(pin transformers)" "trl==$(pin trl)" "datasets==$(pin datasets)" "liger-kernel==$liger"
+    "torch-optimi==$(pin torch-optimi)"
     dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0            # datasets
     hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5         # deepspeed
     annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0   # pydantic (needs >= 4.16)

@@ -20,6 +20,8 @@ Other memory levers, all flags of the stage scripts:
                              the default `nll`, which already computes the loss that way.
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -113,6 +115,17 @@ def check_speed_flags(training_args, model_args=None) -> None:
             raise MiniQwenError("--use_liger_kernel and --chunked_loss both replace the loss: pick one.")
     if model_args is not None and getattr(model_args, "pure_bf16", False) and not training_args.bf16:
         raise MiniQwenError("--pure_bf16 true needs --bf16 true (it keeps the bf16 weights of a bf16 run).")
+    if model_args is not None and getattr(model_args, "kahan_summation", False):
+        if not getattr(model_args, "pure_bf16", False):
+            raise MiniQwenError("--kahan_summation true needs --pure_bf16 true: fp32 master weights lose no small "
+                                "update, so there is nothing to compensate.")
+        deepspeed = getattr(training_args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        if deepspeed:
+            raise MiniQwenError("--kahan_summation: DeepSpeed keeps fp32 master weights itself and wraps its own "
+                                "optimizer; drop the flag (and --pure_bf16) under `run.sh ... multi`.")
+        if importlib.util.find_spec("optimi") is None:
+            raise MiniQwenError("--kahan_summation: torch-optimi is not installed: `pip install "
+                                "torch-optimi==0.3.3` (requirements.txt pins it), or drop the flag.")
 
 
 class ChunkedLossTrainer(Trainer):

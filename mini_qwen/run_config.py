@@ -23,7 +23,7 @@ from mini_qwen.errors import MiniQwenError
 
 FILE_NAME = "run_config.json"
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed", "tokenizers", "safetensors",
-            "pyarrow", "flash-attn", "liger-kernel")
+            "pyarrow", "flash-attn", "liger-kernel", "torch-optimi")
 # A change in these makes a resumed run a different run: the batch, the process count, the data files, and the
 # arguments that decide what a sample is and in which order samples come (the data position is a batch count).
 RESUME_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "processes", "data_files")

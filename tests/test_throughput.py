@@ -71,6 +71,98 @@ def test_speed_flags_that_cannot_run_here_are_refused(monkeypatch):
     check_speed_flags(args(bf16=True), SimpleNamespace(pure_bf16=True))  # a valid combination passes
 
 
+# ---------------------------------------------------------------- --kahan_summation: bf16 weights that keep small steps
+
+def _regression(dtype, optimizer_cls, steps=300, **kw):
+    """A least-squares fit whose updates are ~1e-4 next to weights of ~0.02: AdamW's warmup / late-schedule regime."""
+    torch.manual_seed(0)
+    x, target = torch.randn(256, 64), torch.randn(64, 8) * 0.02
+    y = x @ target
+    weight = torch.nn.Parameter((target + 0.01 * torch.randn(64, 8)).to(dtype))
+    optimizer = optimizer_cls([weight], lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **kw)
+    for _ in range(steps):
+        loss = (x.to(dtype) @ weight - y.to(dtype)).float().pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return weight.detach().float()
+
+
+def test_kahan_summation_keeps_the_small_bf16_updates_plain_bf16_loses():
+    from optimi import AdamW
+
+    reference = _regression(torch.float32, torch.optim.AdamW)
+    plain = _regression(torch.bfloat16, torch.optim.AdamW)
+    kahan = _regression(torch.bfloat16, AdamW, kahan_sum=True)
+    start = _regression(torch.float32, torch.optim.AdamW, steps=0)
+    moved = (reference - start).abs().mean()
+    assert (plain - reference).abs().mean() > 0.3 * moved  # bf16 rounding eats a large part of the fp32 path
+    assert (kahan - reference).abs().mean() < 0.05 * moved  # compensated: on the fp32 path
+
+
+def test_kahan_adamw_on_fp32_weights_is_trainers_adamw(tmp_path):
+    """On fp32 weights (CPU) --kahan_summation is plain AdamW with Trainer's hyper-parameters: the same weights."""
+    from optimi import AdamW
+    from transformers import TrainingArguments
+
+    from mini_qwen.model import kahan_adamw
+
+    targs = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, learning_rate=1e-3, weight_decay=0.1,
+                              report_to="none")
+    assert kahan_adamw(SimpleNamespace(kahan_summation=False), targs) is None
+    cls, kwargs = kahan_adamw(SimpleNamespace(kahan_summation=True), targs)
+    assert cls is AdamW and kwargs["kahan_sum"] and kwargs["betas"] == (targs.adam_beta1, targs.adam_beta2)
+    torch.manual_seed(0)
+    start = torch.randn(500)
+    ours, torch_ = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opt_ours = cls([ours], **kwargs)
+    opt_torch = torch.optim.AdamW([torch_], lr=1e-3, betas=(targs.adam_beta1, targs.adam_beta2),
+                                  eps=targs.adam_epsilon, weight_decay=0.1)
+    for _ in range(20):
+        grad = torch.randn(500)
+        ours.grad, torch_.grad = grad.clone(), grad.clone()
+        opt_ours.step(), opt_torch.step()
+    assert (ours - torch_).abs().max().item() < 1e-6 and (ours - start).abs().mean().item() > 1e-3
+
+
+def test_kahan_summation_flag_is_checked_up_front(monkeypatch):
+    with pytest.raises(MiniQwenError, match="--kahan_summation true needs --pure_bf16 true"):
+        check_speed_flags(args(bf16=True), SimpleNamespace(pure_bf16=False, kahan_summation=True))
+    with pytest.raises(MiniQwenError, match="DeepSpeed keeps fp32 master weights itself"):
+        check_speed_flags(args(bf16=True, deepspeed="ds_zero2.json"),
+                          SimpleNamespace(pure_bf16=True, kahan_summation=True))
+    check_speed_flags(args(bf16=True), SimpleNamespace(pure_bf16=True, kahan_summation=True))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "optimi" else real_find_spec(name, *a))
+    with pytest.raises(MiniQwenError, match="torch-optimi is not installed"):
+        check_speed_flags(args(bf16=True), SimpleNamespace(pure_bf16=True, kahan_summation=True))
+
+
+def test_stage_trains_with_the_kahan_optimizer(tmp_path):
+    """The DPO stage (it returns its trainer) builds torch-optimi's AdamW from the flag and trains a step with it."""
+    from optimi import AdamW
+
+    from mini_qwen_dpo import main
+
+    trainer = main(["--model_name_or_path", str(tiny_checkpoint_dir(tmp_path)), "--data_dir",
+                    str(REPO_ROOT / "mini_data" / "dpo"), "--output_dir", str(tmp_path / "dpo"), "--use_cpu", "true",
+                    "--bf16", "true", "--pure_bf16", "true", "--kahan_summation", "true", "--max_length", "64",
+                    "--max_prompt_length", "32", "--per_device_train_batch_size", "1", "--max_steps", "1",
+                    "--max_pairs", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"])
+    assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), AdamW)
+    assert math.isfinite([e for e in trainer.state.log_history if "loss" in e][0]["loss"])
+
+
+def tiny_checkpoint_dir(tmp_path):
+    from mini_qwen.tokenizer import load_tokenizer
+
+    folder = tmp_path / "tiny"
+    tiny_model().save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def test_pt_refuses_liger_on_cpu_before_building_anything(tmp_path, capsys):
     import mini_qwen_pt
     from mini_qwen.errors import run_main
