@@ -196,6 +196,10 @@ def run_stage(stage: str, name: str, out: Path, argv: list[str]) -> int:
     return rc
 
 
+def _class_path(obj) -> str | None:
+    return None if obj is None else f"{type(obj).__module__}.{type(obj).__name__}"
+
+
 def summarize(trainer, captured: dict) -> dict:
     history = trainer.state.log_history
     steps = [e for e in history if "loss" in e and "tokens_per_second" in e]
@@ -206,6 +210,7 @@ def summarize(trainer, captured: dict) -> dict:
     res = {"deepspeed": bool(getattr(trainer, "is_deepspeed_enabled", False)),
            "weights_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
            "bf16_autocast": bool(args.bf16), "optim": str(args.optim), "torch_compile": bool(args.torch_compile),
+           "optimizer": _class_path(getattr(trainer.optimizer, "optimizer", trainer.optimizer)),  # the one that ran
            "use_liger_kernel": bool(args.use_liger_kernel), "padding_free": bool(getattr(args, "padding_free", False)),
            "collator": type(trainer.data_collator).__name__,  # SFT: PackedRowsCollator = packed rows (default)
            "losses": [e["loss"] for e in history if "loss" in e][:50],
