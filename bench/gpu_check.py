@@ -253,7 +253,7 @@ def run_bare(out: Path, preset: str, batch: int, seq: int, steps: int, modes: li
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     config = build_config(PresetArguments(model_preset=preset))
-    fpt = flops_per_token(config) + 6 * config.num_hidden_layers * config.hidden_size * seq  # as ThroughputCallback
+    fpt = flops_per_token(config, seq)  # as ThroughputCallback counts PT
     peak = peak_flops()
     out.mkdir(parents=True, exist_ok=True)
     rc = 0

@@ -9,13 +9,15 @@ from mini_qwen.hardware import peak_flops
 from mini_qwen.trainlog import metric_points
 
 
-def flops_per_token(config) -> float:
-    """Training FLOPs per token: 6 x non-embedding params + attention (Kaplan / PaLM appendix B)."""
+def flops_per_token(config, seq_len: int | None = None) -> float:
+    """Training FLOPs per token, as PaLM's appendix B and nanochat count them for MFU: 6 x the matmul parameters
+    (the output layer included, tied or not) + 12 x layers x hidden x seq_len for attention's score and value
+    matmuls, forward + backward, counted over the whole square as those reports do (so MFU figures compare)."""
     h, L = config.hidden_size, config.num_hidden_layers
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
     per_layer = 2 * h * h + 2 * h * kv + 3 * h * config.intermediate_size
     head = h * config.vocab_size  # the output layer is a matmul even when tied
-    return 6 * (L * per_layer + head)
+    return 6 * (L * per_layer + head) + (12 * L * h * seq_len if seq_len else 0)
 
 
 class ThroughputCallback(TrainerCallback):
@@ -26,9 +28,7 @@ class ThroughputCallback(TrainerCallback):
     """
 
     def __init__(self, model_config, tokens_per_step: int | None = None, seq_len: int | None = None):
-        self.fpt = flops_per_token(model_config)
-        if seq_len:  # causal attention score + value matmuls, forward + backward
-            self.fpt += 6 * model_config.num_hidden_layers * model_config.hidden_size * seq_len
+        self.fpt = flops_per_token(model_config, seq_len)  # seq_len: PT's fixed blocks (SFT / DPO vary: none)
         self.tokens_per_step = tokens_per_step
         self.peak = peak_flops()
         self.last_time = self.last_tokens = self.last_step = None
