@@ -22,8 +22,19 @@ from mini_qwen.errors import MiniQwenError
 from mini_qwen.trainlog import checkpoint_folders, checkpoint_step
 
 
+def _deepspeed_source(training_args):
+    """The run's DeepSpeed config as given: --deepspeed (path or dict), or accelerate launch's config file."""
+    return getattr(training_args, "deepspeed", None) or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+
+
+def uses_deepspeed(training_args) -> bool:
+    """Whether this run trains under DeepSpeed, known before any trainer exists (accelerate launch sets
+    ACCELERATE_USE_DEEPSPEED also for a config written inline in its yaml)."""
+    return bool(_deepspeed_source(training_args)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
 def _deepspeed_config(training_args) -> tuple[dict | None, str | None]:
-    source = training_args.deepspeed or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    source = _deepspeed_source(training_args)
     if isinstance(source, dict):
         return source, "the --deepspeed dict"
     if not source:

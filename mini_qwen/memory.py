@@ -20,13 +20,12 @@ Other memory levers, all flags of the stage scripts:
                              the default `nll`, which already computes the loss that way.
 """
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
+from mini_qwen.distributed import uses_deepspeed
 from mini_qwen.errors import MiniQwenError
 
 IGNORE_INDEX = -100
@@ -119,8 +118,7 @@ def check_speed_flags(training_args, model_args=None) -> None:
         if not getattr(model_args, "pure_bf16", False):
             raise MiniQwenError("--kahan_summation true needs --pure_bf16 true: fp32 master weights lose no small "
                                 "update, so there is nothing to compensate.")
-        deepspeed = getattr(training_args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true"
-        if deepspeed:
+        if uses_deepspeed(training_args):
             raise MiniQwenError("--kahan_summation: DeepSpeed keeps fp32 master weights itself and wraps its own "
                                 "optimizer; drop the flag (and --pure_bf16) under `run.sh ... multi`.")
         if importlib.util.find_spec("optimi") is None:
