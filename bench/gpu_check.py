@@ -96,7 +96,8 @@ class StepProfile:
         busy = sum(t for _, t, _ in events) / 1e3 / steps  # ms a step (microseconds in the profiler)
         kinds: dict = {}
         for name, t, _ in events:
-            kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + t / 1e3 / steps
+            kind = kernel_kind(name)
+            kinds[kind] = kinds.get(kind, 0.0) + t / 1e3 / steps
         top = sorted(events, key=lambda e: -e[1])[:10]
         return {"profiled_steps": self.steps, "wall_ms_per_step": round(self.wall * 1e3 / steps, 2),
                 "busy_ms_per_step": round(busy, 2), "clock": "device" if self.cuda else "cpu (aten ops)",
@@ -455,15 +456,15 @@ def write_accelerate_configs(work: Path) -> None:
     """accelerate_config.yaml with one process, pointing at ds_zero2.json or a variant of it (absolute paths)."""
     import yaml
 
+    ds_base = json.loads((ROOT / "ds_zero2.json").read_text())
+    accelerate = yaml.safe_load((ROOT / "accelerate_config.yaml").read_text())
+    accelerate.update({"num_processes": 1, "num_machines": 1, "machine_rank": 0, "main_process_port": 29517})
     for variant, zero in DEEPSPEED_VARIANTS.items():
-        ds = json.loads((ROOT / "ds_zero2.json").read_text())
-        ds["zero_optimization"].update(zero)
         ds_path = work / f"ds_{variant}.json"
-        ds_path.write_text(json.dumps(ds, indent=1))
-        config = yaml.safe_load((ROOT / "accelerate_config.yaml").read_text())
-        config.update({"num_processes": 1, "num_machines": 1, "machine_rank": 0, "main_process_port": 29517})
-        config.setdefault("deepspeed_config", {})["deepspeed_config_file"] = str(ds_path)
-        (work / f"accelerate_ds1_{variant}.yaml").write_text(yaml.safe_dump(config))
+        ds_path.write_text(json.dumps({**ds_base, "zero_optimization": {**ds_base["zero_optimization"], **zero}},
+                                      indent=1))
+        accelerate.setdefault("deepspeed_config", {})["deepspeed_config_file"] = str(ds_path)
+        (work / f"accelerate_ds1_{variant}.yaml").write_text(yaml.safe_dump(accelerate))
 
 
 def run_all(out: Path, budget: float, dry_run: bool, work: Path, force_plan: str | None = None) -> int:
@@ -572,6 +573,9 @@ def loss_gap(a: dict, b: dict, steps: int = 20) -> float | None:
     return max(abs(x - y) / abs(y) for x, y in pairs) if pairs else None
 
 
+TARGET_ROWS = ("pt", "pt_zero2", "sft", "dpo")  # the rows the issue's targets are about; the others are levers
+
+
 def comparisons(by_name: dict) -> list[str]:
     """The issue's targets, as measured in this run (a row that did not run says so)."""
     def tps(name):
@@ -591,20 +595,17 @@ def comparisons(by_name: dict) -> list[str]:
                  if gap is not None else "- pt_zero2 vs pt losses: not measured (target within 1%)")
     lines.append(ratio("sft", "pt", "≥ 0.8"))
     lines.append(ratio("dpo", "pt", "≥ 0.5"))
-    for lever in ("pt_pure_bf16", "pt_pure_bf16_kahan", "pt_liger", "pt_chunked_loss", "pt_compile", "pt_liger_b16", "pt_pure_bf16_liger",
-                  "pt_gradient_checkpointing", "pt_zero2_no_overlap", "pt_zero1", "pt_compile_graphs",
-                  "pt_chunked_loss_b16", "sft_padding_free", "sft_padded", "sft_bucketed", "dpo_grouped",
-                  "dpo_rebalance", "dpo_precompute_ref", "dpo_unbucketed"):
-        if lever in by_name:
-            base = lever.split("_")[0]
-            line = ratio(lever, base, "< 1 keeps packed rows" if base == "sft" else "> 1 to keep a lever")
-            if base != "pt":  # other conversations / pairs in each step: the losses are not comparable
-                if lever == "dpo_precompute_ref":  # tokens/s counts the steps; the reference pass over every pair
-                    line += f" (steps only; train() with the reference pass: {by_name[lever].get('train_seconds')} s)"
-                lines.append(line)
-                continue
+    levers = [name for name in by_name if name not in TARGET_ROWS and not name.startswith("bare")]
+    for lever in levers:  # every other row of the run: a lever, named <its base row>_<what changes>
+        base = lever.split("_")[0]
+        line = ratio(lever, base, "< 1 keeps packed rows" if base == "sft" else "> 1 to keep a lever")
+        if base == "pt":
             gap = loss_gap(by_name[lever], by_name.get(base, {}), 5)
-            lines.append(line + (f"; first-5 loss gap {gap:.2%}" if gap is not None else ""))
+            line += f"; first-5 loss gap {gap:.2%}" if gap is not None else ""
+        elif lever == "dpo_precompute_ref":  # tokens/s counts the steps; the reference pass over every pair is before
+            line += f" (steps only; train() with the reference pass: {by_name[lever].get('train_seconds')} s)"
+        # SFT / DPO levers put other conversations / pairs in each step: their losses are not comparable
+        lines.append(line)
     return lines
 
 
