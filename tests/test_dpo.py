@@ -208,6 +208,19 @@ def test_dpo_stage_keeps_lengths_for_a_length_sampler(tiny_checkpoint, tmp_path)
     assert math.isfinite([e for e in trainer.state.log_history if "loss" in e][0]["loss"])
 
 
+def test_dpo_trains_with_the_kahan_optimizer(tiny_checkpoint, tmp_path):
+    """--pure_bf16 --kahan_summation: the stage builds torch-optimi's AdamW (its issue-#12 lever) and trains with it."""
+    from optimi import AdamW
+
+    from mini_qwen_dpo import main
+
+    mini_dpo = Path(__file__).resolve().parents[1] / "mini_data" / "dpo"
+    trainer = main(run_args(tiny_checkpoint, mini_dpo, tmp_path / "dpo", "--use_cpu", "true", "--bf16", "true",
+                            "--pure_bf16", "true", "--kahan_summation", "true", "--max_steps", "1", "--max_pairs", "2"))
+    assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), AdamW)
+    assert math.isfinite([e for e in trainer.state.log_history if "loss" in e][0]["loss"])
+
+
 def test_truncation_keeps_question_end_and_headers(tokenizer, tmp_path, capsys):
     from mini_qwen.chat import ChatTokens, format_prompt
     from mini_qwen.checks import find_stage_files

@@ -153,30 +153,6 @@ def test_kahan_summation_flag_is_checked_up_front(monkeypatch):
         check_speed_flags(args(bf16=True), SimpleNamespace(pure_bf16=True, kahan_summation=True))
 
 
-def test_stage_trains_with_the_kahan_optimizer(tmp_path):
-    """The DPO stage (it returns its trainer) builds torch-optimi's AdamW from the flag and trains a step with it."""
-    from optimi import AdamW
-
-    from mini_qwen_dpo import main
-
-    trainer = main(["--model_name_or_path", str(tiny_checkpoint_dir(tmp_path)), "--data_dir",
-                    str(REPO_ROOT / "mini_data" / "dpo"), "--output_dir", str(tmp_path / "dpo"), "--use_cpu", "true",
-                    "--bf16", "true", "--pure_bf16", "true", "--kahan_summation", "true", "--max_length", "64",
-                    "--max_prompt_length", "32", "--per_device_train_batch_size", "1", "--max_steps", "1",
-                    "--max_pairs", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"])
-    assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), AdamW)
-    assert math.isfinite([e for e in trainer.state.log_history if "loss" in e][0]["loss"])
-
-
-def tiny_checkpoint_dir(tmp_path):
-    from mini_qwen.tokenizer import load_tokenizer
-
-    folder = tmp_path / "tiny"
-    tiny_model().save_pretrained(folder)
-    load_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def test_pt_refuses_liger_on_cpu_before_building_anything(tmp_path, capsys):
     import mini_qwen_pt
     from mini_qwen.errors import run_main
