@@ -90,10 +90,21 @@ RANGES: dict[str, Range] = {
 # Numeric fields deliberately left to the libraries (tests/test_flags.py fails on a numeric field in neither).
 UNCHECKED = {
     "local_rank": "set by the launcher",
-    "pad_to_multiple_of": "TRL's own value check ('auto' or an int)",
+    "pad_to_multiple_of": "a positive int or a word: INT_OR_WORDS below",
     "router_aux_loss_coef": "MoE models only",
     "f_alpha_divergence_coef": "any real value is a valid divergence parameter",
 }
+
+
+# Flags that take a positive int or one of a few words. TRL converts them itself, failing on a bad one with a bare
+# "invalid literal for int()" that names no flag.
+INT_OR_WORDS = {"pad_to_multiple_of": ("auto", "none", "null")}
+
+
+def _int_or_word_ok(value, words) -> bool:
+    if isinstance(value, str):
+        return value.lower() in words or (value.isdigit() and int(value) >= 1)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_ranges(values: dict, source=lambda name: "") -> None:
@@ -101,6 +112,10 @@ def check_ranges(values: dict, source=lambda name: "") -> None:
     out of range and what is allowed. Also used by scripts with a parser of their own (mini_qwen_eval.py)."""
     problems = []
     for name, value in values.items():
+        words = INT_OR_WORDS.get(name)
+        if words and value is not None and not _int_or_word_ok(value, words):
+            problems.append(f"--{name} {value}{source(name)} is not allowed: give a positive integer or one of "
+                            f"{', '.join(words)}")
         allowed = RANGES.get(name)
         if allowed is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue

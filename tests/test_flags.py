@@ -143,3 +143,15 @@ def test_a_choice_typo_is_refused_from_the_command_line_and_from_a_recipe(stage,
     recipe.write_text(f"{flag}: {bad}\n")
     with pytest.raises(MiniQwenError, match=expected + rf" \(from {recipe}\) \(choose from '"):
         parse_args(stage_types(stage), ["--config", str(recipe), "--output_dir", "unused"])
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_pad_to_multiple_of_takes_a_positive_int_or_a_word(stage):
+    """TRL converts it itself and fails with a bare int() error; the range check names the flag first."""
+    types = stage_types(stage)
+    for bad in ("abc", "0", "-64"):
+        with pytest.raises(MiniQwenError, match=f"--pad_to_multiple_of {bad} is not allowed: give a positive integer"):
+            parse_args(types, ["--output_dir", "/tmp/x", f"--pad_to_multiple_of={bad}"])
+    for good, parsed in (("64", 64), ("none", None)):
+        *_, args = parse_args(types, ["--output_dir", "/tmp/x", "--pad_to_multiple_of", good])
+        assert args.pad_to_multiple_of == parsed
