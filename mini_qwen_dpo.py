@@ -16,7 +16,7 @@ new epoch, i.e. the model memorised pairs it had seen), 1e-7 barely moved the lo
 
 Prompts are cut to `--max_prompt_length` tokens from the head of the question (the end of the
 question and the assistant header stay), then each answer's tail so prompt + answer fits
-`--max_length`; see mini_qwen/dpo_data.py.
+`--max_length`; see mini_qwen/data/dpo.py.
 """
 
 from dataclasses import dataclass, field, replace
@@ -25,16 +25,17 @@ from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
-from mini_qwen.checks import find_stage_files
+from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
-from mini_qwen.data import ON_BAD_ROWS
-from mini_qwen.distributed import check_launch, resume_checkpoint
-from mini_qwen.dpo_data import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, with_lengths
+from mini_qwen.data.checks import find_stage_files
+from mini_qwen.data.common import ON_BAD_ROWS
+from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, with_lengths
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.memory import check_speed_flags
-from mini_qwen.model import ModelArguments, describe, kahan_adamw, load_model, load_stage_tokenizer
+from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
+from mini_qwen.speed import kahan_adamw
 from mini_qwen.trainlog import first_and_last_loss, last_metric
 
 
@@ -119,7 +120,6 @@ def main(argv=None):
         raise MiniQwenError(f"--max_pairs must be at least 1 (got {data_args.max_pairs}).")
     set_seed(training_args.seed)
     check_launch(training_args)
-    check_speed_flags(training_args, model_args)  # --use_liger_kernel, --pure_bf16: refused here, not late
     # Found and checked once, before the models are loaded; the builder below trusts this list.
     files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
     record_run("dpo", (data_args, model_args, training_args), files, training_args)  # run_config.json

@@ -18,18 +18,19 @@ from dataclasses import dataclass, field
 from transformers import Trainer, TrainingArguments, set_seed
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
-from mini_qwen.checks import find_stage_files
+from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
-from mini_qwen.data import ON_BAD_ROWS
-from mini_qwen.distributed import check_launch, resume_checkpoint
+from mini_qwen.data.checks import find_stage_files
+from mini_qwen.data.common import ON_BAD_ROWS
+from mini_qwen.data.packing import PACKING, collate_blocks
+from mini_qwen.data.pt import build_dataset
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.memory import ChunkedLossTrainer, check_speed_flags
-from mini_qwen.model import (ModelArguments, PresetArguments, describe, kahan_adamw, load_model,
-                             load_stage_tokenizer, new_model)
-from mini_qwen.packing import PACKING, collate_blocks
-from mini_qwen.pt_data import build_dataset
+from mini_qwen.memory import ChunkedLossTrainer
+from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.run_config import record_run
+from mini_qwen.speed import kahan_adamw
 from mini_qwen.trainlog import first_and_last_loss
 
 
@@ -72,7 +73,6 @@ def main(argv=None):
         (PTDataArguments, PresetArguments, ModelArguments, PTTrainingArguments), argv)
     set_seed(training_args.seed)
     check_launch(training_args)
-    check_speed_flags(training_args, model_args)  # --use_liger_kernel, --pure_bf16: refused here, not late
     # Found and checked once, before the model is built; the builder below trusts this list.
     files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
     record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)  # run_config.json

@@ -17,7 +17,6 @@ explicit choice (`--host 0.0.0.0`), best with `--api_key`.
 """
 
 import os
-import sys
 from dataclasses import dataclass, field
 
 from mini_qwen.cli import parse_args
@@ -29,8 +28,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class ServeArguments:
     checkpoints: list[str] = field(default_factory=list, metadata={
-        "help": "Checkpoint folders, each `path` or `name=path` (also accepted as positional arguments before the "
-                "flags). The name is the API's model id. Default: whichever of results/sft, results/dpo exist."})
+        "help": "Checkpoint folders, each `path` or `name=path` (also accepted as positional arguments). The name "
+                "is the API's model id. Default: whichever of results/sft, results/dpo exist.", "action": "extend"})
     host: str = field(default="127.0.0.1", metadata={"help": "Address to bind; anything but loopback is reachable "
                                                              "from other machines."})
     port: int = field(default=8000, metadata={"help": "TCP port."})
@@ -52,17 +51,8 @@ class ServeArguments:
     top_p: float = field(default=0.9, metadata={"help": "Default nucleus sampling threshold."})
 
 
-def split_positionals(argv: list[str]) -> list[str]:
-    """`serve.py a b --port 1` -> `--port 1 --checkpoints a b`: leading positionals are checkpoints."""
-    i = 0
-    while i < len(argv) and not argv[i].startswith("-"):
-        i += 1
-    return argv[i:] + (["--checkpoints", *argv[:i]] if i else [])
-
-
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    (args,) = parse_args((ServeArguments,), split_positionals(argv))
+    (args,) = parse_args((ServeArguments,), argv, positional="checkpoints")
     from pathlib import Path
 
     specs = args.checkpoints or [p for p in ("results/sft", "results/dpo") if Path(p).exists()]

@@ -19,17 +19,19 @@ from transformers import Trainer, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
-from mini_qwen.checks import find_stage_files
+from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
-from mini_qwen.data import ON_BAD_ROWS
-from mini_qwen.distributed import check_launch, resume_checkpoint
+from mini_qwen.data.checks import find_stage_files
+from mini_qwen.data.common import ON_BAD_ROWS
+from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
+from mini_qwen.data.sft import build_dataset
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.memory import ChunkedCausalLMLoss, check_speed_flags, hidden_states_only_kwargs
-from mini_qwen.model import ModelArguments, describe, kahan_adamw, load_model, load_stage_tokenizer
-from mini_qwen.packing import PackedRowsCollator, pack_conversations
+from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
+from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
-from mini_qwen.sft_data import build_dataset
+from mini_qwen.speed import kahan_adamw
 from mini_qwen.trainlog import first_and_last_loss
 
 
@@ -107,7 +109,6 @@ def main(argv=None):
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     set_seed(training_args.seed)
     check_launch(training_args)
-    check_speed_flags(training_args, model_args)  # --use_liger_kernel, --pure_bf16: refused here, not late
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
     files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
     record_run("sft", (data_args, model_args, training_args), files, training_args)  # run_config.json

@@ -28,10 +28,11 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_pt_utils import BatchRebalanceSampler, LengthGroupedSampler
 
-from mini_qwen import dpo_data, sft_data
-from mini_qwen.checks import find_stage_files
+from mini_qwen.data import dpo as dpo_data
+from mini_qwen.data import sft as sft_data
+from mini_qwen.data.checks import find_stage_files
+from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
 from mini_qwen.model import PresetArguments, build_config
-from mini_qwen.packing import PackedRowsCollator, pack_conversations
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "reference" / "mini_data_baai"

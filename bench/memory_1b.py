@@ -40,11 +40,11 @@ def child(argv: list[str]) -> None:
     from transformers import Trainer, TrainerCallback, set_seed
 
     from mini_qwen.cli import parse_args
-    from mini_qwen.data import find_parquet_files
+    from mini_qwen.data.common import find_parquet_files
+    from mini_qwen.data.packing import PackedBlocks, collate_blocks
+    from mini_qwen.data.pt import prepare_token_cache
     from mini_qwen.memory import ChunkedLossTrainer
-    from mini_qwen.model import ModelArguments, PresetArguments, count_parameters, new_model, load_stage_tokenizer
-    from mini_qwen.packing import PackedBlocks, collate_blocks
-    from mini_qwen.pt_data import prepare_token_cache
+    from mini_qwen.model import ModelArguments, PresetArguments, count_parameters, load_stage_tokenizer, new_model
     from mini_qwen_pt import PTDataArguments, PTTrainingArguments
 
     data_args, preset_args, model_args, training_args = parse_args(

@@ -10,7 +10,7 @@ What is timed, on the same texts, in one process, rounds interleaved (best of ea
   seed  the original project's shape: `load_dataset("parquet")` then `Dataset.map(batched=True,
         batch_size=5000, remove_columns=...)` returning Python lists of input_ids and attention_mask,
         concatenated with `itertools.chain` and cut into 1024-token blocks (Arrow cache on disk).
-  ours  `mini_qwen.pt_data.prepare_token_cache`: parquet -> tokens.u24 + doc_lens.npy on disk.
+  ours  `mini_qwen.data.pt.prepare_token_cache`: parquet -> tokens.u24 + doc_lens.npy on disk.
 Then bytes per token on disk of both caches, and the peak RSS of `prepare_token_cache` at 1x and
 Nx the input, each in a fresh subprocess (VmHWM, reset after the imports and the tokenizer load, which
 peak higher than preparation itself): streaming means the two stay close.
@@ -45,7 +45,7 @@ def peak_rss_mb() -> float:
 
 
 def source_files(data_dir: str | None):
-    from mini_qwen.data import find_parquet_files
+    from mini_qwen.data.common import find_parquet_files
 
     if data_dir:
         return find_parquet_files(data_dir)
@@ -105,7 +105,7 @@ def run_seed(tokenizer, files: list[Path], cache_dir: Path) -> dict:
 
 
 def run_ours(tokenizer, files: list[Path], cache_root: Path, **kwargs) -> dict:
-    from mini_qwen.pt_data import prepare_token_cache
+    from mini_qwen.data.pt import prepare_token_cache
 
     t0, c0 = time.perf_counter(), time.process_time()
     cache = prepare_token_cache(files, tokenizer, str(cache_root), log=lambda *a: None, **kwargs)
@@ -118,8 +118,8 @@ def run_ours(tokenizer, files: list[Path], cache_root: Path, **kwargs) -> dict:
 # ---------------------------------------------------------------- streaming: peak RSS in a child
 
 def rss_child(files_dir: str, cache_root: str, max_chars: str) -> None:
-    from mini_qwen.data import find_parquet_files
-    from mini_qwen.pt_data import prepare_token_cache
+    from mini_qwen.data.common import find_parquet_files
+    from mini_qwen.data.pt import prepare_token_cache
     from mini_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
@@ -167,7 +167,7 @@ def main():
 
     import datasets
 
-    from mini_qwen.pt_data import iter_text_batches
+    from mini_qwen.data.pt import iter_text_batches
     from mini_qwen.tokenizer import load_tokenizer
 
     datasets.disable_progress_bars()
@@ -273,7 +273,7 @@ def main():
             return
         print("\n== streaming: peak RSS of prepare_token_cache, fresh subprocess each ==")
         write_copies(base, work / "in_nx", copies * args.rss_factor)
-        from mini_qwen.pt_data import prepare_token_cache
+        from mini_qwen.data.pt import prepare_token_cache
 
         default_chars = inspect.signature(prepare_token_cache).parameters["max_chars"].default
         variants = [("", default_chars)] + ([("unchunked ", 10**15)] if args.rss_unchunked else [])

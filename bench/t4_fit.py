@@ -1,6 +1,6 @@
 """Do the GPU demos fit a 16 GB T4? The demo PT, SFT and DPO stages on this GPU, capped at 15 GiB with
 `torch.cuda.set_per_process_memory_fraction`, in fp16 with bf16 off, at the model size a 16 GB fp16 GPU
-gets (`mini_qwen.hardware.demo_layers`: 23 of the 1b preset's 48 layers, ~0.56B parameters); peak memory
+gets (`mini_qwen.demo.demo_layers`: 23 of the 1b preset's 48 layers, ~0.56B parameters); peak memory
 per stage. A stage that needs more than the cap fails with CUDA out-of-memory, so "ok" means it fits.
 
 Run as (repository root, on a CUDA machine):
@@ -27,7 +27,7 @@ STEPS = {"pt": 10, "sft": 10, "dpo": 8}  # past the first optimizer step, where 
 
 
 def t4_layers() -> int:
-    from mini_qwen.hardware import demo_layers
+    from mini_qwen.demo import demo_layers
     from mini_qwen.model import PresetArguments, build_config
 
     return demo_layers(int(CAP_GIB * 2**30), bf16=False, config=build_config(PresetArguments(model_preset="1b")))
@@ -48,7 +48,6 @@ def stage_argv(stage: str, work: Path, layers: int) -> list[str]:
 
 def run_one(stage: str, out: Path, argv: list[str]) -> int:
     import torch
-
     from gpu_check import run_stage
 
     if torch.cuda.is_available():

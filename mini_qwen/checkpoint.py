@@ -1,14 +1,22 @@
-"""The one "is this a complete model / checkpoint folder?" check, with one message for each problem.
+"""Checkpoints: is a folder a complete model, which checkpoint-N folders a run has, which one to resume.
 
-Used by model loading for training (mini_qwen/model.py), inference and eval (mini_qwen/generate.py,
-`load_for_inference`), and resume (mini_qwen/distributed.py, which adds the training-state files).
-It looks at files only (sizes, headers), so a wrong path fails in milliseconds, before torch or
-transformers load anything.
+- `check_checkpoint` / `weights_problem`: the one "is this a complete model folder?" check, used by
+  model loading for training (model.py), inference, eval and serve (generate.py) and resume. It
+  looks at files only (sizes, headers), so a wrong path fails in milliseconds, before torch or
+  transformers load anything.
+- `checkpoint_folders` / `checkpoint_step`: the checkpoint-N folders Trainer writes (N = global step).
+- `checkpoint_problem` / `complete_checkpoints` / `resume_checkpoint` / `check_resume_path`: resume.
+  `--resume_from_checkpoint auto` takes the newest *complete* checkpoint, so a folder that was being
+  written when the process died is never resumed from; an explicit path is checked at launch
+  (launch.check_launch), before any model or data is loaded. Trainer restores the weights,
+  optimizer, scheduler, RNG states and the data position (it skips the batches already seen), so a
+  resumed run ends with the same loss as an uninterrupted one (tests/test_checkpoint.py).
 """
 
 import json
 import re
 import struct
+import zipfile
 from pathlib import Path
 
 from mini_qwen.errors import MiniQwenError
@@ -82,48 +90,114 @@ def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None,
     return folder
 
 
-# --------------------------------------------------------------------------- naming checkpoints on a command line
-# mini_qwen_eval.py and mini_qwen_serve.py take checkpoints as `path` or `label=path` and pick each one's
-# prompt format by name; both use these, so a checkpoint is labelled and templated the same way everywhere.
+# --------------------------------------------------------------------------- checkpoint-N folders of a run
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def is_pt_name(*names: str) -> bool:
-    """pt, pt1, mini_qwen_pt, pt-small... but not sft, dpo, adapter or script."""
-    return any(re.search(r"(?:^|[^a-z])pt\d*(?:$|[^a-z])", name.lower()) for name in names if name)
+def checkpoint_step(folder) -> int | None:
+    """N of a folder named checkpoint-N (Trainer's name: N is the global step), else None."""
+    m = _CHECKPOINT.match(Path(folder).name)
+    return int(m.group(1)) if m else None
 
 
-def _run_of(folder: Path) -> str:
-    """The run folder's name for a checkpoint-N folder inside it (results/pt/checkpoint-100 -> "pt"), else ""."""
-    return folder.resolve().parent.name if folder.name.startswith("checkpoint-") else ""
+def checkpoint_folders(root) -> list[Path]:
+    """The checkpoint-N folders directly under `root`, newest (largest N = global_step) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(n, p) for p in root.iterdir() if p.is_dir() and (n := checkpoint_step(p)) is not None]
+    return [p for _, p in sorted(found, reverse=True)]
 
 
-def parse_checkpoint_specs(specs: list[str]) -> list[tuple[str, str]]:
-    """`path` or `label=path` -> [(label, path)], labels unique. An unlabelled `.../run/checkpoint-N` is
-    labelled `run/checkpoint-N`, any other folder by its name."""
-    out = []
-    for spec in specs:
-        label, path = None, spec
-        if "=" in spec and not Path(spec).exists():
-            label, path = spec.split("=", 1)
-            if not label.strip() or not path.strip():
-                raise MiniQwenError(f"bad checkpoint '{spec}': write label=path, e.g. sft=results/sft.")
-        if label is None:
-            folder = Path(path)
-            run = _run_of(folder)
-            label = f"{run}/{folder.name}" if run else folder.name or str(folder)
-        out.append((label.strip(), path.strip()))
-    labels = [label for label, _ in out]
-    duplicates = sorted({x for x in labels if labels.count(x) > 1})
-    if duplicates:
-        raise MiniQwenError(f"checkpoint label(s) {', '.join(duplicates)} used twice: name them, "
-                            f"e.g. --checkpoints a=runs/a/sft b=runs/b/sft.")
-    return out
+# --------------------------------------------------------------------------- resume
 
 
-def chat_or_pt(label: str, path: str, template: str = "auto") -> str:
-    """The prompt format for a checkpoint: `template` when set, else "pt" (raw text) when its label or
-    folder says pt (pt, mini_qwen_pt, results/pt/checkpoint-100), else "chat"."""
-    if template != "auto":
-        return template
-    folder = Path(path)
-    return "pt" if is_pt_name(label, folder.name, _run_of(folder)) else "chat"
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be resumed from, or None when it is complete.
+
+    Trainer writes a checkpoint in this order: weights, optimizer.pt, scheduler.pt, rng_state.pth,
+    trainer_state.json. A readable trainer_state.json therefore means the save finished; the other
+    checks catch files damaged afterwards (a copy cut short, a full disk)."""
+    state = folder / "trainer_state.json"
+    try:
+        json.loads(state.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "trainer_state.json missing or unreadable (written last, so the save did not finish)"
+    problem = weights_problem(folder, deepspeed_ok=True)  # the same check as loading a model
+    if problem:
+        return problem
+    # torch.save files are zip archives: a cut-off one has no end-of-archive record.
+    bad = [f.name for name in _TORCH_STATE for f in folder.glob(name) if not zipfile.is_zipfile(f)]
+    if bad:
+        return f"truncated files {bad} (the save did not finish, or the copy was cut short)"
+    return None
+
+
+_TORCH_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
+
+
+def has_optimizer_state(folder: Path) -> bool:
+    """False for checkpoints saved with --save_only_model (weights and trainer_state.json only)."""
+    return ((folder / "optimizer.pt").is_file() or (folder / "optimizer.bin").is_file()
+            or any(p.is_dir() for p in folder.glob("global_step*")))  # DeepSpeed keeps it there
+
+
+def complete_checkpoints(output_dir: str) -> list[Path]:
+    """Complete checkpoints in `output_dir`, newest first."""
+    good = []
+    for folder in checkpoint_folders(output_dir):
+        problem = checkpoint_problem(folder)
+        if problem:
+            print(f"resume: skipping {folder}: {problem}")
+        else:
+            good.append(folder)
+    return good
+
+
+def resume_checkpoint(training_args) -> str | None:
+    """`--resume_from_checkpoint auto` -> newest complete checkpoint; a path -> that path, checked."""
+    wanted = training_args.resume_from_checkpoint
+    if not wanted:
+        existing = complete_checkpoints(training_args.output_dir)
+        if existing and training_args.process_index == 0:
+            print(f"note: {training_args.output_dir} already has {existing[0].name}; this run starts from scratch. "
+                  f"Pass --resume_from_checkpoint auto to continue it instead.")
+        return None
+    if wanted in AUTO:
+        found = complete_checkpoints(training_args.output_dir)
+        if not found:
+            print(f"resume: no complete checkpoint in {training_args.output_dir}; starting from scratch")
+            return None
+        print(f"resume: continuing from {found[0]}")
+        _note_model_only(found[0])
+        return str(found[0])
+    check_resume_path(wanted, training_args.output_dir)
+    _note_model_only(Path(wanted))
+    return wanted
+
+
+AUTO = ("auto", "true", "True", "latest")
+
+
+def check_resume_path(wanted: str, output_dir: str) -> None:
+    """An explicit --resume_from_checkpoint must be a complete checkpoint-N folder."""
+    folder = Path(wanted)
+    if not folder.is_dir():
+        problem = "folder does not exist"
+    elif checkpoint_step(folder) is None and not has_optimizer_state(folder):
+        problem = ("it is not a checkpoint-N folder written during training (a stage's final output has the weights "
+                   "but no optimizer or scheduler state); to start a new run from its weights use "
+                   "--model_name_or_path instead")
+    else:
+        problem = checkpoint_problem(folder)
+    if problem:
+        raise MiniQwenError(f"cannot resume from '{wanted}': {problem}. Use --resume_from_checkpoint auto to pick "
+                            f"the newest complete checkpoint in {output_dir}.")
+
+
+def _note_model_only(folder: Path) -> None:
+    if not has_optimizer_state(folder):
+        print(f"resume: note: {folder} holds no optimizer state (saved with --save_only_model): the weights, step "
+              f"count and data position resume, but the AdamW moments restart from zero and the learning-rate "
+              f"schedule restarts from its first step (warmup again).")

@@ -1,11 +1,15 @@
-"""Argument parsing shared by the stage scripts.
+"""The one argument parser of every script: the stages, mini_qwen_eval.py and mini_qwen_serve.py.
 
 Typed dataclasses parsed by TRL's `TrlParser` (an `HfArgumentParser` that also reads
 `--config recipe.yaml`): recipe values replace the defaults, command-line flags win
-over both. Precision defaults (bf16 / fp16 / use_cpu) come from the hardware.
+over both. Every flag is checked here, before anything loads: choices, the numeric ranges
+of mini_qwen/ranges.py, precision against the hardware (defaults from it too), the long-run
+flags and the speed levers (mini_qwen/speed.py). Eval and serve also take bare words
+(checkpoint folders) anywhere among their flags.
 """
 
 import difflib
+import re
 import sys
 
 from trl import TrlParser
@@ -14,12 +18,14 @@ from mini_qwen.errors import MiniQwenError
 from mini_qwen.hardware import check_precision, check_requested_precision, precision_defaults
 from mini_qwen.long_run import LongRunArguments, check_long_run_args
 from mini_qwen.ranges import check_ranges
+from mini_qwen.speed import check_speed_flags
 
 PRECISION_FLAGS = ("bf16", "fp16", "use_cpu")
 
 
 def _raise(message: str):
     """argparse's `error` (bad value, unknown choice): one MiniQwenError instead of a 100-line usage + exit."""
+    message = re.sub(r"(--\w+)/--[\w-]+", r"\1", message)  # `--max_new_tokens/--max-new-tokens`: name it once
     raise MiniQwenError(f"invalid arguments: {message}.")
 
 
@@ -97,10 +103,68 @@ def check_flag_values(parser, cli: list[str], recipe: dict, recipe_path: str | N
     check_ranges(vars(namespace), source)
 
 
-def parse_args(dataclass_types, argv=None):
+def _takes_value(parser, flag: str) -> str | int:
+    """How many words follow `flag` as its value: 0, 1, "?" (one if it is not a flag) or "+" (to the next flag)."""
+    if flag == "--config":
+        return 1
+    action = parser._option_string_actions.get(flag)
+    if action is None:
+        return 0  # an unknown flag: parsing reports it by name
+    if action.nargs is None:
+        return 1
+    if action.nargs in ("?", "+", "*"):
+        return action.nargs
+    return action.nargs if isinstance(action.nargs, int) else 0
+
+
+def _is_flag(word: str) -> bool:
+    if not word.startswith("-") or word == "-":
+        return False
+    try:
+        float(word)  # -1, -0.5: a value, not a flag
+        return False
+    except ValueError:
+        return True
+
+
+def split_positionals(parser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """(bare words, the flags with their values) of a command line, as argparse would read it: a flag's
+    values are not bare words (`--prompts a b` takes both; put checkpoints before it)."""
+    words, flags, i = [], [], 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            words += argv[i:]
+            break
+        if not _is_flag(word):
+            words.append(word)
+            continue
+        flags.append(word)
+        name, equals, _ = word.partition("=")
+        takes = 0 if equals else _takes_value(parser, name)
+        if takes == "?":
+            takes = 1 if i < len(argv) and not _is_flag(argv[i]) else 0
+        if takes in ("+", "*"):
+            while i < len(argv) and not _is_flag(argv[i]):
+                flags.append(argv[i])
+                i += 1
+        else:
+            flags += argv[i:i + takes]
+            i += takes
+    return words, flags
+
+
+def parse_args(dataclass_types, argv=None, positional: str | None = None):
+    """The dataclasses filled from `--config`, the command line and the defaults, every flag checked.
+    `positional`: the list field that also takes the bare words of the command line, in order before
+    its own flag's values (eval's and serve's checkpoints); without it a bare word is refused."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(dataclass_types, allow_abbrev=False)  # `--learning_rat` must not pass for a real flag
     parser.error = _raise
+    words = []
+    if positional:
+        words, argv = split_positionals(parser, argv)
     known = {action.dest for action in parser._actions}
     recipe, cli = {}, list(argv)
     if "--config" in cli:
@@ -122,24 +186,29 @@ def parse_args(dataclass_types, argv=None):
                                         for a in (flags or unknown))
                             + ". See `--help` for the flags of this stage.")
 
-    # Hardware picks bf16/fp16 defaults; asking for one precision must switch off the other default
-    # (else `--fp16` on an A100 meets the default bf16 and fails as "both set").
-    defaults = precision_defaults()
-    asked = _explicit(cli, recipe, PRECISION_FLAGS)
-    for name, other in (("bf16", "fp16"), ("fp16", "bf16")):
-        if asked.get(name) and other not in asked:
-            defaults[other] = False
-    check_requested_precision({**defaults, **asked})  # before transformers' own, less helpful, check
-    parser.set_defaults_with_config(**defaults)
+    if "bf16" in known:  # a training script
+        # Hardware picks bf16/fp16 defaults; asking for one precision must switch off the other default
+        # (else `--fp16` on an A100 meets the default bf16 and fails as "both set").
+        defaults = precision_defaults()
+        asked = _explicit(cli, recipe, PRECISION_FLAGS)
+        for name, other in (("bf16", "fp16"), ("fp16", "bf16")):
+            if asked.get(name) and other not in asked:
+                defaults[other] = False
+        check_requested_precision({**defaults, **asked})  # before transformers' own, less helpful, check
+        parser.set_defaults_with_config(**defaults)
     check_flag_values(parser, cli, recipe, argv[argv.index("--config") + 1] if recipe else None)
     try:
         parsed = parser.parse_args_and_config(argv)
     except (ValueError, TypeError) as err:
         # TrainingArguments.__post_init__ raises these for values that cannot work together.
         raise MiniQwenError(f"invalid arguments: {err}") from None
+    training = next((obj for obj in parsed if hasattr(obj, "bf16") and hasattr(obj, "fp16")), None)
+    if training is not None:
+        check_precision(training)
+        check_speed_flags(training, next((obj for obj in parsed if hasattr(obj, "pure_bf16")), None))
     for obj in parsed:
-        if hasattr(obj, "bf16") and hasattr(obj, "fp16"):
-            check_precision(obj)
         if isinstance(obj, LongRunArguments):
             check_long_run_args(obj)
+        if positional and hasattr(obj, positional):
+            setattr(obj, positional, words + list(getattr(obj, positional) or []))
     return parsed

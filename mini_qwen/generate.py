@@ -12,6 +12,8 @@
 """
 
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -223,3 +225,65 @@ def perplexity(model, tokenizer, texts, max_length: int = 512, batch_size: int =
     """exp(token-weighted mean NLL) of held-out texts; nan when they hold no predictable token."""
     total, count = heldout_nll(model, tokenizer, texts, max_length, batch_size)
     return math.exp(total / count) if count else float("nan")
+
+
+# --------------------------------------------------------------------------- naming checkpoints on a command line
+# mini_qwen_eval.py and mini_qwen_serve.py take checkpoints as `path` or `label=path` and pick each one's
+# prompt format by name; both use these, so a checkpoint is labelled and templated the same way everywhere.
+
+
+def is_pt_name(*names: str) -> bool:
+    """pt, pt1, mini_qwen_pt, pt-small... but not sft, dpo, adapter or script."""
+    return any(re.search(r"(?:^|[^a-z])pt\d*(?:$|[^a-z])", name.lower()) for name in names if name)
+
+
+def _run_of(folder: Path) -> str:
+    """The run folder's name for a checkpoint-N folder inside it (results/pt/checkpoint-100 -> "pt"), else ""."""
+    return folder.resolve().parent.name if folder.name.startswith("checkpoint-") else ""
+
+
+def parse_checkpoint_specs(specs: list[str]) -> list[tuple[str, str]]:
+    """`path` or `label=path` -> [(label, path)], labels unique. An unlabelled `.../run/checkpoint-N` is
+    labelled `run/checkpoint-N`, any other folder by its name."""
+    out = []
+    for spec in specs:
+        label, path = None, spec
+        if "=" in spec and not Path(spec).exists():
+            label, path = spec.split("=", 1)
+            if not label.strip() or not path.strip():
+                raise MiniQwenError(f"bad checkpoint '{spec}': write label=path, e.g. sft=results/sft.")
+        if label is None:
+            folder = Path(path)
+            run = _run_of(folder)
+            label = f"{run}/{folder.name}" if run else folder.name or str(folder)
+        out.append((label.strip(), path.strip()))
+    labels = [label for label, _ in out]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise MiniQwenError(f"checkpoint label(s) {', '.join(duplicates)} used twice: name them, "
+                            f"e.g. --checkpoints a=runs/a/sft b=runs/b/sft.")
+    return out
+
+
+def chat_or_pt(label: str, path: str, template: str = "auto") -> str:
+    """The prompt format for a checkpoint: `template` when set, else "pt" (raw text) when its label or
+    folder says pt (pt, mini_qwen_pt, results/pt/checkpoint-100), else "chat"."""
+    if template != "auto":
+        return template
+    folder = Path(path)
+    return "pt" if is_pt_name(label, folder.name, _run_of(folder)) else "chat"
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint named on a command line: its label (the report's column, the API's model id), its folder
+    and its prompt format ("pt" or "chat")."""
+
+    label: str
+    path: str
+    template: str
+
+
+def named_checkpoints(specs: list[str], template: str = "auto") -> list[Checkpoint]:
+    """`path` / `label=path` specs as Checkpoints, each with its prompt format (`chat_or_pt`)."""
+    return [Checkpoint(label, path, chat_or_pt(label, path, template)) for label, path in parse_checkpoint_specs(specs)]

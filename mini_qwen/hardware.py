@@ -5,8 +5,6 @@
   small model). Decided from the compute capability, not `torch.cuda.is_bf16_supported()`: that
   defaults to `including_emulation=True` and answers True on a T4, where bf16 runs emulated and slow.
 - flash_attention_2 when the package is installed and the GPU supports it, else SDPA.
-- The demo's model size from the GPU's memory (`demo_layers`): the 1b preset where its training state
-  fits, fewer layers of it on a 16 GB card with fp16.
 """
 
 import importlib.util
@@ -100,38 +98,3 @@ def peak_flops() -> float | None:
         if key in name:
             return flops
     return None
-
-
-# Training-state bytes per parameter on the plain (non-DeepSpeed) path, as mini_qwen.model.model_dtype loads it
-# (the demo never passes --pure_bf16): fp32 master weights + fp32 grads + two fp32 AdamW moments, under bf16
-# or fp16 autocast alike. DPO adds a frozen reference model: bf16 where the GPU has bf16, else fp32.
-STATE_BYTES = {"bf16": 4 + 4 + 8, "fp16": 4 + 4 + 8}
-REFERENCE_BYTES = {"bf16": 2, "fp16": 4}
-STATE_SHARE = 0.7  # of the GPU's memory; the rest is the CUDA context, activations and the 152K-vocab logits
-
-
-def demo_layers(total_memory: int, bf16: bool, config) -> int:
-    """How many of `config`'s decoder layers the GPU demo trains so that all three stages fit `total_memory`.
-
-    The demo's activations are small (128-token rows), so the training state decides: DPO, the largest
-    (state + a frozen reference), must fit in STATE_SHARE of the memory. The 1b preset (0.99B params) needs
-    20 bytes a parameter under fp16 AMP, ~20 GB: too much for a 16 GB T4 or V100, so there it keeps
-    fewer layers (23 of 48, ~0.56B). With bf16 (16 + 2 bytes for the bf16 reference) a 24 GB card keeps
-    most layers and a 32 GB or larger one all of them.
-    """
-    kind = "bf16" if bf16 else "fp16"
-    h, inter = config.hidden_size, config.intermediate_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter + h + 2 * kv + 2 * h  # projections, biases, two norms
-    fixed = config.vocab_size * h * (1 if config.tie_word_embeddings else 2) + h
-    budget = STATE_SHARE * total_memory / (STATE_BYTES[kind] + REFERENCE_BYTES[kind])
-    return max(1, min(config.num_hidden_layers, int((budget - fixed) // per_layer)))
-
-
-def demo_model_flags(config) -> list[str]:
-    """Extra PT flags for the GPU demo: `--num_hidden_layers N` when the whole preset would not fit this GPU."""
-    if not torch.cuda.is_available():
-        return []
-    total = torch.cuda.get_device_properties(0).total_memory
-    layers = demo_layers(total, native_bf16(), config)
-    return [] if layers >= config.num_hidden_layers else ["--num_hidden_layers", str(layers)]

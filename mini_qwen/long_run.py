@@ -258,7 +258,7 @@ class LongRunMixin:
             print(f"long run: bad step {step} ({guard.last_reason}) at {position}: {how}; "
                   f"{guard.consecutive} in a row, {guard.total} in all", flush=True)
         if guard.consecutive >= guard.max_consecutive:
-            from mini_qwen.distributed import complete_checkpoints
+            from mini_qwen.checkpoint import complete_checkpoints
 
             found = complete_checkpoints(a.output_dir)
             last_good = str(found[0]) if found else "none yet (the run starts from scratch)"

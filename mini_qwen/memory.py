@@ -13,7 +13,7 @@ The price is one extra lm_head matmul per step (the recompute), ~5% of the 1b mo
 Other memory levers, all flags of the stage scripts:
   --gradient_checkpointing   recompute each decoder layer in backward (activations, not logits)
   --use_liger_kernel         Liger's fused linear + cross-entropy Triton kernel (GPU only, `pip install -e .[gpu]`;
-                             check_speed_flags refuses it on CPU or when not installed)
+                             mini_qwen/speed.py refuses it on CPU or when not installed)
   SFT / DPO                  TRL 1.16 already scores tokens through a fused, chunked LM head
                              (`trl.trainer.utils.add_fused_lm_head`, 4096-token x 32768-vocab tiles
                              recomputed in backward); `--loss_type chunked_nll` is a deprecated alias of
@@ -24,9 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
-
-from mini_qwen.distributed import uses_deepspeed
-from mini_qwen.errors import MiniQwenError
 
 IGNORE_INDEX = -100
 DEFAULT_CHUNK_SIZE = 1024  # tokens; 1024 x 151,936 fp32 logits = 0.6 GB per chunk
@@ -93,37 +90,6 @@ def hidden_states_only_kwargs(device) -> dict:
     `last_hidden_state`); an empty `logits_to_keep` makes the model project no position at all.
     """
     return {"output_hidden_states": -1, "logits_to_keep": torch.zeros(0, dtype=torch.long, device=device)}
-
-
-def check_speed_flags(training_args, model_args=None) -> None:
-    """Refuse, before any model is built, the speed levers that cannot run on this machine.
-
-    Trainer would otherwise fail late (after tokenizing) with an ImportError traceback.
-    """
-    import importlib.util
-
-    cuda = torch.cuda.is_available() and not getattr(training_args, "use_cpu", False)
-    if getattr(training_args, "use_liger_kernel", False):
-        if not cuda:
-            raise MiniQwenError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton-only): "
-                                "drop the flag on CPU.")
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise MiniQwenError("--use_liger_kernel: liger-kernel is not installed: `pip install -e .[gpu]` "
-                                "(the optional `gpu` extra in pyproject.toml), or drop the flag.")
-        if getattr(training_args, "chunked_loss", False):
-            raise MiniQwenError("--use_liger_kernel and --chunked_loss both replace the loss: pick one.")
-    if model_args is not None and getattr(model_args, "pure_bf16", False) and not training_args.bf16:
-        raise MiniQwenError("--pure_bf16 true needs --bf16 true (it keeps the bf16 weights of a bf16 run).")
-    if model_args is not None and getattr(model_args, "kahan_summation", False):
-        if not getattr(model_args, "pure_bf16", False):
-            raise MiniQwenError("--kahan_summation true needs --pure_bf16 true: fp32 master weights lose no small "
-                                "update, so there is nothing to compensate.")
-        if uses_deepspeed(training_args):
-            raise MiniQwenError("--kahan_summation: DeepSpeed keeps fp32 master weights itself and wraps its own "
-                                "optimizer; drop the flag (and --pure_bf16) under `run.sh ... multi`.")
-        if importlib.util.find_spec("optimi") is None:
-            raise MiniQwenError("--kahan_summation: torch-optimi is not installed: `pip install "
-                                "torch-optimi==0.3.3` (requirements.txt pins it), or drop the flag.")
 
 
 class ChunkedLossTrainer(Trainer):

@@ -146,21 +146,6 @@ def model_dtype(training_args, pure_bf16: bool = False) -> torch.dtype:
     return torch.float32  # bf16 / fp16 autocast over fp32 master weights
 
 
-def kahan_adamw(model_args, training_args) -> tuple | None:
-    """--kahan_summation: (optimizer class, kwargs) for Trainer's `optimizer_cls_and_kwargs`, else None.
-
-    torch-optimi's AdamW with Trainer's own betas / eps / weight decay (its defaults differ); Trainer still
-    builds the decay / no-decay parameter groups. Kahan summation applies to bf16 / fp16 weights only, so on
-    fp32 weights (CPU) this is plain AdamW.
-    """
-    if not getattr(model_args, "kahan_summation", False):
-        return None
-    from optimi import AdamW
-
-    return AdamW, {"lr": training_args.learning_rate, "betas": (training_args.adam_beta1, training_args.adam_beta2),
-                   "eps": training_args.adam_epsilon, "weight_decay": training_args.weight_decay, "kahan_sum": True}
-
-
 def new_model(preset_args: PresetArguments, model_args: ModelArguments, training_args):
     config = build_config(preset_args)
     attn = choose_attention(model_args.attn_implementation, training_args)

@@ -1,8 +1,8 @@
 """The allowed range of every numeric flag, in one table, and the check that applies it.
 
-Every stage checks its numeric flags against RANGES before anything loads (mini_qwen.cli.parse_args);
-mini_qwen_eval.py and mini_qwen_serve.py use the same table. A light module (no torch, transformers or
-TRL import), so a script with a parser of its own pays nothing to use it.
+Every script (the stages, mini_qwen_eval.py, mini_qwen_serve.py) checks its numeric flags against RANGES
+before anything loads (mini_qwen.cli.parse_args). A light module (no torch, transformers or TRL import):
+the server's request checks use it too.
 """
 
 import math
@@ -79,7 +79,8 @@ RANGES: dict[str, Range] = {
     "loss_spike_factor": Range(1, None, low_open=True, also=(0,)), "loss_spike_window": Range(1, 1_000_000),
     "max_consecutive_bad_steps": POSITIVE,
     # evaluation (mini_qwen_eval.py)
-    "max_new_tokens": POSITIVE, "limit": POSITIVE, "num_fewshot": Range(0, None),
+    "max_new_tokens": POSITIVE, "limit": POSITIVE, "num_fewshot": Range(0, None), "heldout_docs": POSITIVE,
+    "ppl_max_length": Range(2, None), "ppl_batch_size": POSITIVE, "repetition_penalty": Range(0, None, low_open=True),
     # serving (mini_qwen_serve.py)
     "port": Range(1, 65535), "max_concurrent": POSITIVE, "max_queue": Range(0, None), "max_tokens": POSITIVE,
     "temperature": Range(0, 2), "top_p": Range(0, 1, low_open=True),
@@ -98,7 +99,7 @@ UNCHECKED = {
 
 # Flags that take a positive int or one of a few words. TRL converts them itself, failing on a bad one with a bare
 # "invalid literal for int()" that names no flag.
-INT_OR_WORDS = {"pad_to_multiple_of": ("auto", "none", "null")}
+INT_OR_WORDS = {"pad_to_multiple_of": ("auto", "none", "null"), "bench_batch_size": ("auto",)}
 
 
 def _int_or_word_ok(value, words) -> bool:
@@ -109,7 +110,7 @@ def _int_or_word_ok(value, words) -> bool:
 
 def check_ranges(values: dict, source=lambda name: "") -> None:
     """Every value whose name is in RANGES (None, unset, is skipped), as one MiniQwenError naming each flag
-    out of range and what is allowed. Also used by scripts with a parser of their own (mini_qwen_eval.py)."""
+    out of range and what is allowed."""
     problems = []
     for name, value in values.items():
         words = INT_OR_WORDS.get(name)

@@ -123,7 +123,7 @@ def _resuming(training_args) -> bool:
     wanted = training_args.resume_from_checkpoint
     if not wanted:
         return False
-    from mini_qwen.trainlog import checkpoint_folders
+    from mini_qwen.checkpoint import checkpoint_folders
 
     return bool(checkpoint_folders(training_args.output_dir)) or Path(wanted).is_dir()
 

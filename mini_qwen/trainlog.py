@@ -12,27 +12,10 @@ Every function that takes a history accepts the list itself or anything holding 
 
 import json
 import math
-import re
 from pathlib import Path
 
+from mini_qwen.checkpoint import checkpoint_folders
 from mini_qwen.errors import MiniQwenError
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_step(folder) -> int | None:
-    """N of a folder named checkpoint-N (Trainer's name: N is the global step), else None."""
-    m = _CHECKPOINT.match(Path(folder).name)
-    return int(m.group(1)) if m else None
-
-
-def checkpoint_folders(root) -> list[Path]:
-    """The checkpoint-N folders directly under `root`, newest (largest N = global_step) first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(n, p) for p in root.iterdir() if p.is_dir() and (n := checkpoint_step(p)) is not None]
-    return [p for _, p in sorted(found, reverse=True)]
 
 
 def _global_step(state_file: Path) -> int:
@@ -127,3 +110,77 @@ def run_summary(path) -> dict | None:
     if not summary:
         return None
     return {"trainer_state": str(state_path), "global_step": state.get("global_step"), **summary}
+
+
+# --------------------------------------------------------------------------- curves: {name: (steps, values)}
+# What utils/plot_losses.py and the loss PNGs draw; mini_qwen/console_log.py reads the same from a printed log.
+
+Series = tuple[list[float], list[float]]
+
+# Keys that are bookkeeping, not curves.
+_NOT_SERIES = {"step", "epoch", "total_flos"}
+# Keys of the end-of-training summary dict (``{'train_runtime': ..., 'train_loss': ...}``).
+_SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second"}
+
+def _to_float(value):
+    """A metric value as float, or None when it is not a number (strings like '2.83' count)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _add_point(series: dict, name: str, step: float, value: float) -> None:
+    steps, values = series.setdefault(name, ([], []))
+    steps.append(step)
+    values.append(value)
+
+
+def add_entry(series: dict, step: float, entry: dict) -> None:
+    """Every numeric value of one logged entry, as a point of its series (names in _NOT_SERIES skipped)."""
+    for key, raw in entry.items():
+        value = _to_float(raw)
+        if key not in _NOT_SERIES and value is not None:
+            _add_point(series, key, step, value)
+
+
+def entry_kind(entry: dict) -> str | None:
+    """'train' for a training log dict, 'eval' for an evaluation dict, None for anything else."""
+    if _SUMMARY_KEYS & entry.keys():
+        return None
+    if "loss" in entry:
+        return "train"
+    if any(str(k).startswith("eval_") for k in entry):
+        return "eval"
+    return None
+
+
+def curves_from_trainer_state(path) -> dict[str, Series]:
+    """Curves from ``log_history`` of a trainer_state.json (or the folder holding one; the newest
+    state wins, see :func:`find_trainer_state`).
+
+    Returns ``{name: (steps, values)}`` for every numeric key of the training and
+    evaluation entries (``loss``, ``grad_norm``, ``learning_rate``, ``eval_loss``,
+    ``rewards/accuracies`` ...), in logging order.
+    """
+    _, state = read_trainer_state(path)
+    return metric_series(state["log_history"])
+
+
+def metric_series(history: list[dict]) -> dict[str, Series]:
+    """Curves from a ``log_history`` list, e.g. ``trainer.state.log_history`` right after training."""
+    series: dict[str, Series] = {}
+    for index, entry in enumerate(history, start=1):
+        if not isinstance(entry, dict) or entry_kind(entry) is None:
+            continue
+        step = _to_float(entry.get("step"))
+        if step is None:
+            step = float(index)
+        add_entry(series, step, entry)
+    return series

@@ -78,9 +78,9 @@ def test_no_import_cycle_in_the_package_or_the_stage_scripts():
     # The stage scripts import the package, never each other.
     for script in (n for n in graph if n.startswith("mini_qwen_")):
         assert not {d for d in graph[script] if d.startswith("mini_qwen_")}, script
-    # The seam of issue #11: the stage data modules do not import the checks that loop over them.
-    for stage_module in ("mini_qwen.pt_data", "mini_qwen.sft_data", "mini_qwen.dpo_data", "mini_qwen.packing"):
-        assert "mini_qwen.checks" not in graph[stage_module], stage_module
+    # The stage data modules do not import the checks that loop over them.
+    for stage_module in ("mini_qwen.data.pt", "mini_qwen.data.sft", "mini_qwen.data.dpo", "mini_qwen.data.packing"):
+        assert "mini_qwen.data.checks" not in graph[stage_module], stage_module
 
 
 def test_scripts_never_edit_sys_path():
@@ -103,30 +103,30 @@ FACE = ("NAME", "WHAT", "FILES_MERGED", "columns", "check_schema", "row_problems
 
 
 def test_every_stage_data_module_has_the_same_face():
-    from mini_qwen.checks import STAGES
+    from mini_qwen.data.checks import STAGES
 
     assert list(STAGES) == ["pt", "sft", "dpo"]
     shapes = {}
     for stage, module in STAGES.items():
         missing = [name for name in FACE if not hasattr(module, name)]
         assert not missing, f"{module.__name__} lacks {missing}"
-        assert module.NAME == stage and module.__name__ == f"mini_qwen.{stage}_data"
+        assert module.NAME == stage and module.__name__ == f"mini_qwen.data.{stage}"
         shapes[stage] = {name: list(inspect.signature(getattr(module, name)).parameters)
                          for name in ("columns", "check_schema", "row_problems", "overlong_rows")}
         build = list(inspect.signature(module.build_dataset).parameters)
         assert build[:2] == ["files", "tokenizer"] and {"on_bad_rows", "source", "log"} <= set(build), build
     assert shapes["pt"] == shapes["sft"] == shapes["dpo"]
     # checks.py loops over the table: no function there switches on a stage name.
-    source = (REPO_ROOT / "mini_qwen" / "checks.py").read_text()
+    source = (REPO_ROOT / "mini_qwen" / "data" / "checks.py").read_text()
     assert not re.search(r"""stage\s*[!=]=\s*["'](pt|sft|dpo)["']""", source)
 
 
 def test_files_are_read_for_their_schema_once_per_run(tmp_path, tokenizer, monkeypatch):
-    """The stage finds and checks its files once; the builder trusts the list (PT used to check three times)."""
+    """The stage finds and checks its files once; the builder trusts the list and reads each schema no more."""
     import pyarrow.parquet as pq
 
-    from mini_qwen import pt_data
-    from mini_qwen.checks import find_stage_files
+    from mini_qwen.data import pt as pt_data
+    from mini_qwen.data.checks import find_stage_files
 
     calls = []
     real = pq.read_schema

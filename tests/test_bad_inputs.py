@@ -265,7 +265,7 @@ def test_asking_fp16_switches_off_the_bf16_default(monkeypatch):
 
 def test_id_type_clash_between_7m_and_gen_is_not_an_error():
     """7M has an int64 `id`, Gen a string one; SFT never reads `id`, so they load together."""
-    from mini_qwen.data import find_parquet_files, load_column_dataset
+    from mini_qwen.data.common import find_parquet_files, load_column_dataset
 
     files = find_parquet_files(str(MINI / "sft"))
     types = {str(pq.read_schema(f).field("id").type) for f in files}

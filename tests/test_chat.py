@@ -5,11 +5,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import BAAI_SAMPLES, needs_samples
 
-from mini_qwen.chat import (IGNORE, BadConversation, ChatTokens, build_example, encode_conversations,
-                            normalize_messages)
+from mini_qwen.chat import IGNORE, BadConversation, ChatTokens, build_example, encode_conversations, normalize_messages
+from mini_qwen.data.checks import find_stage_files
+from mini_qwen.data.sft import build_dataset
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.checks import find_stage_files
-from mini_qwen.sft_data import build_dataset
 
 
 def expected_trainable(tokenizer, messages):

@@ -132,9 +132,9 @@ def _dpo_trainer(checkpoint, output_dir, *flags):
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mini_qwen.checks import find_stage_files
     from mini_qwen.cli import parse_args
-    from mini_qwen.dpo_data import LENGTH_SAMPLERS, build_dataset, with_lengths
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.dpo import LENGTH_SAMPLERS, build_dataset, with_lengths
     from mini_qwen_dpo import DPODataArguments, DPOModelArguments, MiniDPOConfig, TokenizedDPOTrainer
 
     data_args, _, args = parse_args((DPODataArguments, DPOModelArguments, MiniDPOConfig), [
@@ -223,8 +223,8 @@ def test_dpo_trains_with_the_kahan_optimizer(tiny_checkpoint, tmp_path):
 
 def test_truncation_keeps_question_end_and_headers(tokenizer, tmp_path, capsys):
     from mini_qwen.chat import ChatTokens, format_prompt
-    from mini_qwen.checks import find_stage_files
-    from mini_qwen.dpo_data import build_dataset
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.dpo import build_dataset
 
     ct = ChatTokens.of(tokenizer)
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -261,8 +261,8 @@ def test_truncation_keeps_question_end_and_headers(tokenizer, tmp_path, capsys):
 
 
 def test_pair_without_answer_room_is_dropped(tokenizer, tmp_path, capsys):
-    from mini_qwen.checks import find_stage_files
-    from mini_qwen.dpo_data import build_dataset
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.dpo import build_dataset
 
     rows = [pair("word " * 100 + "question?", "Yes.", "No."),  # prompt fills the whole max_length
             pair("Hi?", "Hello.", "Go away."),
@@ -288,8 +288,8 @@ def test_missing_chosen_column_names_file_and_column(tiny_checkpoint, tmp_path):
 
 
 def test_bad_rows_skipped_and_counted_or_error(tiny_checkpoint, tokenizer, tmp_path, capsys):
-    from mini_qwen.checks import find_stage_files
-    from mini_qwen.dpo_data import build_dataset
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.dpo import build_dataset
     from mini_qwen_dpo import main
 
     rows = [pair("Q1?", "A good answer.", "A bad answer."),

@@ -123,18 +123,23 @@ def test_batch_report(checkpoints, tmp_path, capsys):
 
 
 def test_checkpoint_names_pick_templates():
-    from mini_qwen.checkpoint import is_pt_name
-    from mini_qwen_eval import parse_arguments, parse_checkpoints
+    from mini_qwen.cli import parse_args
+    from mini_qwen.generate import is_pt_name, named_checkpoints
+    from mini_qwen_eval import EvalArguments
+
+    def parse_arguments(argv):
+        return parse_args((EvalArguments,), argv, positional="checkpoints")[0]
 
     assert is_pt_name("pt") and is_pt_name("pt3") and is_pt_name("mini_qwen_pt")
     assert not any(is_pt_name(n) for n in ("sft", "dpo", "adapter", "script", "checkpoint-7730"))
-    specs = parse_checkpoints(["results/pt/checkpoint-100", "b=results/sft"], "auto")
+    specs = named_checkpoints(["results/pt/checkpoint-100", "b=results/sft"], "auto")
     assert [(c.label, c.template) for c in specs] == [("pt/checkpoint-100", "pt"), ("b", "chat")]
     # positional checkpoints between flags and after --checkpoints all count, in order
     args = parse_arguments(["a", "--max_new_tokens", "8", "b", "--prompts", "x", "y", "--checkpoints", "c"])
     assert args.checkpoints == ["a", "b", "c"] and args.prompts == ["x", "y"] and args.max_new_tokens == 8
     assert parse_arguments(["a", "--do_sample"]).do_sample is True
-    assert parse_arguments(["a", "--do_sample", "false", "--seed", "-1"]).do_sample is False
+    assert parse_arguments(["a", "--do_sample", "false", "--temperature", "-0"]).do_sample is False
+    assert parse_arguments(["a", "--tasks_dir", "x", "--tasks_dir", "y"]).tasks_dir == ["x", "y"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -155,7 +160,7 @@ def test_bad_flags_are_refused_once(argv, message, capsys):
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: invalid arguments:"), captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert message in lines[0]
     assert "usage:" not in captured.err + captured.out
 

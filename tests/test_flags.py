@@ -1,9 +1,9 @@
-"""Every numeric flag of every stage is range-checked before anything is built (mini_qwen/ranges.py RANGES):
+"""Every numeric flag of every script is range-checked before anything is built (mini_qwen/ranges.py RANGES):
 zero, negative, NaN or out-of-range values end in one message naming the flag and the allowed range.
 
-The table is tested from both ends: every int/float field of every stage's dataclasses (their own and the
-inherited TrainingArguments / SFTConfig / DPOConfig ones) must be in RANGES or UNCHECKED, and every
-checked flag of every stage is fed a value just outside its range.
+The table is tested from both ends: every int/float field of every script's dataclasses (the stages' own and
+the inherited TrainingArguments / SFTConfig / DPOConfig ones, eval's and serve's) must be in RANGES or
+UNCHECKED, and every checked flag of every script is fed a value just outside its range.
 """
 
 import dataclasses
@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO_ROOT
 
 from mini_qwen.cli import parse_args
-from mini_qwen.ranges import RANGES, UNCHECKED
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.ranges import RANGES, UNCHECKED
 
 
 def stage_types(stage: str) -> tuple:
@@ -29,12 +29,27 @@ def stage_types(stage: str) -> tuple:
         import mini_qwen_sft as m
 
         return m.SFTDataArguments, m.SFTModelArguments, m.MiniSFTConfig
-    import mini_qwen_dpo as m
+    if stage == "dpo":
+        import mini_qwen_dpo as m
 
-    return m.DPODataArguments, m.DPOModelArguments, m.MiniDPOConfig
+        return m.DPODataArguments, m.DPOModelArguments, m.MiniDPOConfig
+    if stage == "eval":
+        import mini_qwen_eval as m
+
+        return (m.EvalArguments,)
+    import mini_qwen_serve as m
+
+    return (m.ServeArguments,)
 
 
 STAGES = ("pt", "sft", "dpo")
+SCRIPTS = (*STAGES, "eval", "serve")
+MIN_CHECKED = {"pt": 25, "sft": 25, "dpo": 25, "eval": 9, "serve": 6}
+
+
+def required(stage: str) -> list[str]:
+    """What a script needs besides the flag under test."""
+    return ["--output_dir", "unused"] if stage in STAGES else []
 
 
 def numeric_fields(types) -> dict[str, type]:
@@ -48,7 +63,7 @@ def numeric_fields(types) -> dict[str, type]:
     return found
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", SCRIPTS)
 def test_every_numeric_field_is_in_the_table(stage):
     missing = sorted(set(numeric_fields(stage_types(stage))) - set(RANGES) - set(UNCHECKED))
     assert not missing, f"numeric flags of {stage} with no range in mini_qwen/ranges.py RANGES: {missing}"
@@ -66,16 +81,16 @@ def outside(name: str, kind: type):
     return kind(value)
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", SCRIPTS)
 def test_each_flag_out_of_range_is_one_clear_message(stage):
     types = stage_types(stage)
     fields = numeric_fields(types)
     checked = sorted(set(fields) & set(RANGES))
-    assert len(checked) >= 25
+    assert len(checked) >= MIN_CHECKED[stage]
     for name in checked:
         value = outside(name, fields[name])
         with pytest.raises(MiniQwenError) as err:
-            parse_args(types, [f"--{name}", str(value), "--output_dir", "unused"])
+            parse_args(types, [f"--{name}", str(value), *required(stage)])
         message = str(err.value)
         assert message.startswith(f"--{name} {value:g} is out of range: allowed "), (name, message)
         assert message.count("out of range") == 1, message
@@ -97,10 +112,13 @@ def test_each_flag_out_of_range_is_one_clear_message(stage):
     ("dpo", ["--beta", "0"], "--beta 0 is out of range: allowed above 0."),
     ("dpo", ["--logging_steps", "0", "--num_train_epochs", "0"],
      "--num_train_epochs 0 is out of range: allowed above 0 and at most 1e+06; --logging_steps 0 is out of range"),
+    ("eval", ["results/sft", "--ppl_batch_size", "0"], "--ppl_batch_size 0 is out of range: allowed at least 1."),
+    ("eval", ["--bench_batch_size", "0"], "--bench_batch_size 0 is not allowed: give a positive integer or one of auto"),
+    ("serve", ["--port", "0", "results/sft"], "--port 0 is out of range: allowed at least 1 and at most 65535."),
 ])
 def test_messages(stage, argv, expected):
     with pytest.raises(MiniQwenError) as err:
-        parse_args(stage_types(stage), [*argv, "--output_dir", "unused"])
+        parse_args(stage_types(stage), [*argv, *required(stage)], positional="checkpoints")
     assert str(err.value).startswith(expected) or expected in str(err.value), str(err.value)
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mini_qwen.demo import demo_layers, demo_model_flags
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.hardware import check_requested_precision, demo_layers, demo_model_flags, precision_defaults
+from mini_qwen.hardware import check_requested_precision, precision_defaults
 from mini_qwen.model import PresetArguments, build_config
 
 GIB = 2**30

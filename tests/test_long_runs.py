@@ -29,7 +29,7 @@ from conftest import REPO_ROOT
 from test_resume import MINI, fake_checkpoint, history, one_thread  # noqa: F401  (one_thread is a fixture)
 from transformers import Trainer, TrainerCallback
 
-from mini_qwen.distributed import complete_checkpoints
+from mini_qwen.checkpoint import complete_checkpoints
 from mini_qwen.errors import run_main
 from mini_qwen.run_config import compare, record_run
 

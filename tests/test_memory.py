@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import grads_of, max_diff
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-from conftest import grads_of, max_diff
 from mini_qwen.memory import ChunkedLossTrainer, chunked_causal_lm_loss, hidden_states_only_kwargs
 from mini_qwen.model import PresetArguments, build_config
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import BAAI_SAMPLES, REPO_ROOT, needs_samples
 
-from mini_qwen.checks import check_stage_files
-from mini_qwen.data import find_parquet_files
+from mini_qwen.data.checks import check_stage_files
+from mini_qwen.data.common import find_parquet_files
+from mini_qwen.data.packing import BYTES_PER_TOKEN, PackedBlocks, collate_blocks, decode_u24, encode_u24, tokenize_batch
+from mini_qwen.data.pt import iter_text_batches, prepare_token_cache
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.packing import BYTES_PER_TOKEN, PackedBlocks, collate_blocks, decode_u24, encode_u24, tokenize_batch
-from mini_qwen.pt_data import iter_text_batches, prepare_token_cache
 
 
 def write_texts(path, texts, **extra):

@@ -24,7 +24,7 @@ import torch
 from conftest import REPO_ROOT
 from safetensors.torch import save_file
 
-from mini_qwen.distributed import checkpoint_problem, complete_checkpoints, resume_checkpoint
+from mini_qwen.checkpoint import checkpoint_problem, complete_checkpoints, resume_checkpoint
 from mini_qwen.errors import MiniQwenError
 
 MINI = REPO_ROOT / "mini_data"

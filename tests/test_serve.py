@@ -501,10 +501,12 @@ def test_page_is_offline(server):
 
 
 def test_script_flags_and_paths_fail_with_one_message(tiny_checkpoint, tmp_path):
+    from mini_qwen.cli import parse_args
     from mini_qwen.errors import MiniQwenError
-    from mini_qwen_serve import main, split_positionals
+    from mini_qwen_serve import ServeArguments, main
 
-    assert split_positionals(["a", "b=c", "--port", "1"]) == ["--port", "1", "--checkpoints", "a", "b=c"]
+    (args,) = parse_args((ServeArguments,), ["a", "--port", "1", "b=c", "--checkpoints", "d"], positional="checkpoints")
+    assert args.checkpoints == ["a", "b=c", "d"] and args.port == 1
     with pytest.raises(MiniQwenError, match="unknown checkpoint path 'nope/sft'"):
         main(["nope/sft"])
     with pytest.raises(MiniQwenError, match="used twice"):

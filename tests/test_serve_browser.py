@@ -12,7 +12,6 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-
 from test_serve import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import grads_of, max_diff
 from transformers import AutoModelForCausalLM
 
-from conftest import grads_of, max_diff
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.memory import check_speed_flags
 from mini_qwen.model import PresetArguments, build_config, model_dtype
+from mini_qwen.speed import check_speed_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -119,7 +119,7 @@ def test_kahan_adamw_on_fp32_weights_is_trainers_adamw(tmp_path):
     from optimi import AdamW
     from transformers import TrainingArguments
 
-    from mini_qwen.model import kahan_adamw
+    from mini_qwen.speed import kahan_adamw
 
     targs = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, learning_rate=1e-3, weight_decay=0.1,
                               report_to="none")
@@ -172,8 +172,8 @@ def test_pt_refuses_liger_on_cpu_before_building_anything(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def sft_rows(tokenizer):
-    from mini_qwen.checks import find_stage_files
-    from mini_qwen.sft_data import build_dataset
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.sft import build_dataset
 
     files = find_stage_files("sft", str(REPO_ROOT / "mini_data" / "sft"))
     dataset, _ = build_dataset(files[:1], tokenizer, 80, log=lambda *a, **k: None)
@@ -234,7 +234,7 @@ def test_packed_rows_sft_equals_padded(fused, tokenizer, sft_rows, tmp_path):
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from mini_qwen.packing import PackedRowsCollator, pack_conversations
+    from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
     from mini_qwen_sft import AnswerLossSFTTrainer
 
     cls = SFTTrainer if fused else AnswerLossSFTTrainer
@@ -271,9 +271,9 @@ def test_packed_rows_sft_equals_padded(fused, tokenizer, sft_rows, tmp_path):
 
 def test_packed_rows_give_one_batch_shape(tokenizer):
     """Every full batch of the packed real rows has the same shape, whatever the conversations' lengths."""
-    from mini_qwen.checks import find_stage_files
-    from mini_qwen.packing import PackedRowsCollator, pack_conversations
-    from mini_qwen.sft_data import build_dataset
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
+    from mini_qwen.data.sft import build_dataset
 
     files = find_stage_files("sft", str(REPO_ROOT / "mini_data" / "sft"))
     dataset, _ = build_dataset(files, tokenizer, 256, log=lambda *a, **k: None)

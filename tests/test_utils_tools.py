@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from mini_qwen.console_log import parse_training_log
 from mini_qwen.errors import run_main
-from mini_qwen.plotting import (
-    parse_training_log,
-    plot_loss_curves,
-    read_trainer_state,
-    series_from_log_history,
-    summarize,
-)
+from mini_qwen.plotting import plot_loss_curves, summarize
+from mini_qwen.trainlog import curves_from_trainer_state, metric_series
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -119,17 +115,17 @@ def test_read_trainer_state_picks_the_newest_checkpoint(tmp_path):
     run = tmp_path / "run"
     _trainer_state(run / "checkpoint-20", 20, [5.0, 4.0])
     _trainer_state(run / "checkpoint-100", 100, ["5.0", 4.0, 3.5, 3.0, 2.5], eval_loss=2.7)  # strings too
-    series = read_trainer_state(run)
+    series = curves_from_trainer_state(run)
     assert series["loss"] == ([10, 20, 30, 40, 50], [5.0, 4.0, 3.5, 3.0, 2.5])
     assert series["eval_loss"] == ([50], [2.7])
     assert "train_loss" not in series and "epoch" not in series and "total_flos" not in series
-    assert read_trainer_state(run / "checkpoint-20" / "trainer_state.json")["loss"][1] == [5.0, 4.0]
+    assert curves_from_trainer_state(run / "checkpoint-20" / "trainer_state.json")["loss"][1] == [5.0, 4.0]
 
 
 def test_plot_from_an_in_memory_log_history(tmp_path):
     """What LossPlotCallback does at the end of training: the live log_history, the summary dict left out."""
     history = [{"loss": 3.0, "step": 5}, {"loss": 2.0, "step": 10}, {"train_runtime": 1.0, "train_loss": 2.5, "step": 10}]
-    series = series_from_log_history(history)
+    series = metric_series(history)
     assert series["loss"] == ([5, 10], [3.0, 2.0]) and "train_loss" not in series and "eval_loss" not in series
     _png_ok(plot_loss_curves({"loss": series["loss"]}, tmp_path / "loss.png"))
 

@@ -15,7 +15,7 @@ reads `id`; a clash in a column the stage reads is an error). With `--max_length
 longer than that many tokens are counted with what the stage will do to them (this loads the
 tokenizer and tokenizes every row, so it is the slow part; leave it out for a quick check).
 
-The checks are the stages' own (mini_qwen/checks.py and each stage's data module), so a row
+The checks are the stages' own (mini_qwen/data/checks.py and each stage's data module), so a row
 reported here is a row the stage skips (default) or stops on (`--on_bad_rows error`), and the
 verdict is the stage's: exit 0 when the stage with the same `--on_bad_rows` would train on the
 data, 2 with one `error:` line otherwise. With the stages' default, skip, bad rows among good
@@ -29,8 +29,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from mini_qwen.checks import STAGES, check_data, stage_data, verdict
-from mini_qwen.data import ON_BAD_ROWS, find_parquet_files
+from mini_qwen.data.checks import STAGES, check_data, stage_data, verdict
+from mini_qwen.data.common import ON_BAD_ROWS, find_parquet_files
 from mini_qwen.errors import MiniQwenError, run_main
 
 

@@ -35,19 +35,18 @@ def load_slots(specs: list[str], template: str = "auto", tokenizer_path: str | N
                device: str | None = None, log=print) -> dict[str, ModelSlot]:
     """Every checkpoint loaded once (on the GPU when there is one), by name. All paths are checked
     before the first (slow) load, so a typo in the third one fails in a second."""
-    from mini_qwen.checkpoint import chat_or_pt, parse_checkpoint_specs
-    from mini_qwen.generate import check_checkpoint, load_for_inference
+    from mini_qwen.checkpoint import check_checkpoint
+    from mini_qwen.generate import load_for_inference, named_checkpoints
 
-    pairs = parse_checkpoint_specs(specs)
-    for _, path in pairs:
-        check_checkpoint(path, tokenizer_path)
+    checkpoints = named_checkpoints(specs, template)
+    for ckpt in checkpoints:
+        check_checkpoint(ckpt.path, tokenizer_path)
     slots = {}
-    for label, path in pairs:
-        model, tokenizer = load_for_inference(path, tokenizer_path, device)
-        chosen = chat_or_pt(label, path, template)
+    for ckpt in checkpoints:
+        model, tokenizer = load_for_inference(ckpt.path, tokenizer_path, device)
         context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
-        slots[label] = ModelSlot(label, path, chosen, model, tokenizer, context, int(time.time()))
-        log(f"loaded {label} ({path}): template {chosen}, context {context} tokens, "
+        slots[ckpt.label] = ModelSlot(ckpt.label, ckpt.path, ckpt.template, model, tokenizer, context, int(time.time()))
+        log(f"loaded {ckpt.label} ({ckpt.path}): template {ckpt.template}, context {context} tokens, "
             f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters on {model.device}")
     return slots
 

@@ -1,7 +1,7 @@
 """Arena votes -> preference pairs that `mini_qwen_dpo.py --data_dir <votes folder>` trains on directly.
 
 A vote for one answer becomes one row of `<folder>/votes.parquet` in the Infinity-Preference
-schema that mini_qwen/dpo_data.py reads (the same column types as mini_data/dpo):
+schema that mini_qwen/data/dpo.py reads (the same column types as mini_data/dpo):
     prompt   string                                   the user's question
     chosen   list<struct<content: string, role: string>>   [system], user, winning answer
     rejected list<struct<content: string, role: string>>   [system], user, losing answer

@@ -1,6 +1,6 @@
 """PT data, all in one place: IndustryCorpus2 parquet files -> a token cache on disk -> training blocks.
 
-Every stage's data module has the same face (see mini_qwen/checks.py, which loops over them):
+Every stage's data module has the same face (see mini_qwen/data/checks.py, which loops over them):
   columns()        the columns the stage reads (every other column is ignored)
   check_schema()   the per-file column checks, before any row is read
   row_problems()   why each row of a batch cannot be trained on (None for a good row)
@@ -10,7 +10,7 @@ Every stage's data module has the same face (see mini_qwen/checks.py, which loop
 PT's rules: one text column (default `text`); a null, empty or whitespace-only text is a bad row;
 a long document is not cut but split across blocks (packing.py). Preparation streams batches of
 texts from parquet to disk, so peak memory stays flat however large the corpus (the cache format
-is in mini_qwen/packing.py).
+is in mini_qwen/data/packing.py).
 """
 
 import hashlib
@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mini_qwen.data import check_string_column, require_columns
+from mini_qwen.data.common import check_string_column, require_columns
+from mini_qwen.data.packing import PackedBlocks, chunks_by_chars, encode_u24, tokenize_batch
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.packing import PackedBlocks, chunks_by_chars, encode_u24, tokenize_batch
 
 NAME = "pt"
 FILES_MERGED = False  # read file by file, so string vs large_string never meet

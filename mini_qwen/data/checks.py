@@ -1,6 +1,6 @@
 """Checking a stage's files: the stage scripts' check before training and `utils/check_data.py`'s report.
 
-Every rule is the stage data module's own (mini_qwen/pt_data.py, sft_data.py, dpo_data.py, one
+Every rule is the stage data module's own (mini_qwen/data/pt.py, sft.py, dpo.py, one
 table entry each in STAGES): its columns and schema check, its row problems and its over-length
 rule. So a file that passes `check_data.py` loads in the stage, and a row it flags is a row the
 stage skips (or stops on with `--on_bad_rows error`).
@@ -19,15 +19,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mini_qwen import dpo_data, pt_data, sft_data
-from mini_qwen.data import column_types, describe_clash, find_parquet_files, fold_digits, read_schema
+from mini_qwen.data import dpo, pt, sft
+from mini_qwen.data.common import column_types, describe_clash, find_parquet_files, fold_digits, read_schema
 from mini_qwen.errors import MiniQwenError
 
-STAGES = {module.NAME: module for module in (pt_data, sft_data, dpo_data)}
+STAGES = {module.NAME: module for module in (pt, sft, dpo)}
 
 
 def stage_data(stage: str):
-    """The data module of `stage` (pt_data, sft_data or dpo_data)."""
+    """The data module of `stage` (data.pt, data.sft or data.dpo)."""
     try:
         return STAGES[stage]
     except KeyError:

@@ -1,4 +1,4 @@
-"""The PT token cache format and document-aware blocks (the cache is written by mini_qwen/pt_data.py).
+"""The PT token cache format and document-aware blocks (the cache is written by mini_qwen/data/pt.py).
 
 Cache layout (one folder per corpus + tokenizer):
   tokens.u24  every token id of every document, `<|im_end|>` appended to each,

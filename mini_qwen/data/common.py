@@ -1,5 +1,5 @@
 """What every stage's data module shares: finding parquet files, reading schemas and columns, row
-bookkeeping. Each stage's own columns and rules live in pt_data.py, sft_data.py and dpo_data.py.
+bookkeeping. Each stage's own columns and rules live in pt.py, sft.py and dpo.py.
 
 The real files disagree with each other (IndustryCorpus2 zh has 13 columns and en 9;
 Infinity-Instruct 7M has an int64 `id` and Gen a string one; some 7M files have a

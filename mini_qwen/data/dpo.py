@@ -1,7 +1,7 @@
 """DPO data, all in one place: Infinity-Preference parquet files -> a tokenized dataset
 (prompt_ids, chosen_ids, rejected_ids), with counts.
 
-The same face as every stage's data module (see mini_qwen/pt_data.py): columns, check_schema,
+The same face as every stage's data module (see mini_qwen/data/pt.py): columns, check_schema,
 row_problems, overlong_rows, build_dataset.
 
 Each row holds a `prompt` (the user's question) and two conversations, `chosen` and `rejected`,
@@ -36,8 +36,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from mini_qwen.chat import ChatTokens, parse_turn
-from mini_qwen import data
-from mini_qwen.data import check_string_column, map_rows, parse_rows, require_columns
+from mini_qwen.data import common
+from mini_qwen.data.common import check_string_column, map_rows, parse_rows, require_columns
 from mini_qwen.errors import MiniQwenError
 
 NAME = "dpo"
@@ -180,7 +180,7 @@ def encode_pairs(tokenizer, pairs: list[tuple], max_length: int, max_prompt_leng
 
 def row_problems(values: dict[str, list]) -> list[str | None]:
     """Why each pair of a batch cannot be trained on, or None for a good one."""
-    return data.row_problems({name: values[name] for name in COLUMNS}, parse_pair, BadPair)
+    return common.row_problems({name: values[name] for name in COLUMNS}, parse_pair, BadPair)
 
 
 def overlong_rows(values: dict[str, list], tokenizer, max_length: int,
@@ -241,7 +241,7 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_leng
         f"{max_length}), {sum(dropped.values())} dropped, {sum(problems.values())} skipped as bad rows")
     for reason, count in dropped.most_common():
         log(f"  dropped {count}: {reason}")
-    data.log_skipped_or_stop(dataset, problems, log, f"no trainable preference pair in '{source or files[0].parent}' "
+    common.log_skipped_or_stop(dataset, problems, log, f"no trainable preference pair in '{source or files[0].parent}' "
                              f"(see the counts above): check the data or raise --max_length / lower "
                              f"--max_prompt_length.")
     stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "prompt_truncated": prompt_cut,

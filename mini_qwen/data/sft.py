@@ -1,6 +1,6 @@
 """SFT data, all in one place: Infinity-Instruct parquet files -> a tokenized dataset (input_ids + labels).
 
-The same face as every stage's data module (see mini_qwen/pt_data.py): columns, check_schema,
+The same face as every stage's data module (see mini_qwen/data/pt.py): columns, check_schema,
 row_problems, overlong_rows, build_dataset. SFT reads one column, `conversations`, a list of
 {from, value} turns (7M and Gen files are mixed; their `id` types differ, so `id` is never read).
 The turn rules (roles, order, a final assistant answer) are `chat.normalize_messages`; the label
@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
-from mini_qwen import data
-from mini_qwen.data import map_rows, parse_rows, require_columns
+from mini_qwen.data import common
+from mini_qwen.data.common import map_rows, parse_rows, require_columns
 from mini_qwen.errors import MiniQwenError
 
 NAME = "sft"
@@ -47,7 +47,7 @@ def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> No
 
 def row_problems(values: dict[str, list]) -> list[str | None]:
     """Why each conversation of a batch cannot be trained on, or None for a good one."""
-    return data.row_problems(values, normalize_messages, BadConversation)
+    return common.row_problems(values, normalize_messages, BadConversation)
 
 
 def overlong_rows(values: dict[str, list], tokenizer, max_length: int,
@@ -101,7 +101,7 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, first_turn_only
     log(f"data: {n_rows} conversations in {len(files)} file(s) -> {len(dataset)} trained; "
         f"{truncated} truncated to {max_length} tokens, {no_answer_left} dropped (no answer token left), "
         f"{sum(problems.values())} skipped as bad rows")
-    data.log_skipped_or_stop(dataset, problems, log, f"no trainable conversation in '{source or files[0].parent}' "
+    common.log_skipped_or_stop(dataset, problems, log, f"no trainable conversation in '{source or files[0].parent}' "
                              f"(see the counts above): check the data or raise --max_length.")
     stats = {"rows": n_rows, "trained": len(dataset), "truncated": truncated, "dropped_no_answer": no_answer_left,
              "skipped": dict(problems)}
