@@ -113,7 +113,7 @@ def main(argv=None):
     trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the loss history, for utils/plot_losses.py and the eval report
-    tokenizer.save_pretrained(training_args.output_dir)  # save_model alone does not (seed FAQ 9)
+    tokenizer.save_pretrained(training_args.output_dir)  # save_model alone does not (the original FAQ 9)
     losses = first_and_last_loss(trainer.state)
     if losses and trainer.is_world_process_zero():
         print(f"PT done: loss {losses[0]:.3f} -> {losses[1]:.3f}; model saved to {training_args.output_dir}")

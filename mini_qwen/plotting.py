@@ -20,7 +20,9 @@ def load_curves(path, logging_steps: int | None = None) -> dict[str, Series]:
     anything else as a training log."""
     path = Path(path)
     if not path.exists():
-        raise MiniQwenError(f"{path} does not exist: pass a trainer_state.json, a run/checkpoint folder or a training log")
+        raise MiniQwenError(
+            f"{path} does not exist: pass a trainer_state.json, a run/checkpoint folder or a training log"
+        )
     if path.is_dir() or path.suffix == ".json":
         return curves_from_trainer_state(path)
     return parse_training_log(path, logging_steps=logging_steps)

@@ -6,8 +6,8 @@ run is the same run.
 set (the files and their sizes, and what makes a sample and orders them: block_size, packing, max_length,
 max_prompt_length, first_turn_only, max_pairs, seed) would not continue the same run: the data position
 Trainer restores counts batches, so a different batch shape or data set resumes at a different place in
-the data (and the learning-rate schedule was laid out for the old step count). Such a resume prints what changed and stops, unless
-`--allow_changed_resume true` says it is meant.
+the data (and the learning-rate schedule was laid out for the old step count). Such a resume prints what
+changed and stops, unless `--allow_changed_resume true` says it is meant.
 """
 
 import dataclasses

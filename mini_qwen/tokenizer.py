@@ -456,7 +456,9 @@ def main(argv=None) -> int:
         description="Build the exact Qwen2.5 tokenizer offline from qwen.tiktoken (fetched from PyPI).",
     )
     parser.add_argument("--out", type=Path, default=BUILT_DIR, help="output folder (default: models/tokenizer)")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where qwen.tiktoken is cached (default: .cache)")
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help="where qwen.tiktoken is cached (default: .cache)"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if --out already holds a tokenizer")
     args = parser.parse_args(argv)
 

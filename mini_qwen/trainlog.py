@@ -33,7 +33,9 @@ def find_trainer_state(path) -> Path:
     """
     path = Path(path)
     if not path.exists():
-        raise MiniQwenError(f"{path} does not exist: pass a trainer_state.json, a run/checkpoint folder or a training log")
+        raise MiniQwenError(
+            f"{path} does not exist: pass a trainer_state.json, a run/checkpoint folder or a training log"
+        )
     if path.is_file():
         return path
     candidates = [path / "trainer_state.json"] + [c / "trainer_state.json" for c in checkpoint_folders(path)]

@@ -3,7 +3,7 @@
 Run as:
     python utils/plot_losses.py results/pt                       # a run folder (newest checkpoint's trainer_state.json)
     python utils/plot_losses.py logs/output_pt1.log logs/output_pt2.log logs/output_pt3.log \
-        --labels pt1 pt2 pt3 --out results/pt_scaling.png        # compare runs, as the seed did
+        --labels pt1 pt2 pt3 --out results/pt_scaling.png        # compare runs, as the original project did
     python utils/plot_losses.py logs/output_dpo.log --metric rewards/accuracies
 
 Each RUN is a trainer_state.json, a run or checkpoint folder, or a training log (the
@@ -66,13 +66,18 @@ def _step(value) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        description="Overlay the loss curves of training runs (trainer_state.json, run/checkpoint folders or training logs)."
+        description="Overlay the loss curves of training runs "
+        "(trainer_state.json, run/checkpoint folders or training logs)."
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN", help="trainer_state.json, run/checkpoint folder, or training log")
+    parser.add_argument(
+        "runs", nargs="+", metavar="RUN", help="trainer_state.json, run/checkpoint folder, or training log"
+    )
     parser.add_argument("--out", help="PNG to write (default: <first run>_<metric>.png next to the first run)")
     parser.add_argument("--labels", nargs="+", help="one legend label per RUN (default: file or folder names)")
     parser.add_argument("--metric", default="loss", help="logged key to plot, e.g. loss, eval_loss, rewards/accuracies")
-    parser.add_argument("--logging-steps", type=int, help="x = entry index x N for logs (default: step from the progress bar)")
+    parser.add_argument(
+        "--logging-steps", type=int, help="x = entry index x N for logs (default: step from the progress bar)"
+    )
     parser.add_argument("--title", help="plot title (default: '<metric> per step')")
     parser.add_argument("--no-smooth", action="store_true", help="draw raw curves only (no moving-average line)")
     args = parser.parse_args(argv)
@@ -94,7 +99,9 @@ def main(argv=None) -> int:
         series = load_curves(run, logging_steps=args.logging_steps)
         if args.metric not in series:
             available = ", ".join(sorted(series)) or "none"
-            raise MiniQwenError(f"{run} has no '{args.metric}' values; logged metrics: {available} (pick one with --metric)")
+            raise MiniQwenError(
+                f"{run} has no '{args.metric}' values; logged metrics: {available} (pick one with --metric)"
+            )
         steps, values = series[args.metric]
         curves[label] = (steps, values)
         s = summarize(steps, values)
@@ -106,7 +113,9 @@ def main(argv=None) -> int:
 
     out = Path(args.out) if args.out else default_out(runs[0], args.metric)
     title = args.title or (f"{args.metric} per step" if len(runs) > 1 else f"{labels[0]}: {args.metric} per step")
-    plot_loss_curves(curves, out, title=title, xlabel="step", ylabel=args.metric, smooth=None if args.no_smooth else 0.6)
+    plot_loss_curves(
+        curves, out, title=title, xlabel="step", ylabel=args.metric, smooth=None if args.no_smooth else 0.6
+    )
     print(f"wrote {out}")
     return 0
 

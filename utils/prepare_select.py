@@ -1,4 +1,4 @@
-"""Which files prepare.sh downloads: the seed's data selection as plain, testable Python.
+"""Which files prepare.sh downloads: the original recipe's data selection as plain, testable Python.
 
 prepare.sh calls this twice:
     python utils/prepare_select.py plan --what model,pt,sft,dpo --dest data --tsv PLAN.tsv [--dry-run] ...
@@ -53,7 +53,7 @@ DEFAULT_INDUSTRIES = (
     "computer_communication",
     "current_affairs_government_administration",
 )
-# The English "high" folders of these are far larger than the rest; the seed took only
+# The English "high" folders of these are far larger than the rest; the original recipe took only
 # their first 3 files (~16B tokens in all with the other folders).
 LARGE_ENGLISH_INDUSTRIES = (
     "film_entertainment",
@@ -171,20 +171,26 @@ def select_pt(
             if not files:
                 raise MiniQwenError(
                     f"{PT_REPO} has no .parquet files under {folder}/: check the spelling in --industries "
-                    f"(the seed's are: {', '.join(DEFAULT_INDUSTRIES)}) or drop '{language}' from --languages"
+                    f"(the original recipe's are: {', '.join(DEFAULT_INDUSTRIES)}) "
+                    f"or drop '{language}' from --languages"
                 )
             limit = pt_file_limit(industry, language, files_per_folder)
             result[folder] = (files[:limit] if limit is not None else files, len(files))
     return result
 
 
-def select_sft(listing, files_per_folder: int | None = None, folders=SFT_FOLDERS) -> dict[str, tuple[list[RemoteFile], int]]:
+def select_sft(
+    listing, files_per_folder: int | None = None, folders=SFT_FOLDERS
+) -> dict[str, tuple[list[RemoteFile], int]]:
     """``{folder: (selected, total)}``: the parquet files of 7M and Gen (first ``files_per_folder`` of each)."""
     result = {}
     for folder in folders:
         files = files_in_folder(listing, folder, suffix=".parquet")
         if not files:
-            raise MiniQwenError(f"{SFT_REPO} has no .parquet files under {folder}/: the dataset layout changed; check its file list on modelscope.cn")
+            raise MiniQwenError(
+                f"{SFT_REPO} has no .parquet files under {folder}/: the dataset layout changed; "
+                f"check its file list on modelscope.cn"
+            )
         result[folder] = (files[:files_per_folder] if files_per_folder else files, len(files))
     return result
 
@@ -204,7 +210,9 @@ def select_model(listing=None) -> dict[str, tuple[list[RemoteFile], int]]:
     by_path = {f.path: f for f in (_as_remote(e) for e in listing)}
     missing = [name for name in MODEL_FILES if name not in by_path]
     if missing:
-        raise MiniQwenError(f"{MODEL_REPO} does not list {', '.join(missing)}: the repository layout changed; check it on modelscope.cn")
+        raise MiniQwenError(
+            f"{MODEL_REPO} does not list {', '.join(missing)}: the repository layout changed; check it on modelscope.cn"
+        )
     return {"": ([by_path[name] for name in MODEL_FILES], len(by_path))}
 
 
@@ -233,7 +241,9 @@ def mark_done(local_dir, path: str, size: int | None = None) -> Path:
     """Check a freshly downloaded file and write its marker; raise if it is missing or truncated."""
     local = Path(local_dir) / path
     if not local.is_file():
-        raise MiniQwenError(f"download of {path} reported success but {local} does not exist; re-run prepare.sh to retry it")
+        raise MiniQwenError(
+            f"download of {path} reported success but {local} does not exist; re-run prepare.sh to retry it"
+        )
     actual = local.stat().st_size
     if size is not None and actual != size:
         raise MiniQwenError(
@@ -259,7 +269,9 @@ class JsonLister:
         except (OSError, ValueError) as err:
             raise MiniQwenError(f"{LISTING_ENV}={self.path}: cannot read it as JSON ({err})") from None
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-            raise MiniQwenError(f"{LISTING_ENV}={self.path} must hold a JSON object {{repo_id: [file paths or {{path, size}}]}}")
+            raise MiniQwenError(
+                f"{LISTING_ENV}={self.path} must hold a JSON object {{repo_id: [file paths or {{path, size}}]}}"
+            )
         self.data = {repo: [_as_remote(e) for e in entries] for repo, entries in data.items()}
 
     def __call__(self, repo_id: str, repo_type: str, root: str = "") -> list[RemoteFile]:
@@ -273,13 +285,17 @@ class ModelScopeLister:
         try:
             from modelscope_hub import HubApi
         except ImportError:
-            raise MiniQwenError("the modelscope package is missing: pip install modelscope==1.40.2 (see requirements.txt)") from None
+            raise MiniQwenError(
+                "the modelscope package is missing: pip install modelscope==1.40.2 (see requirements.txt)"
+            ) from None
         self.api = HubApi()
 
     def __call__(self, repo_id: str, repo_type: str, root: str = "") -> list[RemoteFile]:
         root = root.strip("/")
         try:
-            raw = self.api.legacy.list_repo_files(repo_id, repo_type, revision="master", recursive=True, root=root or None)
+            raw = self.api.legacy.list_repo_files(
+                repo_id, repo_type, revision="master", recursive=True, root=root or None
+            )
         except Exception as err:  # network, auth and "not found" errors all end here
             where = f" under {root}/" if root else ""
             raise MiniQwenError(
@@ -315,10 +331,14 @@ def parse_csv(value: str | None) -> list[str]:
 def validate(what, industries, languages, files_per_folder):
     bad = [w for w in what if w not in WHAT_CHOICES]
     if bad or not what:
-        raise MiniQwenError(f"--what: unknown item(s) {', '.join(bad) or '(empty)'}; choose from {','.join(WHAT_CHOICES)}")
+        raise MiniQwenError(
+            f"--what: unknown item(s) {', '.join(bad) or '(empty)'}; choose from {','.join(WHAT_CHOICES)}"
+        )
     bad = [lang for lang in languages if lang not in LANGUAGES]
     if bad or not languages:
-        raise MiniQwenError(f"--languages: unknown language(s) {', '.join(bad) or '(empty)'}; choose from {','.join(LANGUAGES)}")
+        raise MiniQwenError(
+            f"--languages: unknown language(s) {', '.join(bad) or '(empty)'}; choose from {','.join(LANGUAGES)}"
+        )
     bad = [i for i in industries if not re.fullmatch(r"[a-z0-9_]+", i)]
     if bad or not industries:
         raise MiniQwenError(
@@ -373,7 +393,9 @@ def build_plan(
             for industry in industries:
                 for language in languages:
                     listing += lister(PT_REPO, "dataset", pt_folder(industry, language))
-            add(kind, "dataset", PT_REPO, Path(dest) / "pt", select_pt(listing, industries, languages, files_per_folder))
+            add(
+                kind, "dataset", PT_REPO, Path(dest) / "pt", select_pt(listing, industries, languages, files_per_folder)
+            )
         elif kind == "sft":
             listing = []
             for folder in SFT_FOLDERS:
@@ -384,7 +406,9 @@ def build_plan(
     for group in groups:
         for item in group.items:
             if any(ch in item.path for ch in "\t\n\r"):
-                raise MiniQwenError(f"{item.repo_id} lists a file name with a tab or newline ({item.path!r}); it cannot be planned")
+                raise MiniQwenError(
+                    f"{item.repo_id} lists a file name with a tab or newline ({item.path!r}); it cannot be planned"
+                )
     return groups
 
 
@@ -412,7 +436,11 @@ def describe(groups: list[Group]) -> tuple[str, list[Item]]:
         todo_all += todo
         total_items += len(g.items)
         where = f"{g.repo_id}/{g.folder}" if g.folder else g.repo_id
-        count = f"{len(g.items)} of {g.total_in_folder} files" if len(g.items) != g.total_in_folder else f"{len(g.items)} files"
+        count = (
+            f"{len(g.items)} of {g.total_in_folder} files"
+            if len(g.items) != g.total_in_folder
+            else f"{len(g.items)} files"
+        )
         names = [Path(i.path).name for i in g.items]
         span = names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}"
         status = "complete" if not todo else f"{len(todo)} to fetch ({human_size(_sum_sizes(todo))})"
@@ -429,7 +457,10 @@ def describe(groups: list[Group]) -> tuple[str, list[Item]]:
 def write_tsv(items: list[Item], out) -> None:
     with open(out, "w", encoding="utf-8") as fh:
         for i in items:
-            fh.write("\t".join([i.what, i.repo_type, i.repo_id, i.path, i.local_dir, "" if i.size is None else str(i.size)]) + "\n")
+            fh.write(
+                "\t".join([i.what, i.repo_type, i.repo_id, i.path, i.local_dir, "" if i.size is None else str(i.size)])
+                + "\n"
+            )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -463,7 +494,9 @@ def main(argv=None) -> int:
         try:
             files_per_folder = int(args.files_per_folder)
         except ValueError:
-            raise MiniQwenError(f"--files-per-folder must be a positive integer, got {args.files_per_folder!r}") from None
+            raise MiniQwenError(
+                f"--files-per-folder must be a positive integer, got {args.files_per_folder!r}"
+            ) from None
     groups = build_plan(
         what=parse_csv(args.what),
         industries=parse_csv(args.industries),

@@ -35,7 +35,8 @@ def find_parquet_files(path: Path) -> list[Path]:
     files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
     if not files:
         raise MiniQwenError(
-            f"no .parquet files under {path}: point at the folder that prepare.sh filled (e.g. data/pt, data/sft, data/dpo)"
+            f"no .parquet files under {path}: point at the folder that prepare.sh filled "
+            f"(e.g. data/pt, data/sft, data/dpo)"
         )
     return files
 
@@ -69,7 +70,9 @@ def _open(path: Path):
     try:
         return pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-parquet input
-        raise MiniQwenError(f"cannot read {path} as parquet ({err}); is the file complete? Re-run prepare.sh to fetch it again") from None
+        raise MiniQwenError(
+            f"cannot read {path} as parquet ({err}); is the file complete? Re-run prepare.sh to fetch it again"
+        ) from None
 
 
 def main(argv=None) -> int:
@@ -77,7 +80,9 @@ def main(argv=None) -> int:
     parser.add_argument("path", metavar="PATH", help="a .parquet file or a folder searched recursively for them")
     parser.add_argument("--rows", type=int, default=3, help="number of rows to show in total (default 3)")
     parser.add_argument("--columns", help="comma-separated columns to show (default: all)")
-    parser.add_argument("--max-chars", type=int, default=300, help="cut strings longer than this (0 = no limit; default 300)")
+    parser.add_argument(
+        "--max-chars", type=int, default=300, help="cut strings longer than this (0 = no limit; default 300)"
+    )
     args = parser.parse_args(argv)
 
     if args.rows < 1:

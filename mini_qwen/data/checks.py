@@ -55,7 +55,9 @@ def check_stage_files(stage: str, files: list[Path], text_column: str = "text") 
     return schemas
 
 
-def find_stage_files(stage: str, data_dir: str, data_glob: str = "**/*.parquet", text_column: str = "text") -> list[Path]:
+def find_stage_files(
+    stage: str, data_dir: str, data_glob: str = "**/*.parquet", text_column: str = "text"
+) -> list[Path]:
     """A stage script's first data step: find its parquet files and check them, once, before any model is
     loaded. The stage then passes this list to its `build_dataset`, which trusts it."""
     files = find_parquet_files(data_dir, data_glob, what=stage_data(stage).WHAT)

@@ -9,7 +9,8 @@ as lists of {content, role} messages ([user, assistant] in the real data). We re
 prompt / chosen / rejected (never `id`, whose type differs between releases) and build, in the
 Qwen chat format of mini_qwen/chat.py:
 
-    prompt_ids   = [<|im_start|>system\\n{system}<|im_end|>\\n]  <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n
+    prompt_ids   = [<|im_start|>system\\n{system}<|im_end|>\\n]
+                   <|im_start|>user\\n{prompt}<|im_end|>\\n<|im_start|>assistant\\n
     chosen_ids   = {chosen answer}<|im_end|>
     rejected_ids = {rejected answer}<|im_end|>
 

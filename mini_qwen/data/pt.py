@@ -96,7 +96,9 @@ def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int =
                 if good:
                     yield good
         except (pa.ArrowException, OSError) as err:
-            raise MiniQwenError(f"{path}: unreadable at row ~{row}: {err}. Re-download the file or remove it.") from None
+            raise MiniQwenError(
+                f"{path}: unreadable at row ~{row}: {err}. Re-download the file or remove it."
+            ) from None
         stats["files"] = stats.get("files", 0) + 1
 
 
