@@ -116,8 +116,6 @@ def main(argv=None):
     if training_args.sync_ref_model and training_args.precompute_ref_log_probs:
         raise MiniQwenError("--sync_ref_model and --precompute_ref_log_probs cannot be combined: precomputed "
                             "reference log-probs would go stale when the reference is updated. Drop one of them.")
-    if data_args.max_pairs is not None and data_args.max_pairs < 1:
-        raise MiniQwenError(f"--max_pairs must be at least 1 (got {data_args.max_pairs}).")
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once, before the models are loaded; the builder below trusts this list.
