@@ -235,7 +235,7 @@ def main():
                "rounds": args.rounds, "times": times, "best_s": best}
         print(f"\n== time (best of {args.rounds}; bare tokens {n_bare:,}) ==")
         for k, v in best.items():
-            print(f"  {k:9s} {v:7.2f} s   {n_bare / v / 1e3:8.0f}K tokens/s   x{v / best['bare']:.2f} bare"
+            print(f"  {k:14s} {v:7.2f} s   {n_bare / v / 1e3:8.0f}K tokens/s   x{v / best['bare']:.2f} bare"
                   f"   (median {statistics.median(times[k]):.2f} s)")
         best_cpu = {k: min(v) for k, v in cpu.items() if v}
         res["cpu_s"], res["best_cpu_s"] = cpu, best_cpu

@@ -109,6 +109,18 @@ def test_gpu_check_all_exits_1_when_a_sub_run_fails(gpu_check, tmp_path, monkeyp
     assert "| bare | skipped (time budget) |" in (tmp_path / "out" / "gpu_results.md").read_text()
 
 
+def test_gpu_check_report_names_a_killed_row_timeout(gpu_check, tmp_path):
+    """`timeout` stops a stage with SIGTERM, which the stage's own handler turns into a SystemExit the row records
+    as its failure: the report says what happened (timeout) and keeps the row's figures."""
+    runs = tmp_path / "gpu_runs"
+    runs.mkdir()
+    (runs / "dpo_grouped.json").write_text(json.dumps({"name": "dpo_grouped", "status": "failed", "steps": 5,
+                                                       "error": "SystemExit: 0", "tokens_per_second": 14.0}))
+    rows = gpu_check.report.report(tmp_path, {"dpo_grouped": "timeout", "pt": "exit 1"})
+    assert [(r["name"], r["status"]) for r in rows] == [("dpo_grouped", "timeout"), ("pt", "exit 1")]
+    assert "| dpo_grouped | timeout | – | 5 | 14 |" in (tmp_path / "gpu_results.md").read_text()
+
+
 def test_gpu_check_sh_exits_non_zero_when_its_python_part_fails(tmp_path):
     """bench/gpu_check.sh exits with the Python part's status, after writing its log to $OUT."""
     broken = tmp_path / "python"

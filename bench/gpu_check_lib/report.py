@@ -25,8 +25,8 @@ def report(out: Path, status: dict | None = None, gpu: bool | None = None, runs_
         if name not in names and not any(n.startswith(name + "_") for n in names):  # bare -> bare_<mode>
             results.append({"name": name, "status": st})
         else:
-            for r in results:
-                if r["name"] == name and r.get("status") == "ok" and st != "ok":
+            for r in results:  # a row killed by `timeout` may have recorded the stop as its own failure
+                if r["name"] == name and st != "ok" and (r.get("status") == "ok" or st == "timeout"):
                     r["status"] = st
     import torch
 
