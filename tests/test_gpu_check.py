@@ -50,7 +50,8 @@ def test_gpu_check_bare_loop_and_report_on_cpu(gpu_check, tmp_path):
 def test_gpu_check_stage_profiles_its_last_steps(gpu_check, tmp_path, built_tokenizer_dir):
     """A stage sub-run traces its last 2 steps and leaves them out of the tokens/s median."""
     argv = ["--model_preset", "tiny", "--use_cpu", "true", "--block_size", "64", "--per_device_train_batch_size",
-            "2", "--max_steps", "6", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+            "2", "--gradient_accumulation_steps", "1", "--max_steps", "6", "--logging_steps", "1",  # not the default 16
+            "--save_strategy", "no", "--report_to", "none",
             "--data_dir", str(REPO_ROOT / "mini_data" / "pt"), "--cache_dir", str(tmp_path / "cache"),
             "--tokenizer_path", str(built_tokenizer_dir), "--output_dir", str(tmp_path / "pt")]
     assert gpu_check.runners.run_stage("pt", "pt", tmp_path / "runs", argv) == 0
