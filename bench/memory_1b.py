@@ -99,8 +99,8 @@ def main():
           f"CPU; needs ~{need_gb:.1f} GB, {avail_gb:.1f} GB free now")
     if need_gb > avail_gb:
         print("not enough free memory: lower --num_hidden_layers")
-        return
-    results = {}
+        return 2
+    results, failed = {}, []
     with tempfile.TemporaryDirectory(prefix="bench_memory_1b_") as tmp:
         for name in args.configs.split(","):
             argv = ["--model_preset", "1b", "--num_hidden_layers", str(args.num_hidden_layers),
@@ -111,9 +111,10 @@ def main():
                     "--use_cpu", "true", "--bf16", "false", "--learning_rate", "1e-4", "--warmup_steps", "0",
                     "--disable_tqdm", "true", *CONFIGS[name]]
             out = subprocess.run([sys.executable, __file__, "--_child", *argv], capture_output=True, text=True)
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
             if out.returncode or line is None:
                 print(f"{name}: FAILED (exit {out.returncode})\n{out.stderr[-3000:]}")
+                failed.append(name)
                 continue
             r = json.loads(line[len("RESULT "):])
             results[name] = r
@@ -124,11 +125,16 @@ def main():
     if base:
         print("relative to baseline:")
         for name, r in results.items():
-            print(f"  {name:24s} peak x{r['peak_mb'] / base['peak_mb']:.3f}   fwd+bwd x{r['fwd_bwd_mb'] / base['fwd_bwd_mb']:.2f}"
-                  f" ({r['fwd_bwd_mb'] - base['fwd_bwd_mb']:+.0f} MB)")
+            growth = r["fwd_bwd_mb"] - base["fwd_bwd_mb"]
+            print(f"  {name:24s} peak x{r['peak_mb'] / base['peak_mb']:.3f}   "
+                  f"fwd+bwd x{r['fwd_bwd_mb'] / base['fwd_bwd_mb']:.2f} ({growth:+.0f} MB)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

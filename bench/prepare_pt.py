@@ -1,16 +1,16 @@
-"""PT data preparation: bare tokenisation vs the seed's `datasets.map` shape vs our token cache.
+"""PT data preparation: bare tokenisation vs the original recipe's `datasets.map` shape vs our token cache.
 
 Run as:
     python bench/prepare_pt.py                         # real samples repeated to >= 2M tokens, 3 rounds
     python bench/prepare_pt.py --min_tokens 500000 --rounds 1 --rss_factor 2   # quick check
 
 What is timed, on the same texts, in one process, rounds interleaved (best of each is reported):
-  bare  `tokenizer(texts, add_special_tokens=False)` on in-memory texts, in batches of 5000:
-        the floor any pipeline pays.
-  seed  the original project's shape: `load_dataset("parquet")` then `Dataset.map(batched=True,
-        batch_size=5000, remove_columns=...)` returning Python lists of input_ids and attention_mask,
-        concatenated with `itertools.chain` and cut into 1024-token blocks (Arrow cache on disk).
-  ours  `mini_qwen.data.pt.prepare_token_cache`: parquet -> tokens.u24 + doc_lens.npy on disk.
+  bare      `tokenizer(texts, add_special_tokens=False)` on in-memory texts, in batches of 5000:
+            the floor any pipeline pays.
+  original  the original recipe's shape: `load_dataset("parquet")` then `Dataset.map(batched=True,
+            batch_size=5000, remove_columns=...)` returning Python lists of input_ids and attention_mask,
+            concatenated with `itertools.chain` and cut into 1024-token blocks (Arrow cache on disk).
+  ours      `mini_qwen.data.pt.prepare_token_cache`: parquet -> tokens.u24 + doc_lens.npy on disk.
 Then bytes per token on disk of both caches, and the peak RSS of `prepare_token_cache` at 1x and
 Nx the input, each in a fresh subprocess (VmHWM, reset after the imports and the tokenizer load, which
 peak higher than preparation itself): streaming means the two stay close.
@@ -36,8 +36,8 @@ from rss import proc_status_mb, reset_peak_rss  # bench/rss.py: the script's own
 ROOT = Path(__file__).resolve().parents[1]
 
 SAMPLES = ROOT.parent / "shared" / "reference" / "mini_data_baai" / "pt"
-SEED_BLOCK = 1024
-SEED_BATCH = 5000
+ORIGINAL_BLOCK = 1024
+ORIGINAL_BATCH = 5000
 
 
 def peak_rss_mb() -> float:
@@ -74,33 +74,33 @@ def folder_bytes(folder: Path) -> int:
 def run_bare(tokenizer, texts: list[str]) -> tuple[float, float, int]:
     t0, c0 = time.perf_counter(), time.process_time()
     n = 0
-    for i in range(0, len(texts), SEED_BATCH):
-        out = tokenizer(texts[i:i + SEED_BATCH], add_special_tokens=False)
+    for i in range(0, len(texts), ORIGINAL_BATCH):
+        out = tokenizer(texts[i:i + ORIGINAL_BATCH], add_special_tokens=False)
         n += sum(map(len, out["input_ids"]))
     return time.perf_counter() - t0, time.process_time() - c0, n
 
 
-def run_seed(tokenizer, files: list[Path], cache_dir: Path) -> dict:
-    """The seed's PT preprocessing, written again here: Python lists in, Python lists out."""
+def run_original(tokenizer, files: list[Path], cache_dir: Path) -> dict:
+    """The original recipe's PT preprocessing, written again here: Python lists in, Python lists out."""
     import datasets
 
     def preprocess(examples):
         texts = [text + "<|im_end|>" for text in examples["text"]]
         tokenized = tokenizer(texts, add_special_tokens=False)
         concatenated = {k: list(chain(*tokenized[k])) for k in tokenized.keys()}
-        total = len(concatenated["input_ids"]) // SEED_BLOCK * SEED_BLOCK
-        return {k: [t[i:i + SEED_BLOCK] for i in range(0, total, SEED_BLOCK)] for k, t in concatenated.items()}
+        total = len(concatenated["input_ids"]) // ORIGINAL_BLOCK * ORIGINAL_BLOCK
+        return {k: [t[i:i + ORIGINAL_BLOCK] for i in range(0, total, ORIGINAL_BLOCK)] for k, t in concatenated.items()}
 
     t0, c0 = time.perf_counter(), time.process_time()
     raw = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train",
                                 cache_dir=str(cache_dir))
     t1 = time.perf_counter()
-    blocks = raw.map(preprocess, batched=True, batch_size=SEED_BATCH, remove_columns=raw.column_names)
+    blocks = raw.map(preprocess, batched=True, batch_size=ORIGINAL_BATCH, remove_columns=raw.column_names)
     t2, c2 = time.perf_counter(), time.process_time()
     map_files = {c["filename"] for c in blocks.cache_files}
     map_bytes = sum(os.path.getsize(f) for f in map_files)
     return {"load_s": t1 - t0, "map_s": t2 - t1, "total_s": t2 - t0, "cpu_s": c2 - c0, "blocks": len(blocks),
-            "tokens": len(blocks) * SEED_BLOCK, "bytes": map_bytes, "files": len(map_files),
+            "tokens": len(blocks) * ORIGINAL_BLOCK, "bytes": map_bytes, "files": len(map_files),
             "features": str(blocks.features)}
 
 
@@ -152,14 +152,15 @@ def main():
     parser.add_argument("--min_tokens", type=int, default=2_000_000, help="repeat the texts to at least this many")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best time of each is kept")
     parser.add_argument("--rss_factor", type=int, default=4, help="the larger input for the RSS check, x 1x")
-    parser.add_argument("--rss_repeats", type=int, default=2)
-    parser.add_argument("--skip_seed", action="store_true")
-    parser.add_argument("--skip_rss", action="store_true")
+    parser.add_argument("--rss_repeats", type=int, default=2, help="fresh subprocesses per input size")
+    parser.add_argument("--skip_original", action="store_true", help="do not time the original recipe's "
+                        "datasets.map pipeline")
+    parser.add_argument("--skip_rss", action="store_true", help="do not measure the streaming peak RSS")
     parser.add_argument("--time_unchunked", action="store_true", help="also time prepare_token_cache with one "
                         "tokenizer call per 4096-row parquet batch")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--rss_unchunked", action="store_true", help="also measure the RSS with one tokenizer call "
-                        "per 4096-row parquet batch (max_chars unbounded: the behaviour before the chunking)")
+                        "per 4096-row parquet batch (max_chars unbounded)")
     parser.add_argument("--_rss_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._rss_child:
@@ -186,23 +187,23 @@ def main():
         print(f"input: {len(texts):,} texts, {chars:,} characters, ~{base_tokens * copies:,} tokens, "
               f"{folder_bytes(work / 'in_1x'):,} parquet bytes; cores: {os.cpu_count()}")
 
-        times = {"bare": [], "seed": [], "seed_map": [], "ours": []}
-        cpu = {"bare": [], "seed": [], "ours": []}
+        times = {"bare": [], "original": [], "original_map": [], "ours": []}
+        cpu = {"bare": [], "original": [], "ours": []}
         if args.time_unchunked:
             times["ours_unchunked"], cpu["ours_unchunked"] = [], []
-        seed = ours = None
+        original = ours = None
         def bare_step(r):
             nonlocal n_bare
             seconds, cpu_s, n_bare = run_bare(tokenizer, texts)
             times["bare"].append(seconds)
             cpu["bare"].append(cpu_s)
 
-        def seed_step(r):
-            nonlocal seed
-            seed = run_seed(tokenizer, files_1x, work / f"hf_cache_{r}")
-            times["seed"].append(seed["total_s"])
-            times["seed_map"].append(seed["map_s"])
-            cpu["seed"].append(seed["cpu_s"])
+        def original_step(r):
+            nonlocal original
+            original = run_original(tokenizer, files_1x, work / f"hf_cache_{r}")
+            times["original"].append(original["total_s"])
+            times["original_map"].append(original["map_s"])
+            cpu["original"].append(original["cpu_s"])
             shutil.rmtree(work / f"hf_cache_{r}", ignore_errors=True)
 
         def ours_step(r):
@@ -213,13 +214,13 @@ def main():
             if r < args.rounds - 1:
                 shutil.rmtree(work / f"ours_{r}", ignore_errors=True)
 
-        def unchunked_step(r):  # one tokenizer call per parquet batch: the behaviour before max_chars
+        def unchunked_step(r):  # one tokenizer call per parquet batch (max_chars unbounded)
             other = run_ours(tokenizer, files_1x, work / f"ours_u_{r}", max_chars=10**15)
             times["ours_unchunked"].append(other["total_s"])
             cpu["ours_unchunked"].append(other["cpu_s"])
             shutil.rmtree(work / f"ours_u_{r}", ignore_errors=True)
 
-        steps = [bare_step] + ([] if args.skip_seed else [seed_step]) + [ours_step] + \
+        steps = [bare_step] + ([] if args.skip_original else [original_step]) + [ours_step] + \
             ([unchunked_step] if args.time_unchunked else [])
         n_bare = 0
         for r in range(args.rounds):
@@ -234,7 +235,7 @@ def main():
                "rounds": args.rounds, "times": times, "best_s": best}
         print(f"\n== time (best of {args.rounds}; bare tokens {n_bare:,}) ==")
         for k, v in best.items():
-            print(f"  {k:9s} {v:7.2f} s   {n_bare / v / 1e3:8.0f}K tokens/s   x{v / best['bare']:.2f} bare"
+            print(f"  {k:14s} {v:7.2f} s   {n_bare / v / 1e3:8.0f}K tokens/s   x{v / best['bare']:.2f} bare"
                   f"   (median {statistics.median(times[k]):.2f} s)")
         best_cpu = {k: min(v) for k, v in cpu.items() if v}
         res["cpu_s"], res["best_cpu_s"] = cpu, best_cpu
@@ -247,25 +248,26 @@ def main():
         res["median_ratio_ours_bare"] = med["ours"] / med["bare"]
         print(f"  ours/bare = {res['ratio_ours_bare']:.2f} best, {res['median_ratio_ours_bare']:.2f} median "
               f"(target <= 1.2)")
-        if seed:
-            res["ratio_seed_bare"] = best["seed"] / best["bare"]
-            res["ratio_seed_map_bare"] = best["seed_map"] / best["bare"]
-            res["ratio_seed_ours"] = best["seed"] / best["ours"]
-            res["cpu_ratio_seed_bare"] = best_cpu["seed"] / best_cpu["bare"]
-            res["median_ratio_seed_bare"] = med["seed"] / med["bare"]
-            print(f"  seed/bare = {res['ratio_seed_bare']:.2f} best, {res['median_ratio_seed_bare']:.2f} median "
-                  f"(map only {res['ratio_seed_map_bare']:.2f}); "
-                  f"seed/ours = {res['ratio_seed_ours']:.2f}")
+        if original:
+            res["ratio_original_bare"] = best["original"] / best["bare"]
+            res["ratio_original_map_bare"] = best["original_map"] / best["bare"]
+            res["ratio_original_ours"] = best["original"] / best["ours"]
+            res["cpu_ratio_original_bare"] = best_cpu["original"] / best_cpu["bare"]
+            res["median_ratio_original_bare"] = med["original"] / med["bare"]
+            print(f"  original/bare = {res['ratio_original_bare']:.2f} best, "
+                  f"{res['median_ratio_original_bare']:.2f} median (map only {res['ratio_original_map_bare']:.2f}); "
+                  f"original/ours = {res['ratio_original_ours']:.2f}")
 
         print("\n== bytes per token on disk ==")
         res["ours_bytes_per_token"] = ours["bytes"] / ours["tokens"]
         print(f"  ours: {ours['bytes']:,} bytes / {ours['tokens']:,} tokens = {res['ours_bytes_per_token']:.3f} "
               f"(target <= 4) {ours['parts']}")
-        if seed:
-            res["seed_bytes_per_token"] = seed["bytes"] / seed["tokens"]
-            res["seed_features"] = seed["features"]
-            print(f"  seed: {seed['bytes']:,} bytes / {seed['tokens']:,} tokens in blocks = "
-                  f"{res['seed_bytes_per_token']:.2f} ({seed['files']} map cache file(s); {seed['features']})")
+        if original:
+            res["original_bytes_per_token"] = original["bytes"] / original["tokens"]
+            res["original_features"] = original["features"]
+            print(f"  original: {original['bytes']:,} bytes / {original['tokens']:,} tokens in blocks = "
+                  f"{res['original_bytes_per_token']:.2f} ({original['files']} map cache file(s); "
+                  f"{original['features']})")
 
         if args.skip_rss:
             if args.json:

@@ -10,7 +10,7 @@ Run as (repository root, on a CUDA machine):
 Without a CUDA GPU it says so and exits 0 (nothing to measure).
 
 Each stage runs in its own process (the cap applies to one process's CUDA allocator, and a fresh process
-starts from zero) through bench/gpu_check.py's `run_stage`, which records the peak memory around
+starts from zero) through `run_stage` of bench/gpu_check_lib/runners.py, which records the peak memory around
 `Trainer.train`. The cap limits PyTorch's allocator; the CUDA context (~0.5 GB) comes on top, as on a T4.
 """
 
@@ -48,7 +48,7 @@ def stage_argv(stage: str, work: Path, layers: int) -> list[str]:
 
 def run_one(stage: str, out: Path, argv: list[str]) -> int:
     import torch
-    from gpu_check import run_stage
+    from gpu_check_lib.runners import run_stage  # bench/ is on sys.path: this script runs in place
 
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
