@@ -75,7 +75,7 @@ class MiniSFTConfig(LongRunArguments, SFTConfig):
                 "one; attention never crosses them): every batch is [batch, max_length], one fixed shape, nearly "
                 "no pad, the same layout as PT's blocks. A row holds ~1.8 real Infinity-Instruct conversations "
                 "at 1024 tokens, so a step sees more of them than with --packing false (the original padded "
-                "batches). Same per-token loss as padded batches (tests/test_throughput.py)."})
+                "batches). Same per-token loss as padded batches (tests/test_sft.py)."})
     packing_strategy: str = field(default="bfd", metadata={
         "help": "bfd only: best-fit decreasing, never splitting a conversation.", "choices": ["bfd"]})
     padding_free: bool = field(default=False, metadata={

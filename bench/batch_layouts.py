@@ -13,7 +13,7 @@ default) against transformers' length-aware samplers, `--train_sampling_strategy
 --time also times the model body's forward + backward for each SFT layout on CPU, with the 1b preset's widths and
 --layers layers (the LM head costs the same in every layout: it runs on the answer positions only).
 
-    python bench/batch_layouts.py                           # ../shared's real Infinity-Instruct / -Preference rows
+    python bench/batch_layouts.py                           # real Infinity-Instruct / -Preference rows (tests/data)
     python bench/batch_layouts.py --time --layers 1         # + CPU timing of the SFT layouts (minutes on 2 cores)
 """
 
@@ -35,7 +35,7 @@ from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
 from mini_qwen.model import PresetArguments, build_config
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL = ROOT.parent / "shared" / "reference" / "mini_data_baai"
+REAL = ROOT / "tests" / "data" / "baai"  # real-length rows of the datasets the stages train on (tests/data/README.md)
 
 
 class Cost:
@@ -159,8 +159,8 @@ def dpo(args, tokenizer, config):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sft_dir", default=str(REAL / "sft" if (REAL / "sft").is_dir() else ROOT / "mini_data/sft"))
-    parser.add_argument("--dpo_dir", default=str(REAL / "dpo" if (REAL / "dpo").is_dir() else ROOT / "mini_data/dpo"))
+    parser.add_argument("--sft_dir", default=str(REAL / "sft"))
+    parser.add_argument("--dpo_dir", default=str(REAL / "dpo"))
     parser.add_argument("--tokenizer", default=str(ROOT / "models" / "tokenizer"))
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--max_prompt_length", type=int, default=512)

@@ -53,14 +53,6 @@ if [ ! -f models/tokenizer/tokenizer.json ] && [ -f "$WHEEL_DIR/tokenizer/tokeni
     mkdir -p models/tokenizer && cp -r "$WHEEL_DIR"/tokenizer/. models/tokenizer/
     echo "gpu_check: tokenizer copied from $WHEEL_DIR/tokenizer"
 fi
-# Real-length SFT / DPO rows travel like the tokenizer: .whl/real_data/{sft,dpo} (copies of the reference samples).
-for stage in sft dpo; do
-    var=GPU_CHECK_$(echo $stage | tr a-z A-Z)_DATA
-    if [ -z "${!var:-}" ] && [ -d "$WHEEL_DIR/real_data/$stage" ]; then
-        export "$var=$(cd "$WHEEL_DIR/real_data/$stage" && pwd)"
-        echo "gpu_check: $stage rows from $WHEEL_DIR/real_data/$stage"
-    fi
-done
 export TOKENIZERS_PARALLELISM=true HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
 
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -11,8 +11,6 @@
 #   lacks or has too old (listed below); DeepSpeed is built here as a pure-Python wheel (no ops prebuilt:
 #   ZeRO-2 with Trainer's torch AdamW needs none).
 # - tokenizer/: models/tokenizer (git-ignored; `python -m mini_qwen.tokenizer` builds it).
-# - real_data/{sft,dpo}: the real-length BAAI samples from ../shared/reference/mini_data_baai, when that is
-#   beside the checkout, so the SFT / DPO rows are measured on real lengths.
 # Environment: PYTHON (.venv/bin/python, else python3), WHEEL_DIR (.whl), CARRY_PYTHON_VERSION (3.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,15 +62,6 @@ if [ -f models/tokenizer/tokenizer.json ]; then
     cp models/tokenizer/{tokenizer.json,tokenizer_config.json,chat_template.jinja} "$DEST/tokenizer/"
 else
     echo "pack_gpu_carry: no models/tokenizer: build it first (python -m mini_qwen.tokenizer)" >&2; exit 2
-fi
-REAL=../shared/reference/mini_data_baai
-if [ -d "$REAL" ]; then
-    for stage in sft dpo; do
-        rm -rf "$DEST/real_data/$stage" && mkdir -p "$DEST/real_data" && cp -r "$REAL/$stage" "$DEST/real_data/$stage"
-    done
-    echo "pack_gpu_carry: real-length SFT / DPO rows from $REAL"
-else
-    echo "pack_gpu_carry: no $REAL beside the checkout: the SFT / DPO rows will use mini_data's short rows"
 fi
 ls "$DEST"/*.whl | xargs -n1 basename
 size=$(du -sm "$DEST" | cut -f1)

@@ -35,7 +35,7 @@ from rss import proc_status_mb, reset_peak_rss  # bench/rss.py: the script's own
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SAMPLES = ROOT.parent / "shared" / "reference" / "mini_data_baai" / "pt"
+SAMPLES = ROOT / "tests" / "data" / "baai" / "pt"  # real IndustryCorpus2 documents (tests/data/README.md)
 ORIGINAL_BLOCK = 1024
 ORIGINAL_BATCH = 5000
 
@@ -49,8 +49,7 @@ def source_files(data_dir: str | None):
 
     if data_dir:
         return find_parquet_files(data_dir)
-    root = SAMPLES if SAMPLES.is_dir() else ROOT / "mini_data" / "pt"
-    return find_parquet_files(str(root))
+    return find_parquet_files(str(SAMPLES))
 
 
 def write_copies(texts: list[str], folder: Path, copies: int) -> list[Path]:

@@ -23,7 +23,7 @@ failed saves reported. One shape for all three stages: the stage's TrainingArgum
 
 Written against transformers 5.24 / accelerate 1.15: it overrides Trainer's private `_save_checkpoint` and
 relies on the order of its training loop (callback `on_pre_optimizer_step` before `optimizer.step()`, the
-optimizer created before accelerate wraps it); tests/test_long_runs.py pins these details.
+optimizer created before accelerate wraps it); tests/test_long_run.py pins these details.
 """
 
 import math

@@ -86,14 +86,32 @@ def test_no_import_cycle_in_the_package_or_the_stage_scripts():
 def test_scripts_never_edit_sys_path():
     """pyproject.toml makes mini_qwen installable (`pip install -e .` in setup.sh): no script patches sys.path."""
     scripts = (list(REPO_ROOT.glob("mini_qwen_*.py")) + list((REPO_ROOT / "demo").glob("*.py"))
-               + list((REPO_ROOT / "utils").glob("*.py")) + list((REPO_ROOT / "bench").glob("*.py")))
-    assert len(scripts) > 10
+               + list((REPO_ROOT / "utils").glob("*.py")) + list((REPO_ROOT / "bench").glob("*.py"))
+               + list((REPO_ROOT / "tests").glob("*.py")))  # conftest.py too: pytest finds tests/ itself
+    assert len(scripts) > 10 and REPO_ROOT / "tests" / "conftest.py" in scripts
     offenders = [str(p.relative_to(REPO_ROOT)) for p in scripts
                  if re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", p.read_text(encoding="utf-8"))]
     assert not offenders, f"sys.path edited in {offenders}; import the installed package instead"
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     assert 'include = ["mini_qwen", "mini_qwen.*"]' in pyproject
     assert "pip install -q --disable-pip-version-check --no-deps" in (REPO_ROOT / "setup.sh").read_text()
+
+
+def test_tests_read_only_files_inside_the_repository():
+    """A clone runs its whole suite with nothing beside it: the real samples, the official tokenizer files and the
+    original run's logs are in tests/data, with their sources and licences in tests/data/README.md."""
+    outside = re.compile(r"parents\[[2-9]\]|REPO_ROOT\.parent|\.\./|[\"']shared[\"'/]")
+    offenders = [f"{p.name}:{n}" for p in sorted((REPO_ROOT / "tests").glob("*.py"))
+                 for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if outside.search(line)]
+    assert not offenders, f"paths outside the repository in {offenders}; put the file in tests/data"
+    data = REPO_ROOT / "tests" / "data"
+    files = [p.relative_to(data) for p in data.rglob("*") if p.is_file()]
+    assert sum((data / f).stat().st_size for f in files) < 10 * 2**20, "tests/data is meant to stay under ~10 MB"
+    readme = (data / "README.md").read_text(encoding="utf-8")
+    folders = {f.parts[0] for f in files if len(f.parts) > 1}
+    assert folders == {"baai", "qwen2.5_tokenizer", "upstream_logs"}, folders
+    for folder in folders:
+        assert f"`{folder}/" in readme, f"tests/data/{folder} has no source and licence line in tests/data/README.md"
 
 
 # --------------------------------------------------------------------------- one data module per stage
@@ -150,7 +168,8 @@ def test_enumerated_flags_are_refused_by_the_parser_with_the_allowed_values():
         mini_qwen_dpo: (mini_qwen_dpo.DPODataArguments, mini_qwen_dpo.DPOModelArguments, mini_qwen_dpo.MiniDPOConfig),
     }
     for types in stages.values():
-        with pytest.raises(MiniQwenError, match=r"--on_bad_rows.*invalid choice: 'eror' \(choose from 'skip', 'error'\)"):
+        bad_rows_typo = r"--on_bad_rows.*invalid choice: 'eror' \(choose from 'skip', 'error'\)"
+        with pytest.raises(MiniQwenError, match=bad_rows_typo):
             parse_args(types, ["--on_bad_rows", "eror", "--output_dir", "unused"])
         with pytest.raises(MiniQwenError, match=r"invalid choice: 'flash'.*'sdpa'"):
             parse_args(types, ["--attn_implementation", "flash", "--output_dir", "unused"])

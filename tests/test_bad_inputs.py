@@ -339,7 +339,8 @@ def test_check_data_dpo_identical_answers_and_over_long(tmp_path, built_tokenize
     assert module.main(["dpo", str(folder), "--max_length", "64", "--tokenizer_path", str(built_tokenizer_dir),
                         "--on_bad_rows", "skip"]) == 0
     out = capsys.readouterr().out
-    assert "a.parquet: 2 rows; extra columns (not read): id; bad rows: 1 chosen and rejected answers are identical" in out
+    assert ("a.parquet: 2 rows; extra columns (not read): id; bad rows: 1 chosen and rejected answers are identical"
+            in out)
     assert "1 longer than 64 tokens (truncated)" in out and "ok: 1 usable rows (1 bad rows will be skipped)" in out
 
 

@@ -71,7 +71,7 @@ def test_gold_stub_scores_one_and_random_stub_scores_chance(suite):
     scores = []
     for seed in range(8):
         rng = random.Random(seed)
-        (row,) = run_suite(_stub_lm(lambda doc, choice: rng.random()), suite)
+        (row,) = run_suite(_stub_lm(lambda doc, choice, rng=rng: rng.random()), suite)
         assert 0.0 <= row["acc"] <= 1.0 and row["acc_stderr"] > 0
         scores.append(row["acc"])
     mean = sum(scores) / len(scores)  # 160 guesses: standard error ~0.034

@@ -3,7 +3,7 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BAAI_SAMPLES, needs_samples
+from conftest import BAAI_SAMPLES
 
 from mini_qwen.chat import IGNORE, BadConversation, ChatTokens, build_example, encode_conversations, normalize_messages
 from mini_qwen.data.checks import find_stage_files
@@ -50,7 +50,6 @@ def test_crafted_multi_turn_labels(tokenizer):
     check_labels(tokenizer, first, out["input_ids"][0], out["labels"][0])
 
 
-@needs_samples
 def test_real_7m_and_gen_rows_label_exactly(tokenizer):
     dataset, stats = build_dataset(find_stage_files("sft", str(BAAI_SAMPLES / "sft")), tokenizer,
                                    max_length=100_000, log=lambda *_: None)

@@ -1,8 +1,7 @@
 """DPO stage: a few real steps on a tiny model, the truncation policy, and bad input.
 
-The real rows come from shared/reference/mini_data_baai/dpo (beside the repository); the
-training tests are skipped when it is absent. The starting checkpoint is a random tiny model
-saved with the project tokenizer (no PT/SFT run needed).
+The real rows are the Infinity-Preference samples in tests/data/baai/dpo. The starting checkpoint is
+conftest's `tiny_checkpoint`: a random tiny model saved with the project tokenizer (no PT/SFT run needed).
 """
 
 import json
@@ -12,36 +11,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import BAAI_SAMPLES, MINI_DATA
 
 from mini_qwen.errors import MiniQwenError
 
-REAL_DPO = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mini_data_baai" / "dpo"
-needs_real_dpo = pytest.mark.skipif(not any(REAL_DPO.glob("*.parquet")), reason=f"no DPO sample data in {REAL_DPO}")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from mini_qwen.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer()
-    except MiniQwenError as err:
-        pytest.skip(f"no tokenizer available: {err}")
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory, tokenizer):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from mini_qwen.model import PresetArguments, build_config
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(build_config(PresetArguments(model_preset="tiny")))
-    folder = tmp_path_factory.mktemp("tiny_sft")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+REAL_DPO = BAAI_SAMPLES / "dpo"
+MINI_DPO = MINI_DATA / "dpo"
 
 
 def pair(prompt, chosen, rejected, user=None):
@@ -75,7 +50,6 @@ def _reload(folder):
     assert math.isfinite(model(ids).logits.float().abs().max().item())
 
 
-@needs_real_dpo
 def test_dpo_trains_on_real_pairs_and_reloads(tiny_checkpoint, tokenizer, tmp_path, capsys):
     from mini_qwen_dpo import main
 
@@ -110,7 +84,6 @@ def test_dpo_trains_on_real_pairs_and_reloads(tiny_checkpoint, tokenizer, tmp_pa
     _reload(out)
 
 
-@needs_real_dpo
 def test_dpo_precomputed_reference(tiny_checkpoint, tmp_path, capsys):
     from mini_qwen_dpo import main
 
@@ -161,7 +134,6 @@ def _epoch(trainer) -> tuple[float, list[int]]:
     return real / computed, ids
 
 
-@needs_real_dpo
 @pytest.mark.parametrize("strategy", ["group_by_length", "batch_rebalance"])
 def test_dpo_length_samplers_cut_padding(tiny_checkpoint, tmp_path, strategy):
     """transformers' length-aware samplers work on our tokenized pairs (the `length` column survives Trainer's
@@ -175,7 +147,6 @@ def test_dpo_length_samplers_cut_padding(tiny_checkpoint, tmp_path, strategy):
     assert random_share < 0.8 and grouped_share > random_share + 0.1, (random_share, grouped_share)
 
 
-@needs_real_dpo
 def test_dpo_pads_to_a_multiple_of_64_with_the_same_loss(tiny_checkpoint, tmp_path):
     """The default --pad_to_multiple_of 64 bounds the batch shapes (16 at max_length 1024) and changes no number:
     the same loss as padding to the longest only, on the same real pairs."""
@@ -200,8 +171,7 @@ def test_dpo_pads_to_a_multiple_of_64_with_the_same_loss(tiny_checkpoint, tmp_pa
 def test_dpo_stage_keeps_lengths_for_a_length_sampler(tiny_checkpoint, tmp_path):
     from mini_qwen_dpo import main
 
-    trainer = main(run_args(tiny_checkpoint, REAL_DPO if any(REAL_DPO.glob("*.parquet")) else
-                            Path(__file__).resolve().parents[1] / "mini_data" / "dpo", tmp_path / "dpo",
+    trainer = main(run_args(tiny_checkpoint, REAL_DPO, tmp_path / "dpo",
                             "--max_steps", "1", "--per_device_train_batch_size", "2",
                             "--train_sampling_strategy", "group_by_length"))
     assert "length" in trainer.train_dataset.column_names
@@ -209,13 +179,12 @@ def test_dpo_stage_keeps_lengths_for_a_length_sampler(tiny_checkpoint, tmp_path)
 
 
 def test_dpo_trains_with_the_kahan_optimizer(tiny_checkpoint, tmp_path):
-    """--pure_bf16 --kahan_summation: the stage builds torch-optimi's AdamW (its issue-#12 lever) and trains with it."""
+    """--pure_bf16 --kahan_summation: the stage builds torch-optimi's AdamW (Kahan summation) and trains with it."""
     from optimi import AdamW
 
     from mini_qwen_dpo import main
 
-    mini_dpo = Path(__file__).resolve().parents[1] / "mini_data" / "dpo"
-    trainer = main(run_args(tiny_checkpoint, mini_dpo, tmp_path / "dpo", "--use_cpu", "true", "--bf16", "true",
+    trainer = main(run_args(tiny_checkpoint, MINI_DPO, tmp_path / "dpo", "--use_cpu", "true", "--bf16", "true",
                             "--pure_bf16", "true", "--kahan_summation", "true", "--max_steps", "1", "--max_pairs", "2"))
     assert isinstance(getattr(trainer.optimizer, "optimizer", trainer.optimizer), AdamW)
     assert math.isfinite([e for e in trainer.state.log_history if "loss" in e][0]["loss"])

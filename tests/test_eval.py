@@ -143,7 +143,8 @@ def test_checkpoint_names_pick_templates():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["a", "--mode", "chatty"], "argument --mode: invalid choice: 'chatty' (choose from 'auto', 'interactive', 'batch')"),
+    (["a", "--mode", "chatty"],
+     "argument --mode: invalid choice: 'chatty' (choose from 'auto', 'interactive', 'batch')"),
     (["a", "--template", "raw"], "invalid choice: 'raw'"),
     (["a", "--degeneration", "all"], "invalid choice: 'all'"),
     (["a", "--max_new_token", "8"], "did you mean '--max_new_tokens'"),

@@ -113,7 +113,8 @@ def test_each_flag_out_of_range_is_one_clear_message(stage):
     ("dpo", ["--logging_steps", "0", "--num_train_epochs", "0"],
      "--num_train_epochs 0 is out of range: allowed above 0 and at most 1e+06; --logging_steps 0 is out of range"),
     ("eval", ["results/sft", "--ppl_batch_size", "0"], "--ppl_batch_size 0 is out of range: allowed at least 1."),
-    ("eval", ["--bench_batch_size", "0"], "--bench_batch_size 0 is not allowed: give a positive integer or one of auto"),
+    ("eval", ["--bench_batch_size", "0"],
+     "--bench_batch_size 0 is not allowed: give a positive integer or one of auto"),
     ("serve", ["--port", "0", "results/sft"], "--port 0 is out of range: allowed at least 1 and at most 65535."),
 ])
 def test_messages(stage, argv, expected):

@@ -1,7 +1,7 @@
 """mini_data/ (written by utils/make_mini_data.py from mini_data/source/*.yaml) and utils/save_mini_data.py.
 
-Schema tests compare against the real BAAI samples in ../shared/reference/mini_data_baai and skip
-when that folder is absent; the rest need only the committed mini_data/.
+Schema tests compare against the real BAAI samples in tests/data/baai (the same layout as the full data);
+utils/save_mini_data.py cuts those samples.
 """
 
 import hashlib
@@ -15,13 +15,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import BAAI_SAMPLES
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "mini_data"
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mini_data_baai"
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"{REFERENCE} absent")
 
-SEED_PROMPTS = ["李白是谁？", "绿豆糕", "who are you?", "tell me a story"]
+DEMO_PROMPTS = ["李白是谁？", "绿豆糕", "who are you?", "tell me a story"]
 # The real layout and file-name patterns, relative to the data root.
 LAYOUT = {
     "pt_zh": re.compile(r"^pt/[a-z_]+/chinese/high/rank_\d{5}\.parquet$"),
@@ -85,9 +84,9 @@ def test_layout_has_every_kind_of_file(mini_tables):
         assert any(rel.startswith(f"pt/{industry}/english/") for rel in mini_tables)
 
 
-@needs_reference
 def test_schemas_equal_the_real_files():
-    real = {kind: {str(_schema_facts(pq.read_schema(p))) for p in paths} for kind, paths in _by_kind(REFERENCE).items()}
+    real = {kind: {str(_schema_facts(pq.read_schema(p))) for p in paths}
+            for kind, paths in _by_kind(BAAI_SAMPLES).items()}
     assert set(real) == set(LAYOUT), "the reference samples no longer cover every kind of file"
     for kind, paths in _by_kind(MINI).items():
         assert len(real[kind]) == 1, f"real {kind} files disagree among themselves"
@@ -97,9 +96,8 @@ def test_schemas_equal_the_real_files():
             assert got == want, f"{path.relative_to(MINI)} schema differs from the real {kind} files"
 
 
-@needs_reference
 def test_industry_type_values_are_chinese_labels_like_the_real_ones(mini_tables):
-    real = pq.read_table(next(iter(_by_kind(REFERENCE)["pt_zh"])), columns=["industry_type"])
+    real = pq.read_table(next(iter(_by_kind(BAAI_SAMPLES)["pt_zh"])), columns=["industry_type"])
     assert set(real.column("industry_type").to_pylist()) == {"住宿_餐饮_酒店"}
     for rel, table in mini_tables.items():
         if rel.startswith("pt/"):
@@ -155,13 +153,13 @@ def test_broken_yaml_is_a_one_line_error(source_copy, tmp_path):
 
 
 # --- (c) content the demo relies on -------------------------------------------------------------
-def test_sft_contains_the_seed_prompts_several_times(mini_tables):
+def test_sft_contains_the_demo_prompts_several_times(mini_tables):
     first_prompts = []
     for kind in ("sft_7m", "sft_gen"):
         for row in _rows(mini_tables, kind):
             humans = [m["value"] for m in row["conversations"] if m["from"] == "human"]
             first_prompts.append(humans[0])
-    for prompt in SEED_PROMPTS:
+    for prompt in DEMO_PROMPTS:
         assert first_prompts.count(prompt) >= 3, prompt
 
 
@@ -201,7 +199,7 @@ def test_dpo_prompt_is_the_first_user_message(mini_tables):
     assert len(set(ids)) == len(ids)
     assert 80 <= len(ids) <= 120
     prompts = {r["prompt"] for kind in ("dpo_train", "dpo_test") for r in _rows(mini_tables, kind)}
-    assert set(SEED_PROMPTS) <= prompts
+    assert set(DEMO_PROMPTS) <= prompts
 
 
 def test_pt_teaches_what_later_stages_ask(mini_tables):
@@ -231,7 +229,6 @@ def test_pt_quality_columns_are_computed_from_the_text(mini_tables):
     assert sorted(ids) == list(range(len(ids)))
 
 
-@needs_reference
 def test_no_text_is_copied_from_the_real_samples(mini_tables):
     ours = []
     for t in mini_tables.values():
@@ -241,7 +238,7 @@ def test_no_text_is_copied_from_the_real_samples(mini_tables):
         if "conversations" in t.column_names:
             ours += [m["value"] for conv in t.column("conversations").to_pylist() for m in conv]
     ours = "\n".join(ours)
-    for path in REFERENCE.rglob("*.parquet"):
+    for path in BAAI_SAMPLES.rglob("*.parquet"):
         table = pq.read_table(path)
         col = "text" if "text" in table.column_names else "prompt" if "prompt" in table.column_names else None
         texts = table.column(col).to_pylist() if col else [
@@ -275,13 +272,12 @@ def test_token_budget(mini_tables, n_tokens):
 
 
 # --- (d) save_mini_data.py ----------------------------------------------------------------------
-@needs_reference
 def test_save_mini_data_cuts_rows_and_keeps_schemas(tmp_path):
     out = tmp_path / "cut"
-    res = subprocess.run([sys.executable, str(REPO / "utils" / "save_mini_data.py"), "--src", str(REFERENCE),
+    res = subprocess.run([sys.executable, str(REPO / "utils" / "save_mini_data.py"), "--src", str(BAAI_SAMPLES),
                           "--out", str(out), "--rows", "5"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    src, cut = _files(REFERENCE), _files(out)
+    src, cut = _files(BAAI_SAMPLES), _files(out)
     assert set(cut) == set(src)
     for rel, path in cut.items():
         got, want = pq.read_schema(path), pq.read_schema(src[rel])
@@ -291,10 +287,9 @@ def test_save_mini_data_cuts_rows_and_keeps_schemas(tmp_path):
         assert table.equals(pq.read_table(src[rel]).slice(0, 5)), rel
 
 
-@needs_reference
 def test_save_mini_data_max_files_per_folder_keeps_train_and_test(tmp_path):
     save = _load_module("save_mini_data")
-    written = save.save_mini(REFERENCE, tmp_path / "cut", rows=3, max_files_per_folder=1, log=lambda *_: None)
+    written = save.save_mini(BAAI_SAMPLES, tmp_path / "cut", rows=3, max_files_per_folder=1, log=lambda *_: None)
     rels = {rel.as_posix() for rel, _ in written}
     assert {"dpo/train-00000-of-00001.parquet", "dpo/test-00000-of-00001.parquet"} <= rels
 

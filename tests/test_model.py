@@ -1,11 +1,10 @@
-"""Model presets, config validation, hardware choices."""
+"""mini_qwen/model.py: model presets, config validation, a changed depth that saves and reloads."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.hardware import choose_attention, precision_defaults
 from mini_qwen.model import PresetArguments, build_config, count_parameters
 
 
@@ -41,21 +40,3 @@ def test_changed_depth_saves_and_reloads(tmp_path):
     model.save_pretrained(tmp_path)
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert again.config.num_hidden_layers == 3 and len(again.config.layer_types) == 3
-
-
-def test_cpu_defaults_are_fp32_and_sdpa():
-    if torch.cuda.is_available():
-        pytest.skip("CPU-only expectation")
-    assert precision_defaults() == {"bf16": False, "fp16": False, "use_cpu": True}
-    assert choose_attention("auto") == "sdpa"
-    with pytest.raises(MiniQwenError, match="flash"):
-        choose_attention("flash_attention_2")
-    with pytest.raises(MiniQwenError, match="unknown --attn_implementation"):
-        choose_attention("fast")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_defaults_pick_bf16_or_fp16():
-    d = precision_defaults()
-    assert d["use_cpu"] is False and d["bf16"] == (torch.cuda.get_device_capability()[0] >= 8) and d["fp16"] != d["bf16"]

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import BAAI_SAMPLES, REPO_ROOT, needs_samples
+from conftest import BAAI_SAMPLES
 
 from mini_qwen.data.checks import check_stage_files
 from mini_qwen.data.common import find_parquet_files
@@ -27,7 +27,6 @@ def test_u24_roundtrip():
     assert decode_u24(encode_u24(ids)).tolist() == ids.tolist()
 
 
-@needs_samples
 def test_real_pt_samples_load_through_the_loader():
     files = find_parquet_files(BAAI_SAMPLES / "pt")
     widths = sorted(pq.read_schema(f).names.__len__() for f in files)
@@ -38,8 +37,7 @@ def test_real_pt_samples_load_through_the_loader():
 
 
 def _sample_texts():
-    files = find_parquet_files(BAAI_SAMPLES / "pt") if BAAI_SAMPLES.is_dir() else \
-        find_parquet_files(REPO_ROOT / "mini_data" / "pt")
+    files = find_parquet_files(BAAI_SAMPLES / "pt")
     texts = [t for batch in iter_text_batches(files) for t in batch]
     return texts + ["", "12345 digits", "混合 English 和中文。\r\n  spaces", "<|im_end|> inside text"]
 

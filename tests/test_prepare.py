@@ -51,8 +51,10 @@ def fake_pt_listing(ranks=RANKS):
 def fake_listing():
     return {
         ps.PT_REPO: fake_pt_listing(),
-        ps.SFT_REPO: [{"path": f"{folder}/train-{i:05d}-of-00004.parquet", "size": FILE_SIZE} for folder in ("7M", "Gen", "3M") for i in range(4)],
-        ps.DPO_REPO: [{"path": "data/train-00000-of-00001.parquet", "size": FILE_SIZE}, {"path": "data/test-00000-of-00001.parquet", "size": FILE_SIZE}],
+        ps.SFT_REPO: [{"path": f"{folder}/train-{i:05d}-of-00004.parquet", "size": FILE_SIZE}
+                      for folder in ("7M", "Gen", "3M") for i in range(4)],
+        ps.DPO_REPO: [{"path": "data/train-00000-of-00001.parquet", "size": FILE_SIZE},
+                      {"path": "data/test-00000-of-00001.parquet", "size": FILE_SIZE}],
         ps.MODEL_REPO: [{"path": name, "size": FILE_SIZE} for name in ps.MODEL_FILES + ("model.safetensors",)],
     }
 
@@ -64,7 +66,7 @@ def selected_paths(selection):
 # --------------------------------------------------------------------------- selection
 
 
-def test_default_pt_selection_matches_the_seed():
+def test_default_pt_selection_matches_the_original_recipe():
     selection = ps.select_pt(fake_pt_listing())
     assert len(selection) == 20  # 10 industries x 2 languages, only the "high" folders
     for industry in ps.DEFAULT_INDUSTRIES:
@@ -73,7 +75,8 @@ def test_default_pt_selection_matches_the_seed():
             assert total == RANKS
             expected = 3 if (language == "english" and industry in ps.LARGE_ENGLISH_INDUSTRIES) else RANKS
             # the first files in name order, parquet only, never the "middle" folder
-            assert [f.path for f in files] == [f"{industry}/{language}/high/rank_{r:05d}.parquet" for r in range(expected)]
+            assert [f.path for f in files] == [f"{industry}/{language}/high/rank_{r:05d}.parquet"
+                                               for r in range(expected)]
     assert len(selected_paths(selection)) == 5 * 3 + 15 * RANKS
     assert set(ps.LARGE_ENGLISH_INDUSTRIES) <= set(ps.DEFAULT_INDUSTRIES) and len(ps.LARGE_ENGLISH_INDUSTRIES) == 5
 
@@ -93,7 +96,8 @@ def test_pt_selection_narrows_by_industry_language_and_count():
 
 def test_first_files_use_natural_order():
     listing = [f"news_media/chinese/high/rank_{r}.parquet" for r in (10, 2, 1, 33)]
-    files, total = ps.select_pt(listing, industries=["news_media"], languages=["chinese"], files_per_folder=2)["news_media/chinese/high"]
+    selection = ps.select_pt(listing, industries=["news_media"], languages=["chinese"], files_per_folder=2)
+    files, total = selection["news_media/chinese/high"]
     assert [f.path.rsplit("/", 1)[1] for f in files] == ["rank_1.parquet", "rank_2.parquet"] and total == 4
     assert files[0].size is None  # plain paths: size unknown
 
@@ -157,7 +161,8 @@ def test_mark_done_rejects_missing_or_truncated_files(tmp_path):
 
 
 def test_build_plan_routes_items_to_their_folders(tmp_path):
-    groups = ps.build_plan(dest=tmp_path / "data", model_dest=tmp_path / "model", lister=ps.JsonLister(_write_listing(tmp_path)))
+    groups = ps.build_plan(dest=tmp_path / "data", model_dest=tmp_path / "model",
+                           lister=ps.JsonLister(_write_listing(tmp_path)))
     items = [i for g in groups for i in g.items]
     assert len(items) == 6 + (5 * 3 + 15 * RANKS) + 8 + 2
     by_what = {i.what: i.local_dir for i in items}
@@ -186,7 +191,8 @@ def _fake_downloader(tmp_path, payload="abc"):
     script.write_text(
         "#!/usr/bin/env bash\n"
         "set -eu\n"
-        '[ "$1" = download ] && [ "$2" = --repo-type ] && [ "$4" = --local-dir ] || { echo "bad args: $*" >&2; exit 9; }\n'
+        '[ "$1" = download ] && [ "$2" = --repo-type ] && [ "$4" = --local-dir ] '
+        '|| { echo "bad args: $*" >&2; exit 9; }\n'
         f'echo "$3 $6 $7" >> "{tmp_path}/calls.log"\n'
         'mkdir -p "$(dirname "$5/$7")"\n'
         f'printf %s "{payload}" > "$5/$7"\n'
@@ -200,15 +206,18 @@ def _run(args, tmp_path, downloader=None):
     if downloader is not None:
         env["MINI_QWEN_DOWNLOADER"] = str(downloader)
     base = ["--dest", str(tmp_path / "data"), "--model-dest", str(tmp_path / "model")]
-    return subprocess.run(["bash", str(PREPARE), *args, *base], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    return subprocess.run(["bash", str(PREPARE), *args, *base], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_help_documents_every_flag():
     out = subprocess.run(["bash", str(PREPARE), "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
-    for flag in ("--what", "--industries", "--languages", "--files-per-folder", "--dest", "--model-dest", "--dry-run", "--help"):
+    for flag in ("--what", "--industries", "--languages", "--files-per-folder", "--dest", "--model-dest", "--dry-run",
+                 "--help"):
         assert flag in out.stdout, flag
-    for name in ("BAAI/IndustryCorpus2", "BAAI/Infinity-Instruct", "BAAI/Infinity-Preference", "Qwen/Qwen2.5-0.5B-Instruct",
+    for name in ("BAAI/IndustryCorpus2", "BAAI/Infinity-Instruct", "BAAI/Infinity-Preference",
+                 "Qwen/Qwen2.5-0.5B-Instruct",
                  "MINI_QWEN_PREPARE_LISTING", "MINI_QWEN_DOWNLOADER"):
         assert name in out.stdout, name
 

@@ -381,34 +381,33 @@ def test_load_many_clients_stream_and_not(server):
     url, app = server
     rss = []
     finishes = []
+
+    def client(round_, jobs, lock, results):
+        """Take request numbers from `jobs` until none is left; append each request's finish to `results`."""
+        while True:
+            with lock:
+                if not jobs:
+                    return
+                i = jobs.pop()
+            stream = i % 2 == 0
+            body = {"model": ("sft", "dpo")[i % 3 == 0], "max_tokens": 8, "stream": stream, "temperature": 0.8,
+                    "messages": [{"role": "user", "content": f"question {round_}-{i}"}]}
+            status, _, data = post(url, "/v1/chat/completions", body, timeout=120)
+            if status == 200 and stream:
+                events = sse_events(data)
+                assert events[-1] == "[DONE]"
+                finish = json.loads(events[-2])["choices"][0]["finish_reason"]
+            elif status == 200:
+                finish = data["choices"][0]["finish_reason"]
+            else:
+                assert status == 503 and data["error"]["code"] == "overloaded", (status, data)
+                finish = "503"
+            with lock:
+                results.append(finish)
+
     for round_ in range(3):
-        jobs = list(range(20))
-        lock = threading.Lock()
-        results = []
-
-        def client():
-            while True:
-                with lock:
-                    if not jobs:
-                        return
-                    i = jobs.pop()
-                stream = i % 2 == 0
-                body = {"model": ("sft", "dpo")[i % 3 == 0], "max_tokens": 8, "stream": stream, "temperature": 0.8,
-                        "messages": [{"role": "user", "content": f"question {round_}-{i}"}]}
-                status, _, data = post(url, "/v1/chat/completions", body, timeout=120)
-                if status == 200 and stream:
-                    events = sse_events(data)
-                    assert events[-1] == "[DONE]"
-                    finish = json.loads(events[-2])["choices"][0]["finish_reason"]
-                elif status == 200:
-                    finish = data["choices"][0]["finish_reason"]
-                else:
-                    assert status == 503 and data["error"]["code"] == "overloaded", (status, data)
-                    finish = "503"
-                with lock:
-                    results.append(finish)
-
-        threads = [threading.Thread(target=client) for _ in range(8)]
+        jobs, lock, results = list(range(20)), threading.Lock(), []
+        threads = [threading.Thread(target=client, args=(round_, jobs, lock, results)) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:

@@ -1,15 +1,15 @@
 """The offline-built Qwen2.5 tokenizer must be the official one, token for token.
 
-Oracle: the official Qwen2.5-0.5B-Instruct vocab.json / merges.txt /
-tokenizer_config.json in shared/reference/ (beside the repository). Those files
-are only read here, never copied into the repository.
+Oracle: the official Qwen2.5-0.5B-Instruct vocab.json / merges.txt / tokenizer_config.json in
+tests/data/qwen2.5_tokenizer (Apache-2.0, its LICENSE beside them); the corpus is every text of the real
+samples in tests/data/baai.
 """
 
 import json
 import unicodedata
-from pathlib import Path
 
 import pytest
+from conftest import BAAI_SAMPLES, OFFICIAL_TOKENIZER
 
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.tokenizer import (
@@ -20,15 +20,6 @@ from mini_qwen.tokenizer import (
     fetch_qwen_tiktoken,
     load_tokenizer,
     read_tiktoken_ranks,
-)
-
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
-OFFICIAL_DIR = REFERENCE_DIR / "qwen2.5-0.5b-instruct"
-DATA_DIR = REFERENCE_DIR / "mini_data_baai"
-
-needs_official = pytest.mark.skipif(
-    not all((OFFICIAL_DIR / name).is_file() for name in ("vocab.json", "merges.txt", "tokenizer_config.json")),
-    reason=f"official Qwen2.5 tokenizer files not found in {OFFICIAL_DIR}",
 )
 
 TRICKY_TEXTS = [
@@ -62,11 +53,11 @@ TRICKY_TEXTS = [
 
 
 def _corpus_texts():
-    """Every text of every parquet in shared/reference/mini_data_baai."""
+    """Every text of every parquet in tests/data/baai."""
     import pyarrow.parquet as pq
 
     texts = []
-    for path in sorted(DATA_DIR.rglob("*.parquet")):
+    for path in sorted(BAAI_SAMPLES.rglob("*.parquet")):
         rows = pq.read_table(path).to_pylist()
         for row in rows:
             if "text" in row:  # pt
@@ -84,7 +75,7 @@ def _corpus_texts():
 def official():
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(OFFICIAL_DIR), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(OFFICIAL_TOKENIZER), local_files_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +83,12 @@ def built(built_tokenizer_dir):
     return load_tokenizer(built_tokenizer_dir)
 
 
-@needs_official
 def test_vocab_merges_and_added_tokens_identical(built_tokenizer_dir, built, official):
-    with open(OFFICIAL_DIR / "vocab.json", encoding="utf-8") as handle:
+    with open(OFFICIAL_TOKENIZER / "vocab.json", encoding="utf-8") as handle:
         official_vocab = json.load(handle)
     with open(built_tokenizer_dir / "vocab.json", encoding="utf-8") as handle:
         assert json.load(handle) == official_vocab
-    official_merges = (OFFICIAL_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
+    official_merges = (OFFICIAL_TOKENIZER / "merges.txt").read_text(encoding="utf-8").splitlines()
     built_merges = (built_tokenizer_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
     assert len(built_merges) == len(official_merges) == 151_387
     assert built_merges == official_merges
@@ -110,7 +100,7 @@ def test_vocab_merges_and_added_tokens_identical(built_tokenizer_dir, built, off
     assert [" ".join(pair) if isinstance(pair, list) else pair for pair in model["merges"]] == official_merges
 
     # the 22 added tokens: same ids, contents and `special` flags as tokenizer_config.json
-    config = json.loads((OFFICIAL_DIR / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config = json.loads((OFFICIAL_TOKENIZER / "tokenizer_config.json").read_text(encoding="utf-8"))
     expected = {int(i): (t["content"], t["special"]) for i, t in config["added_tokens_decoder"].items()}
     assert {i: (t.content, t.special) for i, t in built.added_tokens_decoder.items()} == expected
     assert built.added_tokens_decoder == official.added_tokens_decoder
@@ -120,7 +110,6 @@ def test_vocab_merges_and_added_tokens_identical(built_tokenizer_dir, built, off
     assert list(built.extra_special_tokens) == config["additional_special_tokens"]
 
 
-@needs_official
 def test_derived_merges_from_fresh_ranks_file():
     """Exercise derive_merges itself (the fixture may reuse an existing models/tokenizer)."""
     try:
@@ -133,11 +122,9 @@ def test_derived_merges_from_fresh_ranks_file():
         return "".join(byte_chars[b] for b in token)
 
     merges = [f"{to_str(a)} {to_str(b)}" for a, b in derive_merges(read_tiktoken_ranks(tiktoken_path))]
-    assert merges == (OFFICIAL_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
+    assert merges == (OFFICIAL_TOKENIZER / "merges.txt").read_text(encoding="utf-8").splitlines()
 
 
-@needs_official
-@pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"{DATA_DIR} not found")
 def test_same_ids_as_official_on_corpus_and_tricky_texts(built_tokenizer_dir, built, official):
     from tokenizers import Tokenizer
 
@@ -180,7 +167,6 @@ CONVERSATION = [
 ]
 
 
-@needs_official
 @pytest.mark.parametrize("system", [None, "You are a terse assistant."])
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
 def test_chat_template_renders_like_official(built, official, system, add_generation_prompt):
@@ -195,10 +181,9 @@ def test_chat_template_renders_like_official(built, official, system, add_genera
     assert rendered.endswith("<|im_start|>assistant\n") == add_generation_prompt
 
 
-@needs_official
 def test_chat_template_tools_like_official(built, official):
-    tools = [{"type": "function", "function": {"name": "add", "description": "Add two ints",
-                                               "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]
+    parameters = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add two ints", "parameters": parameters}}]
     messages = [
         {"role": "user", "content": "add 1 and 2"},
         {"role": "assistant", "content": "", "tool_calls": [

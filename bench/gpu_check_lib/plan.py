@@ -28,12 +28,10 @@ def plan(gpu: bool, work: Path) -> list[dict]:
     name, stage, cmd (with `{out}` for the folder of the per-row JSONs) and timeout (seconds).
     """
     py = [sys.executable, str(ENTRY)]
-    # Real-length rows when given (or when the shared reference samples sit next to the checkout), else mini_data/.
-    samples = ROOT.parent / "shared" / "reference" / "mini_data_baai"
-    sft_data = os.environ.get("GPU_CHECK_SFT_DATA", str(samples / "sft" if (samples / "sft").is_dir()
-                                                        else ROOT / "mini_data" / "sft"))
-    dpo_data = os.environ.get("GPU_CHECK_DPO_DATA", str(samples / "dpo" if (samples / "dpo").is_dir()
-                                                        else ROOT / "mini_data" / "dpo"))
+    # Real-length rows: the BAAI samples in tests/data (they travel with the working tree), unless given.
+    samples = ROOT / "tests" / "data" / "baai"
+    sft_data = os.environ.get("GPU_CHECK_SFT_DATA", str(samples / "sft"))
+    dpo_data = os.environ.get("GPU_CHECK_DPO_DATA", str(samples / "dpo"))
     if gpu:
         # --bf16 true with the default fp32 master weights: the recipe under test.
         preset = ["--model_preset", "1b", "--bf16", "true", "--attn_implementation", "sdpa"]

@@ -1,11 +1,12 @@
-"""Resuming: a run killed with SIGKILL and resumed with `--resume_from_checkpoint auto` ends exactly
-like an uninterrupted run (same optimizer steps, same losses: weights, optimizer, scheduler, RNG
-and data position all restored), and a half-written checkpoint is never picked.
+"""mini_qwen/checkpoint.py: which checkpoint-N folders are complete, which one a run resumes from, and that a
+resume ends exactly like an uninterrupted run.
 
-The end-to-end tests run the killed stage as a subprocess (that is what SIGKILL hits), while the
-uninterrupted reference runs in-process at the same time; the resume also runs in-process. All
-of them use one torch thread: the same arithmetic everywhere, and on a busy 2-core machine about
-twice as fast as two threads fighting over the cores.
+- Checkpoint folders (fast): a half-written newest checkpoint is never picked; explicit resume paths are checked.
+- Kill and resume (slow): a run killed with SIGKILL and resumed with `--resume_from_checkpoint auto` ends exactly
+  like an uninterrupted run (same optimizer steps, same losses: weights, optimizer, scheduler, RNG and data
+  position all restored). The killed stage runs as a subprocess (that is what SIGKILL hits), while the
+  uninterrupted reference runs in-process at the same time; the resume also runs in-process. All of them use
+  one torch thread (the `one_thread` fixture): the same arithmetic everywhere.
 """
 
 import json
@@ -180,14 +181,6 @@ def killed_runs(tmp_path_factory, built_tokenizer_dir, tiny_checkpoint):
     for run in runs.values():
         run.stop.set()
         run.join()
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def history(output_dir: Path) -> tuple[int, dict[int, dict]]:

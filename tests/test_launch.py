@@ -1,4 +1,5 @@
-"""run.sh launches, 2 CPU processes through accelerate + DeepSpeed ZeRO-2, and the launch checks.
+"""Launching: run.sh starts a stage on 2 CPU processes through accelerate + DeepSpeed ZeRO-2, and
+mini_qwen/launch.py's checks of the launcher against the flags.
 
 These start real processes (each imports torch/transformers/deepspeed), so they are the slow
 part of the suite; the first DeepSpeed launch on a machine also JIT-compiles a small op (~1 min).
@@ -10,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, logged_losses
 from transformers import AutoModelForCausalLM
 
 pytestmark = pytest.mark.slow
@@ -24,11 +25,6 @@ def run_sh(*args, env_extra=None, timeout=600):
     env = dict(os.environ, PYTHON=sys.executable, **(env_extra or {}))
     return subprocess.run(["bash", "run.sh", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def logged_losses(output_dir):
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return [e["loss"] for e in state["log_history"] if "loss" in e]
 
 
 @pytest.fixture(scope="module")

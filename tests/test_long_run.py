@@ -1,11 +1,10 @@
-"""Long runs (mini_qwen/long_run.py, mini_qwen/run_config.py), on the tiny preset and mini_data on CPU:
+"""mini_qwen/long_run.py (the trainer mixin for long runs), on the tiny preset and mini_data on CPU:
 
 - SIGTERM mid-run: a complete checkpoint at the current step, exit 0 with the resume command; the resumed
   run ends with the same losses as an uninterrupted one. A second signal exits at once.
 - A NaN batch and a loss spike are skipped without touching weights or optimizer state, and counted; too
   many bad steps in a row stop the run with the step, the data position and the last good checkpoint.
 - A checkpoint save that fails leaves no folder resume would take, and one message with the free space.
-- run_config.json records the run; a resume with another batch or data set is refused unless allowed.
 
 The bad batches are injected by wrapping Trainer.compute_loss here, in the test; the stages carry no hook.
 """
@@ -21,26 +20,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO_ROOT
-from test_resume import MINI, fake_checkpoint, history, one_thread  # noqa: F401  (one_thread is a fixture)
+from conftest import REPO_ROOT, error_lines
+from test_checkpoint import MINI, history
 from transformers import Trainer, TrainerCallback
 
 from mini_qwen.checkpoint import complete_checkpoints
 from mini_qwen.errors import run_main
-from mini_qwen.run_config import compare, record_run
 
 STEPS = 16
-
-
-def error_lines(capsys) -> list[str]:
-    """run_main's one error line (stderr also carries the progress bar)."""
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(err) == 1, err
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +67,7 @@ def _run_and_signal(cmd, log: Path, after_logs: int, result: dict, timeout: floa
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_exits_0_and_resume_matches(pt_base, tmp_path, capsys, one_thread):  # noqa: F811
+def test_sigterm_saves_a_checkpoint_exits_0_and_resume_matches(pt_base, tmp_path, capsys, one_thread):
     import mini_qwen_pt
 
     argv = [*pt_base, "--max_steps", str(STEPS), "--save_steps", "1000"]  # no step-based save before the signal
@@ -290,77 +280,6 @@ def test_bad_step_guard_decisions():
     assert list(guard.history) == [40.0, 9.0, 8.0, 20.0]  # the window keeps the last 4 good steps
     off = BadStepGuard(factor=0, window=4, max_consecutive=2)
     assert [off.decide(x) for x in (1.0, 1.0, 1.0, 1.0, 1e6)] == [False] * 5 and off.decide(float("nan"))
-
-
-# --------------------------------------------------------------------------- run_config.json
-
-
-def test_run_config_records_the_run_and_refuses_a_changed_resume(pt_base, tmp_path, capsys):
-    import mini_qwen_pt
-    from mini_qwen.cli import parse_args
-
-    out = tmp_path / "run"
-    argv = [*pt_base, "--max_steps", "4", "--output_dir", str(out)]
-    from mini_qwen.model import ModelArguments, PresetArguments
-
-    parsed = parse_args((mini_qwen_pt.PTDataArguments, PresetArguments, ModelArguments,
-                         mini_qwen_pt.PTTrainingArguments), argv)
-    files = sorted((MINI / "pt").rglob("*.parquet"))
-    config = record_run("pt", parsed, files, parsed[-1])
-    written = json.loads((out / "run_config.json").read_text())
-    assert written["arguments"]["learning_rate"] == 1e-4 and written["arguments"]["block_size"] == 64
-    assert written["processes"] == 1 and written["per_device_train_batch_size"] == 2
-    assert {f["path"]: f["bytes"] for f in written["data_files"]} == {str(f.resolve()): f.stat().st_size for f in files}
-    assert {"python", "torch", "transformers", "trl", "accelerate"} <= set(written["versions"])
-    if (REPO_ROOT / ".git").exists():
-        assert len(written["git"]["commit"]) == 40
-    assert config["arguments"] == written["arguments"]
-
-    fake_checkpoint(out, 2)  # something to resume from
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:  # refused before the model is built
-        run_main(mini_qwen_pt.main, [*argv, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
-                                     "--resume_from_checkpoint", "auto"])
-    assert exc.value.code == 2
-    err = error_lines(capsys)
-    assert "per_device_train_batch_size: 2 -> 4" in err[0], err
-    assert "gradient_accumulation_steps: 1 -> 2" in err[0] and "--allow_changed_resume true" in err[0]
-    assert "model:" not in capsys.readouterr().out
-    assert json.loads((out / "run_config.json").read_text())["per_device_train_batch_size"] == 2  # kept
-
-    # Allowed: the change is printed and recorded.
-    parsed = parse_args((mini_qwen_pt.PTDataArguments, PresetArguments, ModelArguments,
-                         mini_qwen_pt.PTTrainingArguments),
-                        [*argv, "--per_device_train_batch_size", "4", "--resume_from_checkpoint", "auto",
-                         "--allow_changed_resume", "true"])
-    record_run("pt", parsed, files, parsed[-1])
-    assert "resuming despite changes (--allow_changed_resume): per_device_train_batch_size: 2 -> 4" in \
-        capsys.readouterr().out
-    assert json.loads((out / "run_config.json").read_text())["changed_on_resume"]
-
-
-def test_compare_names_process_count_and_data_changes():
-    old = {"processes": 6, "per_device_train_batch_size": 12, "gradient_accumulation_steps": 16,
-           "data_files": [{"path": "/d/a.parquet", "bytes": 10}, {"path": "/d/b.parquet", "bytes": 20}],
-           "arguments": {"learning_rate": 1e-4, "output_dir": "x", "resume_from_checkpoint": None}}
-    new = {**old, "processes": 8, "data_files": [{"path": "/d/a.parquet", "bytes": 11}, {"path": "/d/c.parquet",
-                                                                                         "bytes": 5}],
-           "arguments": {"learning_rate": 2e-4, "output_dir": "y", "resume_from_checkpoint": "auto", "seed": 1}}
-    blocking, other = compare(old, new)
-    assert blocking[0] == "processes: 6 -> 8"
-    assert "1 file(s) gone (e.g. /d/b.parquet)" in blocking[1] and "1 file(s) new (e.g. /d/c.parquet)" in blocking[1]
-    assert "/d/a.parquet: 10 -> 11 bytes" in blocking[1]
-    assert blocking[2:] == ["seed: None -> 1"]  # another data order
-    assert other == ["learning_rate: 0.0001 -> 0.0002"]  # output_dir / resume_from_checkpoint differ by design
-    assert compare(old, old) == ([], [])
-
-
-def test_a_resume_without_checkpoints_is_not_compared(tmp_path):
-    (tmp_path / "run_config.json").write_text(json.dumps({"processes": 6}))
-    args = SimpleNamespace(resume_from_checkpoint="auto", output_dir=str(tmp_path), world_size=1, process_index=0,
-                           per_device_train_batch_size=2, gradient_accumulation_steps=1, allow_changed_resume=False)
-    record_run("pt", (), [], args)  # nothing to resume: a new run, whose config replaces the old file
-    assert json.loads((tmp_path / "run_config.json").read_text())["processes"] == 1
 
 
 # --------------------------------------------------------------------------- library internals long_run.py relies on
