@@ -205,6 +205,7 @@ def sft_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
         out["units"] = conversations
         out["unit"] = "conversations"
         out["trained share"] = trained / sum(lengths)
+    out["longest"] = figure(max(lengths), "tokens", "estimated", f"the longest conversation of {source}")
     out["tokens per unit"] = sum(lengths) / len(kept) * conversations / out["units"]
     out["tokens"] = figure(round(conversations * sum(lengths) / len(kept)), "tokens", "estimated",
                            "conversations x mean length")
@@ -239,6 +240,7 @@ def dpo_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
     source = (f"a sample of {sampled} rows (the first of each file), the stage's own truncation at max_length "
               f"{training_args.max_length}, prompt {data_args.max_prompt_length}")
     per_pair = 2 * prompt + answers  # the policy reads the prompt twice: before the chosen and the rejected answer
+    longest = max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in encoded)
     return {"files": figure(len(files), "files", "measured", data_args.data_dir),
             "file bytes": figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes"),
             "rows": figure(rows, "pairs", "measured", "parquet footers"),
@@ -246,6 +248,7 @@ def dpo_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
                             + (f", at most --max_pairs {data_args.max_pairs}" if data_args.max_pairs else "")),
             "mean length": figure(round(per_pair, 1), "tokens", "estimated",
                                   f"prompt twice + both answers, {source}"),
+            "longest": figure(longest, "tokens", "estimated", f"the longest prompt + answer of {source}"),
             "units": usable, "unit": "pairs", "tokens per unit": per_pair, "trained share": answers / per_pair,
             "tokens": figure(round(usable * per_pair), "tokens", "estimated", "pairs x mean length"),
             "cache bytes": figure(round(usable * (prompt + answers) * 8), "bytes", "estimated",
@@ -288,12 +291,20 @@ def replace_deepspeed(training_args, path: str):
     return SimpleNamespace(deepspeed=path)
 
 
+def padded_length(longest: int, max_length: int, multiple) -> int:
+    """The length a padded batch reaches: its longest row, rounded up to --pad_to_multiple_of, at most max_length."""
+    if isinstance(multiple, int) or (isinstance(multiple, str) and multiple.isdigit()):
+        longest = ceil_div(longest, int(multiple)) * int(multiple)
+    return min(longest, max_length)
+
+
 def build_setup(stage: str, args: dict, config, params: Params, world: int, zero: ZeRO | None,
-                trained_share: float) -> Setup:
-    """The memory Setup of the stage as configured: precision, batch shape, attention, loss, reference."""
+                data: dict) -> Setup:
+    """The memory Setup of the stage as configured: precision, batch shape, attention, loss, reference. Padded
+    batches (SFT without packing, DPO) are planned at the longest row of the data's sample."""
     from mini_qwen.model import model_dtype
 
-    data, model_args, training = args["data"], args["model"], args["training"]
+    model_args, training = args["model"], args["training"]
     half = "bf16" if training.bf16 else "fp16" if training.fp16 else None
     if zero is not None:  # DeepSpeed runs the model in bf16/fp16 and keeps fp32 masters itself
         weights, autocast = half or "fp32", None
@@ -305,22 +316,24 @@ def build_setup(stage: str, args: dict, config, params: Params, world: int, zero
     setup = dict(config=config, params=params, weights=weights, autocast=autocast, world=world, zero=zero,
                  kahan=bool(model_args.kahan_summation), batch=training.per_device_train_batch_size,
                  attention=attention, checkpointing=bool(training.gradient_checkpointing),
-                 grad_accum=training.gradient_accumulation_steps, trained_share=trained_share)
+                 grad_accum=training.gradient_accumulation_steps, trained_share=data["trained share"])
     if stage == "pt":
         loss = "liger" if training.use_liger_kernel else "chunked" if training.chunked_loss else "full"
-        masked = data.packing == "documents" or attention == "eager"
-        return Setup(**setup, seq_len=data.block_size, mask="rows" if masked else None, loss=loss)
+        masked = args["data"].packing == "documents" or attention == "eager"
+        return Setup(**setup, seq_len=args["data"].block_size, mask="rows" if masked else None, loss=loss)
     flattened = bool(getattr(training, "padding_free", False))
     mask = "flattened" if flattened else "rows"  # packed rows, padding masks: a dense mask under SDPA
+    longest = padded_length(data["longest"]["value"], training.max_length, training.pad_to_multiple_of)
     if stage == "sft":
-        fused = data.fused_lm_head if data.fused_lm_head is not None else True  # the stage's default on a GPU
-        return Setup(**setup, seq_len=training.max_length, mask=mask,
+        fused = args["data"].fused_lm_head
+        fused = fused if fused is not None else True  # the stage's default on a GPU
+        return Setup(**setup, seq_len=training.max_length if training.packing else longest, mask=mask,
                      loss="fused_head" if fused else "answer_only")
     reference = None
     if not training.precompute_ref_log_probs:  # a frozen copy, loaded as mini_qwen_dpo.py loads it
         reference = half if zero is not None and half else (
             "bf16" if str(model_dtype(training, True, on_gpu=True)) == "torch.bfloat16" else "fp32")
-    return Setup(**setup, rows=2, seq_len=training.max_length, mask=mask, loss="fused_head", reference=reference)
+    return Setup(**setup, rows=2, seq_len=longest, mask=mask, loss="fused_head", reference=reference)
 
 
 def describe_precision(s: Setup) -> str:
@@ -439,7 +452,8 @@ def steps_and_tokens(data: dict, s: Setup, training) -> dict:
     else:
         steps, basis = math.ceil(training.num_train_epochs * steps_per_epoch), data["tokens"]["basis"]
     units = min(steps * per_step, data["units"] * max(training.num_train_epochs, steps / steps_per_epoch))
-    return {"per step": per_step, "steps per epoch": figure(steps_per_epoch, "steps", data["tokens"]["basis"]),
+    return {"per step": figure(per_step, data["unit"], "given", "batch x grad-accum x GPUs"),
+            "steps per epoch": figure(steps_per_epoch, "steps", data["tokens"]["basis"]),
             "steps": figure(steps, "steps", basis, "--max_steps" if basis == "given" else "epochs x steps per epoch"),
             "epochs": figure(round(steps / steps_per_epoch, 3), "epochs", data["tokens"]["basis"]),
             "tokens": figure(round(units * data["tokens per unit"]), "tokens", "estimated",
@@ -528,7 +542,7 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
         data = dpo_data(data_args, training, tokenizer, plan_args.sample_rows)
 
     params = Params.of(meta_model(config))
-    setup = build_setup(stage, args, config, params, world, zero, data["trained share"])
+    setup = build_setup(stage, args, config, params, world, zero, data)
     memory = memory_parts(setup)
     overhead, total = total_with_overhead(memory["tensors"])
     ok = total <= gpu.memory_gib * GIB
@@ -555,7 +569,9 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
                        "total": figure(total, "bytes", "estimated", "peak allocated + framework overhead"),
                        "available": figure(gpu.memory_gib * GIB, "bytes", "estimated", gpu.source),
                        "fits": ok},
-            "data": {k: v for k, v in data.items() if k not in ("cache bytes",)},
+            "data": {**{k: v for k, v in data.items() if isinstance(v, dict) and k != "cache bytes"},
+                     "units": figure(round(data["units"]), data["unit"], data["tokens"]["basis"], "what a step draws"),
+                     "unit": data["unit"]},
             "run": run, "time": timing, "disk": disk(stage, setup, training, data, run)}
     if memory["host"]:
         plan["memory"]["host RAM per GPU"] = figure(memory["host"], "bytes", "estimated", "ZeRO offload")
@@ -585,7 +601,8 @@ def render(plan: dict) -> str:
              f"model: {m['source']}, {_count(m['parameters']['value'])} parameters (measured: counted on the meta "
              f"device); {m['precision']}; attention {m['attention']}"
              + (f" ({m['attention note']})" if m["attention note"] else ""),
-             f"batch: {b['per device']} x {b['rows'] * b['sequence']} tokens a GPU, grad-accum "
+             f"batch: {b['per device']} x {'2 x ' if b['rows'] == 2 else ''}{b['sequence']} tokens a GPU"
+             f"{' (chosen + rejected)' if b['rows'] == 2 else ''}, grad-accum "
              f"{b['gradient accumulation']}, {b['processes']} process(es); gradient checkpointing "
              f"{'on' if b['gradient checkpointing'] else 'off'}; loss: {b['loss']}", "",
              f"memory per GPU (estimated; peak at the {mem['peak at']})"]
@@ -614,7 +631,7 @@ def render(plan: dict) -> str:
         if f:
             lines.append(f"  {key:22s} {_count(f['value']):>11s}  {f['basis']}: {f['source']}")
     lines.append(f"  {'optimizer steps':22s} {_count(r['steps']['value']):>11s}  {r['steps']['basis']}: "
-                 f"{r['per step']} {d['unit']} a step, {r['epochs']['value']:g} epoch(s)")
+                 f"{r['per step']['value']} {d['unit']} a step, {r['epochs']['value']:g} epoch(s)")
     lines.append(f"  {'tokens trained':22s} {_count(r['tokens']['value']):>11s}  {r['tokens']['basis']}")
     lines += ["", "time and cost"]
     lines.append(f"  {'MFU':22s} {t['mfu']['value'] * 100:>10.1f}%  {t['mfu']['basis']}: {t['mfu']['source']}")
