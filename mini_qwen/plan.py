@@ -20,6 +20,7 @@ import math
 from dataclasses import replace
 from itertools import combinations
 from pathlib import Path
+from types import SimpleNamespace
 
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.plan_memory import (
@@ -59,8 +60,8 @@ def figure(value, unit: str, basis: str, source: str = "") -> dict:
 
 # ---------------------------------------------------------------- the model
 
-def model_config(model_args, preset_args) -> tuple[object, str, bool]:
-    """(config, where it comes from, whether it was measured) of the model the stage trains."""
+def model_config(model_args, preset_args) -> tuple[object, str]:
+    """(config, where it comes from) of the model the stage trains."""
     from mini_qwen.model import build_config, validate_config
 
     path = model_args.model_name_or_path
@@ -72,12 +73,12 @@ def model_config(model_args, preset_args) -> tuple[object, str, bool]:
         folder = check_checkpoint(path, need_tokenizer=False)
         config = AutoConfig.from_pretrained(folder)
         validate_config(config, source=f"model config ({folder / 'config.json'})")
-        return config, f"checkpoint {path}", True
+        return config, f"checkpoint {path}"
     config = build_config(preset_args)
     where = f"preset {preset_args.model_preset}"
     if path:  # SFT / DPO before the previous stage has run: plan with the preset it will train
         where += f" ({path} does not exist yet)"
-    return config, where, True
+    return config, where
 
 
 def resize(config, params: Params, layers: int) -> tuple[object, Params]:
@@ -138,8 +139,11 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
     out["unit"] = f"blocks of {data_args.block_size} tokens"
     out["tokens per unit"] = data_args.block_size
     documents = out.get("documents", {}).get("value", 0) if out.get("documents") else 0
-    out["cache bytes"] = figure(tokens * BYTES_PER_TOKEN + 4 * documents, "bytes",
-                                out["tokens"]["basis"], "token cache: 3 bytes a token + 4 a document")
+    out["cache bytes"] = figure(tokens * BYTES_PER_TOKEN + 4 * documents, "bytes", "estimated",
+                                "token cache: 3 bytes a token + 4 a document")
+    if out["tokens"]["source"].startswith("token cache"):
+        cache = Path(out["tokens"]["source"].removeprefix("token cache "))
+        out["cache bytes"] = figure(sum(f.stat().st_size for f in cache.iterdir()), "bytes", "measured", str(cache))
     out["trained share"] = 1.0
     return out
 
@@ -276,19 +280,12 @@ def deepspeed_source(training_args, accelerate_config: str, world: int) -> tuple
     inline = accelerate.get("deepspeed_config") or {}
     path = inline.get("deepspeed_config_file")
     if path:
-        ds, _ = deepspeed_config(replace_deepspeed(training_args, path))
+        ds, _ = deepspeed_config(SimpleNamespace(deepspeed=path))  # read as the run would read it
         return ds, f"{path} via {accelerate_config}"
     zero = {"stage": inline.get("zero_stage", 0),
             "offload_optimizer": {"device": inline.get("offload_optimizer_device", "none")},
             "offload_param": {"device": inline.get("offload_param_device", "none")}}
     return {"zero_optimization": zero}, accelerate_config
-
-
-def replace_deepspeed(training_args, path: str):
-    """A stand-in with only `deepspeed` set, for launch.deepspeed_config (TrainingArguments is not rebuilt)."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(deepspeed=path)
 
 
 def padded_length(longest: int, max_length: int, multiple) -> int:
@@ -343,8 +340,9 @@ def describe_precision(s: Setup) -> str:
                 f"AdamW partitioned over {where}")
     if s.autocast:
         return f"fp32 master weights + {s.autocast} autocast, fp32 AdamW"
-    text = f"{s.weights} weights + {s.weights} AdamW (--pure_bf16)"
-    return text + (" with Kahan summation" if s.kahan else "") if s.weights != "fp32" else "fp32 throughout"
+    if s.weights == "fp32":
+        return "fp32 throughout (no mixed precision)"
+    return f"{s.weights} weights + {s.weights} AdamW (--pure_bf16)" + (" with Kahan summation" if s.kahan else "")
 
 
 # ---------------------------------------------------------------- what would fit
@@ -399,22 +397,6 @@ def what_fits(stage: str, s: Setup, gpu, preset: bool) -> dict:
                 out["smaller model"] = f"{params.total / 1e9:.2f}B parameters in {layers} layers"
                 break
     return out
-
-
-def apply_flags(s: Setup, stage: str, flags: list[str], gpu) -> Setup:
-    """The Setup with suggested flags applied (to re-check a suggestion)."""
-    changes = dict(c for f, c in levers(stage, s, gpu) if f in flags)
-    s = replace(s, **{k: v for change in changes.values() for k, v in change.items()} if changes else {})
-    for flag in flags:
-        name, value = flag.split()
-        if name == "--per_device_train_batch_size":
-            s = replace(s, batch=int(value))
-        elif name == "--gradient_accumulation_steps":
-            s = replace(s, grad_accum=int(value))
-        elif name == "--num_hidden_layers":
-            config, params = resize(s.config, s.params, int(value))
-            s = replace(s, config=config, params=params)
-    return s
 
 
 # ---------------------------------------------------------------- time, cost, disk
@@ -522,7 +504,7 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
         raise MiniQwenError("--dataset_tokens is for PT; SFT and DPO count their rows in the files.")
     if stage != "pt" and not training.max_length:
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
-    config, model_source, _ = model_config(model_args, args["preset"])
+    config, model_source = model_config(model_args, args["preset"])
     if stage == "pt" and data_args.block_size > config.max_position_embeddings:
         raise MiniQwenError(f"--block_size {data_args.block_size} exceeds the model's max_position_embeddings "
                             f"{config.max_position_embeddings}: lower it or pick another preset.")
@@ -533,7 +515,8 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
 
         raise MiniQwenError(KAHAN_UNDER_DEEPSPEED)
     checkpoint = model_args.model_name_or_path if model_source.startswith("checkpoint") else None
-    tokenizer = load_stage_tokenizer(model_args, checkpoint)
+    # The tokenizer names PT's token cache and measures SFT / DPO lengths; a PT plan from --dataset_tokens needs none.
+    tokenizer = None if stage == "pt" and plan_args.dataset_tokens else load_stage_tokenizer(model_args, checkpoint)
     if stage == "pt":
         data = pt_data(data_args, tokenizer, plan_args.dataset_tokens)
     elif stage == "sft":
@@ -599,8 +582,8 @@ def render(plan: dict) -> str:
     lines = [f"plan: {plan['stage']} on {g['count']} x {g['name']} ({g['memory_gib']:g} GiB)"
              + (f" x {g['nodes']} nodes" if g["nodes"] > 1 else ""),
              f"model: {m['source']}, {_count(m['parameters']['value'])} parameters (measured: counted on the meta "
-             f"device); {m['precision']}; attention {m['attention']}"
-             + (f" ({m['attention note']})" if m["attention note"] else ""),
+             f"device)", f"precision: {m['precision']}",
+             f"attention: {m['attention']}" + (f" ({m['attention note']})" if m["attention note"] else ""),
              f"batch: {b['per device']} x {'2 x ' if b['rows'] == 2 else ''}{b['sequence']} tokens a GPU"
              f"{' (chosen + rejected)' if b['rows'] == 2 else ''}, grad-accum "
              f"{b['gradient accumulation']}, {b['processes']} process(es); gradient checkpointing "
@@ -636,7 +619,8 @@ def render(plan: dict) -> str:
     lines += ["", "time and cost"]
     lines.append(f"  {'MFU':22s} {t['mfu']['value'] * 100:>10.1f}%  {t['mfu']['basis']}: {t['mfu']['source']}")
     hours = t["hours"]["value"]
-    lines.append(f"  {'hours':22s} {hours:>11,.{1 if hours >= 1 else 3}f}  estimated: "
+    took = f"{hours:,.1f} h" if hours >= 1 else f"{hours * 60:.1f} min"
+    lines.append(f"  {'time':22s} {took:>11s}  estimated: "
                  f"{_count(t['flops per token']['value'])} FLOPs a token (the log's count), peak "
                  f"{t['peak']['value'] / 1e12:g} TFLOP/s a GPU")
     if "cost" in t:
