@@ -44,9 +44,25 @@ from mini_qwen.plan_memory import (
 PT_BYTES_PER_TOKEN = {"chinese": 4.08, "english": 4.69, None: 4.40}
 PT_BYTES_SOURCE = "text bytes per token measured on 200 real IndustryCorpus2 documents (zh 4.08, en 4.69)"
 
-# MFU the training log reported on one H200 (bench/RESULTS.md section 4.1, 2026-11-30; FLOPs as
-# callbacks.flops_per_token counts them), bf16 weights + bf16 AdamW (what --pure_bf16 trains), batch 8.
-H200_MFU = {"pt": 0.247, "pt chunked loss": 0.221, "pt deepspeed": 0.143, "sft": 0.089, "dpo": 0.041}
+# MFU of measured runs, in the training log's count (callbacks.flops_per_token: PT with its block, SFT / DPO
+# without), by (what is trained, how it is launched): (MFU, GPU, GPUs, source).
+ONE_GPU, DS_ONE_GPU, DS_SEVERAL = "one GPU", "DeepSpeed on one GPU", "DeepSpeed on several GPUs"
+MEASURED_MFU = {
+    # This project on one H200 (bench/RESULTS.md 4.1, 2026-11-30): bf16 weights + bf16 AdamW (--pure_bf16), SDPA,
+    # batch 8 x 1024 (DPO 4 pairs).
+    ("pt", ONE_GPU): (0.247, "H200", 1, "this project's PT on one H200 (bench/RESULTS.md 4.1)"),
+    ("pt chunked loss", ONE_GPU): (0.221, "H200", 1, "this project's PT --chunked_loss on one H200"),
+    ("pt", DS_ONE_GPU): (0.143, "H200", 1, "this project's PT under DeepSpeed ZeRO-2 on one H200"),
+    ("sft", ONE_GPU): (0.089, "H200", 1, "this project's SFT on real rows, padded batches, one H200"),
+    ("dpo", ONE_GPU): (0.041, "H200", 1, "this project's DPO on real pairs, one H200"),
+    # The original project's runs (its logs, ../shared/reference/upstream_logs; its code, flash-attention 2, bf16,
+    # DeepSpeed ZeRO-2 on 6 x H800). PT: 13,523 steps in 88,784 s, 175.47 blocks of 1024 tokens a second, i.e.
+    # 29,947 tokens/s a GPU x 6.60 GFLOP a token / 989 TFLOP/s. DPO: 55.0 pairs a second over 6 GPUs x 1,085 tokens
+    # a pair (prompt twice + both answers: the mean of 200 real pairs, measured here) x 5.99 GFLOP / 989 TFLOP/s.
+    ("pt", DS_SEVERAL): (0.200, "H800", 6, "the original project's PT run on 6 x H800 (its log)"),
+    ("dpo", DS_SEVERAL): (0.060, "H800", 6, "the original project's DPO run on 6 x H800 (its log; pair length "
+                                            "measured here)"),
+}
 # The bare loops of the same H200 session: fp32 master weights + bf16 autocast ran at this share of bf16 weights.
 FP32_MASTER_SPEED = 33_931 / 43_867
 AUTO_ATTENTION = "--attn_implementation auto: flash_attention_2 only where flash-attn is installed"
@@ -402,26 +418,31 @@ def what_fits(stage: str, s: Setup, gpu, preset: bool) -> dict:
 # ---------------------------------------------------------------- time, cost, disk
 
 def mfu_for(stage: str, s: Setup, gpu, asked: float | None) -> dict:
-    """The MFU to plan with: --mfu, else this project's H200 figure for the stage and recipe."""
+    """The MFU to plan with: --mfu, else the measured figure for the stage and launch (MEASURED_MFU), scaled by
+    measured ratios where that exact case was not measured. "measured" only for the GPU and count it ran on."""
     if asked:
         return figure(asked, "", "given", "--mfu")
-    key = stage
-    if stage == "pt" and s.zero is not None:
-        key = "pt deepspeed"
-    elif stage == "pt" and s.loss == "chunked":
-        key = "pt chunked loss"
-    value, notes = H200_MFU[key], [f"the training log's MFU on one H200 ({key}, bf16 weights; bench/RESULTS.md 4.1)"]
-    if s.zero is not None and stage != "pt":
-        value *= H200_MFU["pt deepspeed"] / H200_MFU["pt"]
-        notes.append("x the PT ratio of DeepSpeed ZeRO-2 to the plain path")
+    kind = "pt chunked loss" if stage == "pt" and s.loss == "chunked" else stage
+    launch = ONE_GPU if s.zero is None else DS_ONE_GPU if s.world == 1 else DS_SEVERAL
+    notes = []
+    if (kind, launch) in MEASURED_MFU:
+        value, on, count, source = MEASURED_MFU[(kind, launch)]
+    else:  # the closest measured case, times a measured ratio
+        base = kind if (kind, ONE_GPU) in MEASURED_MFU else "pt"
+        value, on, count, source = MEASURED_MFU[(base, ONE_GPU)]
+        if launch != ONE_GPU:
+            pt_launch = MEASURED_MFU[("pt", launch)][0] / MEASURED_MFU[("pt", ONE_GPU)][0]
+            value *= pt_launch
+            on, count = MEASURED_MFU[("pt", launch)][1:3]
+            notes.append(f"x {pt_launch:.2f}, PT's measured ratio of {launch} to one GPU")
     if s.autocast and s.zero is None:
         value *= FP32_MASTER_SPEED
         notes.append(f"x {FP32_MASTER_SPEED:.2f}, the measured speed of fp32 master weights + autocast against bf16 "
-                     "weights (bare loops, same H200)")
-    measured = len(notes) == 1 and gpu.name == "H200" and s.world == 1
-    if gpu.name != "H200":
-        notes.append(f"applied to the {gpu.name} (no measurement there)")
-    return figure(round(value, 4), "", "measured" if measured else "estimated", "; ".join(notes))
+                     "weights (bare loops, one H200)")
+    measured = not notes and gpu.name == on and s.world == count
+    if gpu.name != on:
+        notes.append(f"applied to the {gpu.name} (measured on the {on})")
+    return figure(round(value, 4), "", "measured" if measured else "estimated", "; ".join([source, *notes]))
 
 
 def steps_and_tokens(data: dict, s: Setup, training) -> dict:
