@@ -1,11 +1,11 @@
 """Plan a run before paying for it: memory per GPU, tokens and steps, time and cost, disk, for any stage on any GPUs.
 
 Run as:
-    python mini_qwen_plan.py pt --gpu H800 --num_gpus 6                      # the original PT recipe
-    python mini_qwen_plan.py pt --gpu T4 --price_per_gpu_hour 0.35           # will it fit one T4, what does it cost
+    python mini_qwen_plan.py pt --gpu H800 --num_gpus 6                      # the original PT recipe, data in data/pt
+    python mini_qwen_plan.py pt --gpu T4 --dataset_tokens 16000000000 --price_per_gpu_hour 0.35   # before downloading
     python mini_qwen_plan.py sft --config demo/sft.yaml --gpu T4             # any flag or recipe of the stage
     python mini_qwen_plan.py dpo --gpu A100-80 --num_gpus 8 --num_nodes 2 --mfu 0.3
-    bash run.sh pt plan --gpu H100 --num_gpus 8                              # the same through run.sh
+    bash run.sh pt plan --config demo/pt.yaml --gpu L4                       # the same through run.sh
 
 The first word is the stage; every flag of that stage works as it does there (`--config recipe.yaml`,
 `--per_device_train_batch_size`, `--gradient_checkpointing`, `--deepspeed ds.json`, ...), plus the planner's

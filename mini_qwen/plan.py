@@ -134,6 +134,9 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
         out["tokens"] = figure(dataset_tokens, "tokens", "given", "--dataset_tokens")
         out["files"] = None
     else:
+        if not Path(data_args.data_dir).exists():
+            raise MiniQwenError(f"PT data folder '{data_args.data_dir}' does not exist: run `bash prepare.sh` to "
+                                f"download it, point --data_dir at it, or plan without it: --dataset_tokens N.")
         files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
         out["files"] = figure(len(files), "files", "measured", data_args.data_dir)
         out["file bytes"] = figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes")
@@ -463,6 +466,20 @@ def steps_and_tokens(data: dict, s: Setup, training) -> dict:
                              f"{data['unit']} drawn x tokens in each")}
 
 
+def network_bytes_per_step(s: Setup) -> float:
+    """Bytes each GPU sends per optimizer step (ring collectives: (N - 1) / N of the tensor). DDP all-reduces the
+    gradients once a step; ZeRO-1 reduce-scatters them and all-gathers the weights once a step; ZeRO-2 reduce-scatters
+    at every micro-batch (DeepSpeed's engine: stage 2 "communicates during non gradient accumulation boundaries as
+    well"); ZeRO-3 also gathers the weights for each forward and backward."""
+    P, share = s.params.total, (s.world - 1) / s.world
+    if s.zero is None:
+        return 2 * P * DTYPE_BYTES[s.weights] * share
+    half = DTYPE_BYTES[s.weights]
+    micro = {0: 0, 1: 0, 2: 1, 3: 3}[min(s.zero.stage, 3)]  # tensors of P sent per micro-batch
+    once = {0: 2, 1: 2, 2: 1, 3: 0}[min(s.zero.stage, 3)]  # and once per step
+    return (micro * s.grad_accum + once) * P * half * share
+
+
 def time_and_cost(stage: str, s: Setup, gpu, run: dict, mfu: dict, price: float | None, nodes: int,
                   block_size: int | None) -> dict:
     from mini_qwen.callbacks import flops_per_token
@@ -478,13 +495,12 @@ def time_and_cost(stage: str, s: Setup, gpu, run: dict, mfu: dict, price: float 
         out["cost"] = figure(round(hours * s.world * price, 2), "per GPU-hour price", "estimated",
                              f"{hours:.1f} h x {s.world} GPUs x {price:g} an hour")
     if nodes > 1:
-        half = DTYPE_BYTES[s.weights] if s.zero is not None else 4
-        moved = 2 * s.params.total * half * (s.world - 1) / s.world  # reduce-scatter + all-gather, or all-reduce
+        moved = network_bytes_per_step(s)
         step = out["seconds per step"]["value"]
-        out["interconnect"] = (f"{nodes} nodes: every optimizer step moves ~{moved / 1e9:.1f} GB per GPU between "
-                               f"them ({moved / LINK_BYTES_PER_S:.1f} s at 100 Gb/s, against {step:.1f} s of compute "
-                               f"a step). The hours assume the network keeps up (InfiniBand / RoCE; estimated); on "
-                               f"plain Ethernet raise --gradient_accumulation_steps so steps are fewer.")
+        out["interconnect"] = (f"{nodes} nodes: each optimizer step sends ~{moved / 1e9:.1f} GB per GPU between them "
+                               f"({moved / LINK_BYTES_PER_S:.1f} s at 100 Gb/s, against {step:.1f} s of compute a "
+                               f"step). The time above assumes the network keeps up (InfiniBand / RoCE; estimated); "
+                               f"where it does not, fewer and larger micro-batches send less per token.")
     return out
 
 
