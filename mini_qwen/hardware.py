@@ -40,10 +40,9 @@ GPUS = [
     GPU("H800", 989e12, 79.1, True, ("H800",), "NVIDIA H800 SXM (the H100 die, export variant): 989 TFLOPS bf16 "
                                                "dense, 80 GB"),
     GPU("H20", 148e12, 95.0, True, ("H20",), "NVIDIA H20: 148 TFLOPS bf16 dense, 96 GB"),
-    GPU("A100-80", 312e12, 79.2, True, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB", "A100"),
+    GPU("A100-80", 312e12, 79.2, True, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
         "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 80 GB"),
-    GPU("A100-40", 312e12, 39.4, True, ("A100-SXM4-40GB", "A100-PCIE-40GB"),
-        "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 40 GB"),
+    GPU("A100-40", 312e12, 39.4, True, ("A100",), "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 40 GB"),
     GPU("A800", 312e12, 79.2, True, ("A800",), "NVIDIA A800 (the A100 die, export variant): 312 TFLOPS bf16 dense, "
                                                "80 GB"),
     GPU("L40S", 362e12, 44.4, True, ("L40S",), "NVIDIA L40S datasheet: 362 TFLOPS bf16 dense (733 sparse), 48 GB"),

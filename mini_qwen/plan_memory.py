@@ -170,12 +170,11 @@ def _outside_saved(s: Setup) -> float:
     h, d = c.hidden_size, c.hidden_size // c.num_attention_heads
     residual = DTYPE_BYTES[s.weights]
     rotary = 0 if s.checkpointing else 2 * d * residual  # inside the checkpointed layers they are recomputed
-    if s.autocast:
-        final_norm = 8 * h + 4 + (2 * h if s.loss in ("full", "answer_only") else 0)  # + lm_head's input cast
-    elif s.compute == 4:
-        final_norm = 12 * h + 4
-    else:
-        final_norm = 8 * h + 4
+    # The final norm's fp32 input and normalised value; its output is saved by the output layer over every position
+    # (the model's own loss: as is, or its autocast cast); the other losses copy the positions they score.
+    final_norm = 8 * h + 4 if s.autocast or s.compute == 4 else 6 * h + 4
+    if s.loss == "full":
+        final_norm += 2 * h if s.autocast else s.compute * h
     return 8 + rotary + final_norm
 
 
