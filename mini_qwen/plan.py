@@ -354,9 +354,9 @@ def build_setup(stage: str, args: dict, config, params: Params, world: int, zero
 
 def describe_precision(s: Setup) -> str:
     if s.zero is not None:
-        where = "CPU" if s.zero.offload_optimizer else f"{s.world} GPU(s)"
+        where = "in CPU RAM (offload)" if s.zero.offload_optimizer else f"partitioned over {s.world} GPU(s)"
         return (f"DeepSpeed ZeRO-{s.zero.stage} ({s.zero.source}): {s.weights} weights, fp32 master weights and "
-                f"AdamW partitioned over {where}")
+                f"AdamW {where}")
     if s.autocast:
         return f"fp32 master weights + {s.autocast} autocast, fp32 AdamW"
     if s.weights == "fp32":

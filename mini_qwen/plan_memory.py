@@ -66,7 +66,11 @@ class Params:
 def meta_model(config, dtype: torch.dtype = torch.float32):
     """The real transformers model for `config`, on the meta device: shapes and dtypes, no memory."""
     from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    # TrainingArguments with a ZeRO-3 config makes from_config partition the model across processes (it would
+    # start torch.distributed); a plan only counts parameters.
+    unset_hf_deepspeed_config()
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
@@ -86,20 +90,21 @@ class ZeRO:
 
     @classmethod
     def from_config(cls, ds: dict, hidden: int, source: str) -> "ZeRO":
-        """Transformers fills DeepSpeed's "auto" bucket sizes from the hidden size (integrations/deepspeed.py)."""
+        """An unset bucket size is DeepSpeed's default; "auto" is what transformers fills in from the hidden size
+        (integrations/deepspeed.py)."""
         zero = ds.get("zero_optimization", {}) or {}
 
-        def number(key, auto):
-            value = zero.get(key, auto)
+        def number(key, default, auto):
+            value = zero.get(key, default)
             return float(auto if value == "auto" else value)
 
         def device(key):
             return (zero.get(key) or {}).get("device", "none") not in ("none", None)
 
         return cls(int(zero.get("stage", 0)), device("offload_optimizer"), device("offload_param"),
-                   number("reduce_bucket_size", hidden * hidden), bool(zero.get("overlap_comm", False)),
+                   number("reduce_bucket_size", 5e8, hidden * hidden), bool(zero.get("overlap_comm", False)),
                    bool(zero.get("contiguous_gradients", True)),
-                   number("stage3_prefetch_bucket_size", 0.9 * hidden * hidden), source)
+                   number("stage3_prefetch_bucket_size", 5e7, 0.9 * hidden * hidden), source)
 
 
 @dataclass(frozen=True)
