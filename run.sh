@@ -7,6 +7,7 @@
 #   bash run.sh pt background    ->  nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py \
 #                                        > logs/output_pt.log 2>&1 &
 #   (stages: pt, sft, dpo; the same three modes for each)
+#   bash run.sh pt plan --gpu H100 --num_gpus 8  ->  python mini_qwen_plan.py pt ...: memory, time, cost, disk first
 #
 #   # on a CPU-only machine, 2 processes (DeepSpeed ZeRO-2 over gloo), demo data:
 #   ACCELERATE_CONFIG=accelerate_config_cpu.yaml bash run.sh pt multi --config demo/pt.yaml --model_preset tiny
@@ -14,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 stage="${1:-}"; mode="${2:-single}"
-case "$stage" in pt|sft|dpo) ;; *) echo "usage: bash run.sh pt|sft|dpo [single|multi|background] [flags...]" >&2; exit 2 ;; esac
+case "$stage" in pt|sft|dpo) ;; *) echo "usage: bash run.sh pt|sft|dpo [single|multi|background|plan] [flags...]" >&2; exit 2 ;; esac
 shift; [ $# -gt 0 ] && shift
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 config="${ACCELERATE_CONFIG:-accelerate_config.yaml}"
@@ -23,10 +24,11 @@ launch=("$PY" -m accelerate.commands.launch --config_file "$config" "$script")
 mkdir -p logs
 case "$mode" in
   single) exec "$PY" "$script" "$@" ;;
+  plan) exec "$PY" mini_qwen_plan.py "$stage" "$@" ;;
   multi) exec "${launch[@]}" "$@" ;;
   background)
     nohup "${launch[@]}" "$@" > "logs/output_${stage}.log" 2>&1 &
     echo $! > "logs/${stage}.pid"
     echo "started $stage in the background (pid $(cat "logs/${stage}.pid")); log: logs/output_${stage}.log" ;;
-  *) echo "unknown mode '$mode': single, multi or background" >&2; exit 2 ;;
+  *) echo "unknown mode '$mode': single, multi, background or plan" >&2; exit 2 ;;
 esac

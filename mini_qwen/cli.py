@@ -15,7 +15,13 @@ import sys
 from trl import TrlParser
 
 from mini_qwen.errors import MiniQwenError
-from mini_qwen.hardware import check_precision, check_requested_precision, precision_defaults
+from mini_qwen.hardware import (
+    check_precision,
+    check_requested_precision,
+    find_gpu,
+    planned_precision_defaults,
+    precision_defaults,
+)
 from mini_qwen.long_run import LongRunArguments, check_long_run_args
 from mini_qwen.ranges import check_ranges
 from mini_qwen.speed import check_speed_flags
@@ -72,6 +78,16 @@ def _explicit(argv: list[str], recipe: dict, names) -> dict:
         except Exception:  # argparse reports the bad value itself
             pass
     return found
+
+
+def _value(argv: list[str], recipe: dict, name: str) -> str | None:
+    """The raw value of flag `name` from the command line (last one wins) or else the recipe; None when unset."""
+    found = recipe.get(name)
+    for i, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag == f"--{name}":
+            found = value if equals else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None if found is None else str(found)
 
 
 def _plain(value):
@@ -155,10 +171,12 @@ def split_positionals(parser, argv: list[str]) -> tuple[list[str], list[str]]:
     return words, flags
 
 
-def parse_args(dataclass_types, argv=None, positional: str | None = None):
+def parse_args(dataclass_types, argv=None, positional: str | None = None, gpu_flag: str | None = None):
     """The dataclasses filled from `--config`, the command line and the defaults, every flag checked.
     `positional`: the list field that also takes the bare words of the command line, in order before
-    its own flag's values (eval's and serve's checkpoints); without it a bare word is refused."""
+    its own flag's values (eval's and serve's checkpoints); without it a bare word is refused.
+    `gpu_flag`: the flag naming the GPU a run is planned for (mini_qwen_plan.py): precision defaults
+    and checks follow that GPU, not this machine."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(dataclass_types, allow_abbrev=False)  # `--learning_rat` must not pass for a real flag
     parser.error = _raise
@@ -186,15 +204,22 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None):
                                         for a in (flags or unknown))
                             + ". See `--help` for the flags of this stage.")
 
+    gpu = find_gpu(_value(cli, recipe, gpu_flag)) if gpu_flag else None
     if "bf16" in known:  # a training script
         # Hardware picks bf16/fp16 defaults; asking for one precision must switch off the other default
         # (else `--fp16` on an A100 meets the default bf16 and fails as "both set").
-        defaults = precision_defaults()
+        defaults = precision_defaults() if gpu is None else planned_precision_defaults(gpu)
         asked = _explicit(cli, recipe, PRECISION_FLAGS)
         for name, other in (("bf16", "fp16"), ("fp16", "bf16")):
             if asked.get(name) and other not in asked:
                 defaults[other] = False
-        check_requested_precision({**defaults, **asked})  # before transformers' own, less helpful, check
+        # before transformers' own, less helpful, check
+        if gpu is None:
+            check_requested_precision({**defaults, **asked})
+        else:
+            if asked.get("use_cpu"):
+                raise MiniQwenError(f"--use_cpu: a plan is for the GPU named by --{gpu_flag}; drop --use_cpu.")
+            check_requested_precision({**defaults, **asked}, gpu)
         parser.set_defaults_with_config(**defaults)
     check_flag_values(parser, cli, recipe, argv[argv.index("--config") + 1] if recipe else None)
     try:
@@ -204,8 +229,10 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None):
         raise MiniQwenError(f"invalid arguments: {err}") from None
     training = next((obj for obj in parsed if hasattr(obj, "bf16") and hasattr(obj, "fp16")), None)
     if training is not None:
-        check_precision(training)
-        check_speed_flags(training, next((obj for obj in parsed if hasattr(obj, "pure_bf16")), None))
+        if gpu is None:
+            check_precision(training)
+        check_speed_flags(training, next((obj for obj in parsed if hasattr(obj, "pure_bf16")), None),
+                          planned=gpu is not None)
     for obj in parsed:
         if isinstance(obj, LongRunArguments):
             check_long_run_args(obj)

@@ -5,20 +5,83 @@
   small model). Decided from the compute capability, not `torch.cuda.is_bf16_supported()`: that
   defaults to `including_emulation=True` and answers True on a T4, where bf16 runs emulated and slow.
 - flash_attention_2 when the package is installed and the GPU supports it, else SDPA.
+- GPUS: the GPU kinds this project knows (peak FLOP/s for MFU, memory, bf16), one table for the
+  training log's MFU (`peak_flops`) and the run planner (mini_qwen/plan.py, `find_gpu`).
 """
 
 import importlib.util
+import re
+from dataclasses import dataclass
 
 import torch
 
 from mini_qwen.errors import MiniQwenError
 
-# Dense bf16/fp16 tensor-core peak, FLOP/s, by a substring of the device name. Used for MFU only.
-PEAK_FLOPS = {
-    "H200": 989e12, "H100": 989e12, "H800": 989e12, "H20": 148e12, "A100": 312e12, "A800": 312e12,
-    "L40S": 362e12, "L40": 181e12, "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12,
-    "V100": 125e12, "T4": 65e12,
-}
+
+@dataclass(frozen=True)
+class GPU:
+    """One GPU kind. `peak_flops`: dense bf16 tensor-core FLOP/s with fp32 accumulation (fp16 where the GPU has no
+    bf16), no sparsity; `memory_gib`: the total the CUDA driver reports (nvidia-smi's total less the driver's
+    reserve; GDDR6 cards with ECC lose a few percent more), estimated from public reports of that figure;
+    `bf16`: compute capability 8.0 or newer."""
+
+    name: str  # as --gpu takes it
+    peak_flops: float
+    memory_gib: float
+    bf16: bool
+    device_names: tuple  # substrings of torch.cuda.get_device_name(), checked in table order
+    source: str
+
+
+# In matching order: a name that contains another (H200 / H20, A100 / A10, L40S / L40 / L4) comes first.
+GPUS = [
+    GPU("H200", 989e12, 139.8, True, ("H200",), "NVIDIA H200 datasheet: 989 TFLOPS bf16 dense (1,979 sparse), 141 GB"),
+    GPU("H100", 989e12, 79.1, True, ("H100",), "NVIDIA H100 SXM datasheet: 989 TFLOPS bf16 dense, 80 GB"),
+    GPU("H800", 989e12, 79.1, True, ("H800",), "NVIDIA H800 SXM (the H100 die, export variant): 989 TFLOPS bf16 "
+                                               "dense, 80 GB"),
+    GPU("H20", 148e12, 95.0, True, ("H20",), "NVIDIA H20: 148 TFLOPS bf16 dense, 96 GB"),
+    GPU("A100-80", 312e12, 79.2, True, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
+        "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 80 GB"),
+    GPU("A100-40", 312e12, 39.4, True, ("A100",), "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 40 GB"),
+    GPU("A800", 312e12, 79.2, True, ("A800",), "NVIDIA A800 (the A100 die, export variant): 312 TFLOPS bf16 dense, "
+                                               "80 GB"),
+    GPU("L40S", 362e12, 44.4, True, ("L40S",), "NVIDIA L40S datasheet: 362 TFLOPS bf16 dense (733 sparse), 48 GB"),
+    GPU("L40", 181e12, 44.4, True, ("L40",), "NVIDIA L40 datasheet: 181 TFLOPS bf16 dense (362 sparse), 48 GB"),
+    GPU("L4", 121e12, 22.0, True, ("L4",), "NVIDIA L4 datasheet: 121 TFLOPS bf16 dense (242 sparse), 24 GB"),
+    GPU("A10", 125e12, 22.0, True, ("A10",), "NVIDIA A10 datasheet: 125 TFLOPS bf16 dense (250 sparse), 24 GB"),
+    GPU("RTX4090", 165e12, 23.6, True, ("4090",), "NVIDIA Ada (AD102) whitepaper: 165 TFLOPS fp16/bf16 tensor with "
+                                                  "fp32 accumulate, 24 GB"),
+    GPU("RTX3090", 71e12, 23.6, True, ("3090",), "NVIDIA Ampere GA102 whitepaper: 71 TFLOPS fp16/bf16 tensor with "
+                                                 "fp32 accumulate, 24 GB"),
+    GPU("V100-32", 125e12, 31.7, False, ("V100-SXM2-32GB", "V100-PCIE-32GB", "V100S"),
+        "NVIDIA V100 SXM2 datasheet: 125 TFLOPS fp16 tensor, 32 GB (no bf16)"),
+    GPU("V100-16", 125e12, 15.8, False, ("V100",), "NVIDIA V100 SXM2 datasheet: 125 TFLOPS fp16 tensor, 16 GB "
+                                                   "(no bf16)"),
+    GPU("T4", 65e12, 14.7, False, ("T4",), "NVIDIA T4 datasheet: 65 TFLOPS fp16 tensor, 16 GB GDDR6 (ECC takes "
+                                           "part of it; no bf16)"),
+]
+
+
+def _key(name: str) -> str:
+    """A GPU name as typed, normalised: `rtx 4090`, `RTX4090` and `4090` alike; `A100 80GB` as `a10080`."""
+    key = re.sub(r"[^a-z0-9]", "", name.lower()).replace("nvidia", "").replace("geforce", "")
+    return key.removesuffix("gb").replace("rtx", "")
+
+
+def find_gpu(name: str) -> GPU:
+    """The GPU kind --gpu names (case, spaces, dashes, RTX and GB do not matter); one message listing the known
+    kinds when it is unknown or could be several (V100: 16 or 32 GB)."""
+    known = ", ".join(g.name for g in GPUS)
+    wanted = _key(name or "")
+    exact = [g for g in GPUS if _key(g.name) == wanted]
+    if exact:
+        return exact[0]
+    several = [g.name for g in GPUS if wanted and _key(g.name).startswith(wanted)]
+    if len(several) > 1:
+        raise MiniQwenError(f"--gpu {name} could be {' or '.join(several)}: name one (known GPUs: {known}).")
+    if not name:
+        raise MiniQwenError(f"name the GPU to plan for: --gpu NAME, one of {known}.")
+    raise MiniQwenError(f"unknown GPU '{name}' for --gpu: known GPUs are {known}.")
 
 
 BF16_MIN_CAPABILITY = (8, 0)  # Ampere: the first GPUs with bf16 tensor cores
@@ -43,15 +106,23 @@ def precision_defaults() -> dict:
     return {"bf16": False, "fp16": True, "use_cpu": False}
 
 
-def check_requested_precision(values: dict) -> None:
+def planned_precision_defaults(gpu: GPU) -> dict:
+    """precision_defaults for a run planned on `gpu` (mini_qwen_plan.py), whatever this machine has. use_cpu is set
+    only so that TrainingArguments can be built here without a GPU; the plan reads bf16 / fp16 from it."""
+    return {"bf16": gpu.bf16, "fp16": not gpu.bf16, "use_cpu": True}
+
+
+def check_requested_precision(values: dict, gpu: GPU | None = None) -> None:
     """bf16 / fp16 / use_cpu as asked (flags over hardware defaults), checked before TrainingArguments
-    is built: its own check says only "Your setup doesn't support bf16/gpu"."""
+    is built: its own check says only "Your setup doesn't support bf16/gpu". `gpu`: check against the GPU a
+    run is planned on (mini_qwen_plan.py) instead of this machine's."""
     bf16, fp16, use_cpu = (bool(values.get(k)) for k in ("bf16", "fp16", "use_cpu"))
     if bf16 and fp16:
         raise MiniQwenError("--bf16 and --fp16 are both set: choose one.")
-    on_gpu = torch.cuda.is_available() and not use_cpu
-    if bf16 and on_gpu and not native_bf16():
-        raise MiniQwenError(f"--bf16 was asked but {gpu_description()} has no bf16 tensor cores (they start at "
+    on_gpu = gpu is not None or (torch.cuda.is_available() and not use_cpu)
+    if bf16 and on_gpu and not (gpu.bf16 if gpu is not None else native_bf16()):
+        described = f"the {gpu.name}" if gpu is not None else gpu_description()
+        raise MiniQwenError(f"--bf16 was asked but {described} has no bf16 tensor cores (they start at "
                             f"compute capability 8.0; torch would emulate bf16, slowly): use --fp16 true "
                             f"(or leave both unset to choose automatically).")
     if fp16 and not on_gpu:
@@ -91,10 +162,8 @@ def choose_attention(requested: str, training_args=None) -> str:
 
 
 def peak_flops() -> float | None:
+    """This machine's GPU peak from GPUS (by device name), for the training log's MFU; None on CPU or unknown."""
     if not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name()
-    for key, flops in PEAK_FLOPS.items():
-        if key in name:
-            return flops
-    return None
+    return next((gpu.peak_flops for gpu in GPUS for part in gpu.device_names if part in name), None)

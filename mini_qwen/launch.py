@@ -29,7 +29,8 @@ def uses_deepspeed(training_args) -> bool:
     return bool(_deepspeed_source(training_args)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
-def _deepspeed_config(training_args) -> tuple[dict | None, str | None]:
+def deepspeed_config(training_args) -> tuple[dict | None, str | None]:
+    """(the DeepSpeed config as a dict, where it was read), or (None, None) without DeepSpeed."""
     source = _deepspeed_source(training_args)
     if isinstance(source, dict):
         return source, "the --deepspeed dict"
@@ -51,7 +52,7 @@ def check_launch(training_args) -> None:
             f"gradient accumulation disagrees: accelerate config says {env_gas} (gradient_accumulation_steps in "
             f"accelerate_config.yaml) but the script has --gradient_accumulation_steps {gas}. Make them equal: "
             f"edit accelerate_config.yaml or pass --gradient_accumulation_steps {env_gas}.")
-    ds, ds_source = _deepspeed_config(training_args)
+    ds, ds_source = deepspeed_config(training_args)
     if ds:
         checks = [("gradient_accumulation_steps", gas, "--gradient_accumulation_steps"),
                   ("train_micro_batch_size_per_gpu", micro, "--per_device_train_batch_size"),

@@ -130,16 +130,19 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_dtype(training_args, pure_bf16: bool = False) -> torch.dtype:
+def model_dtype(training_args, pure_bf16: bool = False, on_gpu: bool | None = None) -> torch.dtype:
     """The dtype the weights are loaded in: fp32 master weights unless --pure_bf16 on a GPU with --bf16.
 
     With --bf16, Trainer runs forward and backward under bf16 autocast either way; the question is only
     what the optimizer updates. bf16 has 8 mantissa bits: next to a weight of ~0.02 one ulp is ~1.2e-4,
     so an AdamW step of ~1e-4 (warmup, the schedule's decayed tail) rounds to zero or to a whole ulp.
     fp32 master weights keep those steps, and are what DeepSpeed ZeRO-2 (`run.sh pt multi`) uses, so one
-    GPU and many train with the same numerics.
+    GPU and many train with the same numerics. `on_gpu`: decided by the caller (the run planner plans a GPU
+    it does not run on); default: this machine has a CUDA GPU and --use_cpu is off.
     """
-    if getattr(training_args, "use_cpu", False) or not torch.cuda.is_available():
+    if on_gpu is None:
+        on_gpu = torch.cuda.is_available() and not getattr(training_args, "use_cpu", False)
+    if not on_gpu:
         return torch.float32
     if training_args.bf16 and pure_bf16:
         return torch.bfloat16

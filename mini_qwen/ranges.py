@@ -84,6 +84,9 @@ RANGES: dict[str, Range] = {
     # serving (mini_qwen_serve.py)
     "port": Range(1, 65535), "max_concurrent": POSITIVE, "max_queue": Range(0, None), "max_tokens": POSITIVE,
     "temperature": Range(0, 2), "top_p": Range(0, 1, low_open=True),
+    # the run planner (mini_qwen_plan.py)
+    "num_gpus": POSITIVE, "num_nodes": POSITIVE, "price_per_gpu_hour": Range(0, None),
+    "mfu": Range(0, 1, low_open=True), "dataset_tokens": POSITIVE, "sample_rows": POSITIVE,
     # processes
     "seed": Range(0, 2**32 - 1), "data_seed": Range(0, 2**32 - 1), "ddp_timeout": POSITIVE,
     "ddp_bucket_cap_mb": POSITIVE, "torch_empty_cache_steps": POSITIVE,

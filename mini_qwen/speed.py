@@ -17,18 +17,22 @@ import torch
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.launch import uses_deepspeed
 
+KAHAN_UNDER_DEEPSPEED = ("--kahan_summation: DeepSpeed keeps fp32 master weights itself and wraps its own optimizer; "
+                         "drop the flag (and --pure_bf16) under `run.sh ... multi`.")
 
-def check_speed_flags(training_args, model_args=None) -> None:
+
+def check_speed_flags(training_args, model_args=None, planned: bool = False) -> None:
     """Refuse, before any model is built, the speed levers that cannot run on this machine.
 
-    Trainer would otherwise fail late (after tokenizing) with an ImportError traceback.
+    Trainer would otherwise fail late (after tokenizing) with an ImportError traceback. `planned`: the flags
+    of a run planned for a GPU elsewhere (mini_qwen_plan.py): what this machine lacks does not matter.
     """
-    cuda = torch.cuda.is_available() and not getattr(training_args, "use_cpu", False)
+    cuda = planned or (torch.cuda.is_available() and not getattr(training_args, "use_cpu", False))
     if getattr(training_args, "use_liger_kernel", False):
         if not cuda:
             raise MiniQwenError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton-only): "
                                 "drop the flag on CPU.")
-        if importlib.util.find_spec("liger_kernel") is None:
+        if not planned and importlib.util.find_spec("liger_kernel") is None:
             raise MiniQwenError("--use_liger_kernel: liger-kernel is not installed: `pip install -e .[gpu]` "
                                 "(the optional `gpu` extra in pyproject.toml), or drop the flag.")
         if getattr(training_args, "chunked_loss", False):
@@ -40,9 +44,8 @@ def check_speed_flags(training_args, model_args=None) -> None:
             raise MiniQwenError("--kahan_summation true needs --pure_bf16 true: fp32 master weights lose no small "
                                 "update, so there is nothing to compensate.")
         if uses_deepspeed(training_args):
-            raise MiniQwenError("--kahan_summation: DeepSpeed keeps fp32 master weights itself and wraps its own "
-                                "optimizer; drop the flag (and --pure_bf16) under `run.sh ... multi`.")
-        if importlib.util.find_spec("optimi") is None:
+            raise MiniQwenError(KAHAN_UNDER_DEEPSPEED)
+        if not planned and importlib.util.find_spec("optimi") is None:
             raise MiniQwenError("--kahan_summation: torch-optimi is not installed: `pip install "
                                 "torch-optimi==0.3.3` (requirements.txt pins it), or drop the flag.")
 

@@ -1,0 +1,674 @@
+"""Plan a training run before paying for it: memory per GPU, tokens and steps, time and cost, disk.
+
+`plan_run` takes a stage's own parsed flags (mini_qwen_plan.py parses them with the stage's dataclasses)
+and the GPUs it is planned on, and returns the plan as a dict (written to plan.json; `render` prints it).
+Every figure says whether it is measured (read from the files, the token cache, the model's parameters)
+or estimated (a model of memory or speed), and from what.
+
+- Memory: mini_qwen/plan_memory.py, the real model built on the meta device (no weights are loaded).
+- Data: PT tokens from the token cache when it exists, else from the text column's bytes in the parquet
+  footers at PT_BYTES_PER_TOKEN; SFT / DPO rows from the footers, their lengths (after the stage's own
+  truncation and, for SFT, packing) from a sample of rows run through the stage's own encoding.
+- Time: tokens x the FLOPs per token the training log's MFU counts (mini_qwen.callbacks.flops_per_token)
+  / (MFU x the GPU's peak from mini_qwen.hardware.GPUS x GPUs); MFU as this project measured it
+  (bench/RESULTS.md), else estimated from those figures, or --mfu.
+"""
+
+import copy
+import json
+import math
+from dataclasses import replace
+from itertools import combinations
+from pathlib import Path
+from types import SimpleNamespace
+
+from mini_qwen.errors import MiniQwenError
+from mini_qwen.plan_memory import (
+    DTYPE_BYTES,
+    GIB,
+    Params,
+    Setup,
+    ZeRO,
+    ceil_div,
+    fits,
+    largest_batch,
+    memory_parts,
+    meta_model,
+    total_with_overhead,
+)
+
+# Bytes of the `text` column (uncompressed, from the parquet footer) per Qwen token, `<|im_end|>` included.
+# Measured on the real IndustryCorpus2 samples (../shared/reference/mini_data_baai/pt: 100 Chinese documents,
+# 136,575 tokens; 100 English, 150,989 tokens). Whole files are 2.9 bytes a token there (compressed, with the
+# other 8-12 columns); mini_data/pt (written by this project) gives 4.67.
+PT_BYTES_PER_TOKEN = {"chinese": 4.08, "english": 4.69, None: 4.40}
+PT_BYTES_SOURCE = "text bytes per token measured on 200 real IndustryCorpus2 documents (zh 4.08, en 4.69)"
+
+# MFU of measured runs, in the training log's count (callbacks.flops_per_token: PT with its block, SFT / DPO
+# without), by (what is trained, how it is launched): (MFU, GPU, GPUs, source).
+ONE_GPU, DS_ONE_GPU, DS_SEVERAL = "one GPU", "DeepSpeed on one GPU", "DeepSpeed on several GPUs"
+MEASURED_MFU = {
+    # This project on one H200 (bench/RESULTS.md 4.1, 2026-11-30): bf16 weights + bf16 AdamW (--pure_bf16), SDPA,
+    # batch 8 x 1024 (DPO 4 pairs).
+    ("pt", ONE_GPU): (0.247, "H200", 1, "this project's PT on one H200 (bench/RESULTS.md 4.1)"),
+    ("pt chunked loss", ONE_GPU): (0.221, "H200", 1, "this project's PT --chunked_loss on one H200"),
+    ("pt", DS_ONE_GPU): (0.143, "H200", 1, "this project's PT under DeepSpeed ZeRO-2 on one H200"),
+    ("sft", ONE_GPU): (0.089, "H200", 1, "this project's SFT on real rows, padded batches, one H200"),
+    ("dpo", ONE_GPU): (0.041, "H200", 1, "this project's DPO on real pairs, one H200"),
+    # The original project's runs (its logs, ../shared/reference/upstream_logs; its code, flash-attention 2, bf16,
+    # DeepSpeed ZeRO-2 on 6 x H800). PT: 13,523 steps in 88,784 s, 175.47 blocks of 1024 tokens a second, i.e.
+    # 29,947 tokens/s a GPU x 6.60 GFLOP a token / 989 TFLOP/s. DPO: 55.0 pairs a second over 6 GPUs x 1,085 tokens
+    # a pair (prompt twice + both answers: the mean of 200 real pairs, measured here) x 5.99 GFLOP / 989 TFLOP/s.
+    ("pt", DS_SEVERAL): (0.200, "H800", 6, "the original project's PT run on 6 x H800 (its log)"),
+    ("dpo", DS_SEVERAL): (0.060, "H800", 6, "the original project's DPO run on 6 x H800 (its log; pair length "
+                                            "measured here)"),
+}
+# The bare loops of the same H200 session: fp32 master weights + bf16 autocast ran at this share of bf16 weights.
+FP32_MASTER_SPEED = 33_931 / 43_867
+AUTO_ATTENTION = "--attn_implementation auto: flash_attention_2 only where flash-attn is installed"
+LINK_BYTES_PER_S = 100e9 / 8  # the example interconnect of the several-nodes caveat: 100 Gb/s
+
+
+def figure(value, unit: str, basis: str, source: str = "") -> dict:
+    """A number with its unit and where it comes from: basis is "measured", "estimated" or "given" (a flag)."""
+    return {"value": value, "unit": unit, "basis": basis, "source": source}
+
+
+# ---------------------------------------------------------------- the model
+
+def model_config(model_args, preset_args) -> tuple[object, str]:
+    """(config, where it comes from) of the model the stage trains."""
+    from mini_qwen.model import build_config, validate_config
+
+    path = model_args.model_name_or_path
+    if path and Path(path).exists():
+        from transformers import AutoConfig
+
+        from mini_qwen.checkpoint import check_checkpoint
+
+        folder = check_checkpoint(path, need_tokenizer=False)
+        config = AutoConfig.from_pretrained(folder)
+        validate_config(config, source=f"model config ({folder / 'config.json'})")
+        return config, f"checkpoint {path}"
+    config = build_config(preset_args)
+    where = f"preset {preset_args.model_preset}"
+    if path:  # SFT / DPO before the previous stage has run: plan with the preset it will train
+        where += f" ({path} does not exist yet)"
+    return config, where
+
+
+def resize(config, params: Params, layers: int) -> tuple[object, Params]:
+    """The same model with `layers` decoder layers (for the smaller model that would fit)."""
+    smaller = copy.deepcopy(config)
+    smaller.num_hidden_layers = layers
+    smaller.layer_types = ["full_attention"] * layers
+    drop = config.num_hidden_layers - layers
+    return smaller, Params(params.total - drop * params.layer, params.matmul - drop * params.layer_matmul,
+                           params.output, params.layer, params.layer_matmul)
+
+
+# ---------------------------------------------------------------- data sizes
+
+def _text_bytes(path: Path, column: str) -> int:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    return sum(meta.row_group(g).column(c).total_uncompressed_size for g in range(meta.num_row_groups)
+               for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema == column)
+
+
+def _rows(files) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
+    """PT documents and tokens: the token cache's counts, else the files' text bytes at PT_BYTES_PER_TOKEN."""
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.packing import BYTES_PER_TOKEN
+    from mini_qwen.data.pt import cache_key
+
+    out = {"block_size": data_args.block_size}
+    if dataset_tokens:
+        out["tokens"] = figure(dataset_tokens, "tokens", "given", "--dataset_tokens")
+        out["files"] = None
+    else:
+        if not Path(data_args.data_dir).exists():
+            raise MiniQwenError(f"PT data folder '{data_args.data_dir}' does not exist: run `bash prepare.sh` to "
+                                f"download it, point --data_dir at it, or plan without it: --dataset_tokens N.")
+        files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
+        out["files"] = figure(len(files), "files", "measured", data_args.data_dir)
+        out["file bytes"] = figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes")
+        cache = Path(data_args.cache_dir) / f"pt-{cache_key(files, tokenizer, data_args.text_column)}"
+        if (cache / "meta.json").is_file():
+            meta = json.loads((cache / "meta.json").read_text())
+            out["documents"] = figure(meta["documents"], "documents", "measured", f"token cache {cache}")
+            out["tokens"] = figure(meta["tokens"], "tokens", "measured", f"token cache {cache}")
+        else:
+            out["documents"] = figure(_rows(files), "rows", "measured", "parquet footers (empty texts included)")
+            tokens = 0.0
+            for f in files:
+                language = next((p for p in f.parts if p in PT_BYTES_PER_TOKEN), None)
+                tokens += _text_bytes(f, data_args.text_column) / PT_BYTES_PER_TOKEN[language]
+            out["tokens"] = figure(round(tokens), "tokens", "estimated",
+                                   f"text bytes in the parquet footers / {PT_BYTES_SOURCE} (no token cache yet)")
+    tokens = out["tokens"]["value"]
+    out["units"] = tokens // data_args.block_size
+    out["unit"] = f"blocks of {data_args.block_size} tokens"
+    out["tokens per unit"] = data_args.block_size
+    documents = out.get("documents", {}).get("value", 0) if out.get("documents") else 0
+    out["cache bytes"] = figure(tokens * BYTES_PER_TOKEN + 4 * documents, "bytes", "estimated",
+                                "token cache: 3 bytes a token + 4 a document")
+    if out["tokens"]["source"].startswith("token cache"):
+        cache = Path(out["tokens"]["source"].removeprefix("token cache "))
+        out["cache bytes"] = figure(sum(f.stat().st_size for f in cache.iterdir()), "bytes", "measured", str(cache))
+    out["trained share"] = 1.0
+    return out
+
+
+def sample_values(files, columns: list[str], rows: int) -> dict[str, list]:
+    """The first rows of every file (rows / files of each, at least one), column by column."""
+    import pyarrow.parquet as pq
+
+    each = max(1, math.ceil(rows / len(files)))
+    values = {c: [] for c in columns}
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=each, columns=columns):
+            for c in columns:
+                values[c] += batch.column(c).to_pylist()
+            break
+    return values
+
+
+def sft_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
+    """SFT conversations from the footers; lengths, kept share and packing from a sample of them."""
+    from datasets import Dataset, disable_progress_bars
+
+    from mini_qwen.chat import encode_conversations, normalize_messages
+    from mini_qwen.data import sft
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.packing import pack_conversations
+
+    files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
+    values = sample_values(files, sft.columns(), sample_rows)
+    good = [conv for conv, problem in zip(values["conversations"], sft.row_problems(values)) if problem is None]
+    convs = [normalize_messages(conv, data_args.first_turn_only) for conv in good]
+    max_length = training_args.max_length
+    encoded = encode_conversations(tokenizer, convs, max_length)
+    kept = [(ids, labels) for ids, labels in zip(encoded["input_ids"], encoded["labels"])
+            if any(t != -100 for t in labels)]
+    sampled = len(values["conversations"])
+    if not kept:
+        raise MiniQwenError(f"no trainable conversation among the first {sampled} rows of the files in "
+                            f"'{data_args.data_dir}': check them with `python utils/check_data.py sft "
+                            f"{data_args.data_dir}`.")
+    lengths = [len(ids) for ids, _ in kept]
+    trained = sum(sum(t != -100 for t in labels) for _, labels in kept)
+    rows = _rows(files)
+    conversations = rows * len(kept) / sampled
+    source = f"a sample of {sampled} rows (the first of each file), the stage's own encoding at max_length {max_length}"
+    out = {"files": figure(len(files), "files", "measured", data_args.data_dir),
+           "file bytes": figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes"),
+           "rows": figure(rows, "conversations", "measured", "parquet footers"),
+           "conversations": figure(round(conversations), "conversations", "estimated",
+                                   f"rows x the share kept in {source}"),
+           "mean length": figure(round(sum(lengths) / len(kept), 1), "tokens", "estimated", source)}
+    if training_args.packing:
+        disable_progress_bars()  # a plan prints its table only
+        packed = pack_conversations(Dataset.from_dict({"input_ids": [k[0] for k in kept],
+                                                       "labels": [k[1] for k in kept]}), max_length).num_rows
+        per_row = len(kept) / packed
+        out["conversations per row"] = figure(round(per_row, 2), "conversations", "estimated",
+                                              f"packing the sample into rows of {max_length}")
+        out["units"] = conversations / per_row
+        out["unit"] = f"packed rows of {max_length} tokens"
+        out["trained share"] = trained / (packed * max_length)
+    else:
+        out["units"] = conversations
+        out["unit"] = "conversations"
+        out["trained share"] = trained / sum(lengths)
+    out["longest"] = figure(max(lengths), "tokens", "estimated", f"the longest conversation of {source}")
+    out["tokens per unit"] = sum(lengths) / len(kept) * conversations / out["units"]
+    out["tokens"] = figure(round(conversations * sum(lengths) / len(kept)), "tokens", "estimated",
+                           "conversations x mean length")
+    out["cache bytes"] = figure(out["tokens"]["value"] * 16, "bytes", "estimated",
+                                "datasets cache: int64 input_ids + labels, 16 bytes a token")
+    return out
+
+
+def dpo_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
+    """DPO pairs from the footers; lengths and kept share (after the stage's truncation) from a sample."""
+    from mini_qwen.data import dpo
+    from mini_qwen.data.checks import find_stage_files
+
+    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
+    values = sample_values(files, dpo.columns(), sample_rows)
+    rows_good = [row for row, problem in zip(zip(*(values[c] for c in dpo.COLUMNS)), dpo.row_problems(values))
+                 if problem is None]
+    pairs = [dpo.parse_pair(*row) for row in rows_good]
+    encoded = [p for p in dpo.encode_pairs(tokenizer, pairs, training_args.max_length, data_args.max_prompt_length)
+               if not p["dropped"]]
+    sampled = len(values["prompt"])
+    if not encoded:
+        raise MiniQwenError(f"no trainable preference pair among the first {sampled} rows of the files in "
+                            f"'{data_args.data_dir}': check them with `python utils/check_data.py dpo "
+                            f"{data_args.data_dir}`.")
+    rows = _rows(files)
+    usable = rows * len(encoded) / sampled
+    if data_args.max_pairs:
+        usable = min(usable, data_args.max_pairs)
+    prompt = sum(len(p["prompt_ids"]) for p in encoded) / len(encoded)
+    answers = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in encoded) / len(encoded)
+    source = (f"a sample of {sampled} rows (the first of each file), the stage's own truncation at max_length "
+              f"{training_args.max_length}, prompt {data_args.max_prompt_length}")
+    per_pair = 2 * prompt + answers  # the policy reads the prompt twice: before the chosen and the rejected answer
+    longest = max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in encoded)
+    return {"files": figure(len(files), "files", "measured", data_args.data_dir),
+            "file bytes": figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes"),
+            "rows": figure(rows, "pairs", "measured", "parquet footers"),
+            "pairs": figure(round(usable), "pairs", "estimated", f"rows x the share kept in {source}"
+                            + (f", at most --max_pairs {data_args.max_pairs}" if data_args.max_pairs else "")),
+            "mean length": figure(round(per_pair, 1), "tokens", "estimated",
+                                  f"prompt twice + both answers, {source}"),
+            "longest": figure(longest, "tokens", "estimated", f"the longest prompt + answer of {source}"),
+            "units": usable, "unit": "pairs", "tokens per unit": per_pair, "trained share": answers / per_pair,
+            "tokens": figure(round(usable * per_pair), "tokens", "estimated", "pairs x mean length"),
+            "cache bytes": figure(round(usable * (prompt + answers) * 8), "bytes", "estimated",
+                                  "datasets cache: int64 ids, 8 bytes a token")}
+
+
+# ---------------------------------------------------------------- the run's setup
+
+def deepspeed_source(training_args, accelerate_config: str, world: int) -> tuple[dict | None, str | None]:
+    """The DeepSpeed config the run would use: --deepspeed, else (several GPUs) the accelerate config's."""
+    from mini_qwen.launch import deepspeed_config
+
+    ds, source = deepspeed_config(training_args)
+    if ds or world == 1:
+        return ds, source
+    import yaml
+
+    try:
+        accelerate = yaml.safe_load(Path(accelerate_config).read_text()) or {}
+    except OSError as err:
+        raise MiniQwenError(f"cannot read accelerate config '{accelerate_config}' (--accelerate_config): "
+                            f"{err.strerror}.") from None
+    if accelerate.get("distributed_type") != "DEEPSPEED":
+        return None, f"{accelerate_config} ({accelerate.get('distributed_type')}: DDP)"
+    inline = accelerate.get("deepspeed_config") or {}
+    path = inline.get("deepspeed_config_file")
+    if path:
+        ds, _ = deepspeed_config(SimpleNamespace(deepspeed=path))  # read as the run would read it
+        return ds, f"{path} via {accelerate_config}"
+    zero = {"stage": inline.get("zero_stage", 0),
+            "offload_optimizer": {"device": inline.get("offload_optimizer_device", "none")},
+            "offload_param": {"device": inline.get("offload_param_device", "none")}}
+    return {"zero_optimization": zero}, accelerate_config
+
+
+def padded_length(longest: int, max_length: int, multiple) -> int:
+    """The length a padded batch reaches: its longest row, rounded up to --pad_to_multiple_of, at most max_length."""
+    if isinstance(multiple, int) or (isinstance(multiple, str) and multiple.isdigit()):
+        longest = ceil_div(longest, int(multiple)) * int(multiple)
+    return min(longest, max_length)
+
+
+def build_setup(stage: str, args: dict, config, params: Params, world: int, zero: ZeRO | None,
+                data: dict) -> Setup:
+    """The memory Setup of the stage as configured: precision, batch shape, attention, loss, reference. Padded
+    batches (SFT without packing, DPO) are planned at the longest row of the data's sample."""
+    from mini_qwen.model import model_dtype
+
+    model_args, training = args["model"], args["training"]
+    half = "bf16" if training.bf16 else "fp16" if training.fp16 else None
+    if zero is not None:  # DeepSpeed runs the model in bf16/fp16 and keeps fp32 masters itself
+        weights, autocast = half or "fp32", None
+    else:
+        dtype = model_dtype(training, model_args.pure_bf16, on_gpu=True)
+        weights = {"torch.float32": "fp32", "torch.bfloat16": "bf16"}[str(dtype)]
+        autocast = half if weights == "fp32" else None
+    attention = "sdpa" if model_args.attn_implementation == "auto" else model_args.attn_implementation
+    setup = dict(config=config, params=params, weights=weights, autocast=autocast, world=world, zero=zero,
+                 kahan=bool(model_args.kahan_summation), batch=training.per_device_train_batch_size,
+                 attention=attention, checkpointing=bool(training.gradient_checkpointing),
+                 grad_accum=training.gradient_accumulation_steps, trained_share=data["trained share"])
+    if stage == "pt":
+        loss = "liger" if training.use_liger_kernel else "chunked" if training.chunked_loss else "full"
+        masked = args["data"].packing == "documents" or attention == "eager"
+        return Setup(**setup, seq_len=args["data"].block_size, mask="rows" if masked else None, loss=loss)
+    flattened = bool(getattr(training, "padding_free", False))
+    mask = "flattened" if flattened else "rows"  # packed rows, padding masks: a dense mask under SDPA
+    longest = padded_length(data["longest"]["value"], training.max_length, training.pad_to_multiple_of)
+    if stage == "sft":
+        fused = args["data"].fused_lm_head
+        fused = fused if fused is not None else True  # the stage's default on a GPU
+        return Setup(**setup, seq_len=training.max_length if training.packing else longest, mask=mask,
+                     loss="fused_head" if fused else "answer_only")
+    reference = None
+    if not training.precompute_ref_log_probs:  # a frozen copy, loaded as mini_qwen_dpo.py loads it
+        reference = half if zero is not None and half else (
+            "bf16" if str(model_dtype(training, True, on_gpu=True)) == "torch.bfloat16" else "fp32")
+    return Setup(**setup, rows=2, seq_len=longest, mask=mask, loss="fused_head", reference=reference)
+
+
+def describe_precision(s: Setup) -> str:
+    if s.zero is not None:
+        where = "in CPU RAM (offload)" if s.zero.offload_optimizer else f"partitioned over {s.world} GPU(s)"
+        return (f"DeepSpeed ZeRO-{s.zero.stage} ({s.zero.source}): {s.weights} weights, fp32 master weights and "
+                f"AdamW {where}")
+    if s.autocast:
+        return f"fp32 master weights + {s.autocast} autocast, fp32 AdamW"
+    if s.weights == "fp32":
+        return "fp32 throughout (no mixed precision)"
+    return f"{s.weights} weights + {s.weights} AdamW (--pure_bf16)" + (" with Kahan summation" if s.kahan else "")
+
+
+# ---------------------------------------------------------------- what would fit
+
+def levers(stage: str, s: Setup, gpu) -> list[tuple[str, dict]]:
+    """Flags that lower memory without changing what is trained, with their effect on the Setup."""
+    found = []
+    if not s.checkpointing:
+        found.append(("--gradient_checkpointing true", {"checkpointing": True}))
+    if stage == "pt" and s.loss == "full":
+        found.append(("--chunked_loss true", {"loss": "chunked"}))
+    if gpu.bf16 and s.zero is None and s.autocast == "bf16":
+        found.append(("--pure_bf16 true", {"weights": "bf16", "autocast": None}))
+    if s.reference:
+        found.append(("--precompute_ref_log_probs true", {"reference": None}))
+    return found
+
+
+def what_fits(stage: str, s: Setup, gpu, preset: bool) -> dict:
+    """When `s` does not fit: the largest batch that does, the fewest flags that make the asked batch fit,
+    and, when nothing does, a smaller model (PT from a preset)."""
+    memory = gpu.memory_gib
+    out = {"largest batch": largest_batch(s, memory)}
+    if out["largest batch"]:
+        b = out["largest batch"]
+        out["smaller batch"] = [f"--per_device_train_batch_size {b}",
+                                f"--gradient_accumulation_steps {ceil_div(s.batch * s.grad_accum, b)}"]
+    options = levers(stage, s, gpu)
+    for size in range(1, len(options) + 1):
+        for combo in combinations(options, size):
+            changes = {k: v for _, change in combo for k, v in change.items()}
+            if fits(replace(s, **changes), memory):
+                out["flags"] = [flag for flag, _ in combo]
+                return out
+    every = replace(s, **{k: v for _, change in options for k, v in change.items()})
+    best = largest_batch(every, memory)
+    if best:
+        out["flags"] = [flag for flag, _ in options] + [
+            f"--per_device_train_batch_size {best}",
+            f"--gradient_accumulation_steps {ceil_div(s.batch * s.grad_accum, best)}"]
+        return out
+    out["training state"] = "the weights, gradients and optimizer state alone do not fit"
+    if preset:
+        for layers in range(s.config.num_hidden_layers - 1, 0, -1):
+            config, params = resize(s.config, s.params, layers)
+            smaller = replace(every, config=config, params=params)
+            batch = min(largest_batch(smaller, memory), s.batch)
+            if batch:
+                out["flags"] = [f"--num_hidden_layers {layers}"] + [flag for flag, _ in options] + [
+                    f"--per_device_train_batch_size {batch}",
+                    f"--gradient_accumulation_steps {ceil_div(s.batch * s.grad_accum, batch)}"]
+                out["smaller model"] = f"{params.total / 1e9:.2f}B parameters in {layers} layers"
+                break
+    return out
+
+
+# ---------------------------------------------------------------- time, cost, disk
+
+def mfu_for(stage: str, s: Setup, gpu, asked: float | None) -> dict:
+    """The MFU to plan with: --mfu, else the measured figure for the stage and launch (MEASURED_MFU), scaled by
+    measured ratios where that exact case was not measured. "measured" only for the GPU and count it ran on."""
+    if asked:
+        return figure(asked, "", "given", "--mfu")
+    kind = "pt chunked loss" if stage == "pt" and s.loss == "chunked" else stage
+    launch = ONE_GPU if s.zero is None else DS_ONE_GPU if s.world == 1 else DS_SEVERAL
+    notes = []
+    if (kind, launch) in MEASURED_MFU:
+        value, on, count, source = MEASURED_MFU[(kind, launch)]
+    else:  # the closest measured case, times a measured ratio
+        base = kind if (kind, ONE_GPU) in MEASURED_MFU else "pt"
+        value, on, count, source = MEASURED_MFU[(base, ONE_GPU)]
+        if launch != ONE_GPU:
+            pt_launch = MEASURED_MFU[("pt", launch)][0] / MEASURED_MFU[("pt", ONE_GPU)][0]
+            value *= pt_launch
+            on, count = MEASURED_MFU[("pt", launch)][1:3]
+            notes.append(f"x {pt_launch:.2f}, PT's measured ratio of {launch} to one GPU")
+    if s.autocast and s.zero is None:
+        value *= FP32_MASTER_SPEED
+        notes.append(f"x {FP32_MASTER_SPEED:.2f}, the measured speed of fp32 master weights + autocast against bf16 "
+                     "weights (bare loops, one H200)")
+    measured = not notes and gpu.name == on and s.world == count
+    if gpu.name != on:
+        notes.append(f"applied to the {gpu.name} (measured on the {on})")
+    return figure(round(value, 4), "", "measured" if measured else "estimated", "; ".join([source, *notes]))
+
+
+def steps_and_tokens(data: dict, s: Setup, training) -> dict:
+    """Optimizer steps, epochs and trained tokens, as Trainer counts steps (ceil at each division)."""
+    per_step = s.batch * s.grad_accum * s.world
+    loader = ceil_div(ceil_div(data["units"], s.world), s.batch)  # micro-batches per GPU and epoch
+    steps_per_epoch = max(1, ceil_div(loader, s.grad_accum))
+    if training.max_steps and training.max_steps > 0:
+        steps, basis = training.max_steps, "given"
+    else:
+        steps, basis = math.ceil(training.num_train_epochs * steps_per_epoch), data["tokens"]["basis"]
+    units = min(steps * per_step, data["units"] * max(training.num_train_epochs, steps / steps_per_epoch))
+    return {"per step": figure(per_step, data["unit"], "given", "batch x grad-accum x GPUs"),
+            "steps per epoch": figure(steps_per_epoch, "steps", data["tokens"]["basis"]),
+            "steps": figure(steps, "steps", basis, "--max_steps" if basis == "given" else "epochs x steps per epoch"),
+            "epochs": figure(round(steps / steps_per_epoch, 3), "epochs", data["tokens"]["basis"]),
+            "tokens": figure(round(units * data["tokens per unit"]), "tokens", "estimated",
+                             f"{data['unit']} drawn x tokens in each")}
+
+
+def network_bytes_per_step(s: Setup) -> float:
+    """Bytes each GPU sends per optimizer step (ring collectives: (N - 1) / N of the tensor). DDP all-reduces the
+    gradients once a step; ZeRO-1 reduce-scatters them and all-gathers the weights once a step; ZeRO-2 reduce-scatters
+    at every micro-batch (DeepSpeed's engine: stage 2 "communicates during non gradient accumulation boundaries as
+    well"); ZeRO-3 also gathers the weights for each forward and backward."""
+    P, share = s.params.total, (s.world - 1) / s.world
+    if s.zero is None:
+        return 2 * P * DTYPE_BYTES[s.weights] * share
+    half = DTYPE_BYTES[s.weights]
+    micro = {0: 0, 1: 0, 2: 1, 3: 3}[min(s.zero.stage, 3)]  # tensors of P sent per micro-batch
+    once = {0: 2, 1: 2, 2: 1, 3: 0}[min(s.zero.stage, 3)]  # and once per step
+    return (micro * s.grad_accum + once) * P * half * share
+
+
+def time_and_cost(stage: str, s: Setup, gpu, run: dict, mfu: dict, price: float | None, nodes: int,
+                  block_size: int | None) -> dict:
+    from mini_qwen.callbacks import flops_per_token
+
+    fpt = flops_per_token(s.config, block_size)  # as the training log counts: PT with its block, SFT / DPO without
+    seconds = run["tokens"]["value"] * fpt / (mfu["value"] * gpu.peak_flops * s.world)
+    hours = seconds / 3600
+    out = {"flops per token": figure(fpt, "FLOP", "measured", "callbacks.flops_per_token, the training log's count"),
+           "peak": figure(gpu.peak_flops, "FLOP/s", "given", gpu.source), "mfu": mfu,
+           "hours": figure(round(hours, 2), "hours", "estimated", "tokens x FLOPs per token / (MFU x peak x GPUs)"),
+           "seconds per step": figure(round(seconds / max(run["steps"]["value"], 1), 3), "s", "estimated")}
+    if price is not None:
+        out["cost"] = figure(round(hours * s.world * price, 2), "per GPU-hour price", "estimated",
+                             f"{hours:.1f} h x {s.world} GPUs x {price:g} an hour")
+    if nodes > 1:
+        moved = network_bytes_per_step(s)
+        step = out["seconds per step"]["value"]
+        out["interconnect"] = (f"{nodes} nodes: each optimizer step sends ~{moved / 1e9:.1f} GB per GPU between them "
+                               f"({moved / LINK_BYTES_PER_S:.1f} s at 100 Gb/s, against {step:.1f} s of compute a "
+                               f"step). The time above assumes the network keeps up (InfiniBand / RoCE; estimated); "
+                               f"where it does not, fewer and larger micro-batches send less per token.")
+    return out
+
+
+def disk(stage: str, s: Setup, training, data: dict, run: dict) -> dict:
+    P = s.params.total
+    wb = DTYPE_BYTES[s.weights]
+    weights = P * wb  # save_model writes the trained dtype (DeepSpeed: its bf16/fp16 model)
+    if training.save_only_model:
+        checkpoint, what = weights, "weights only (--save_only_model)"
+    elif s.zero is not None:
+        checkpoint = weights + P * wb + 12 * P  # + DeepSpeed's model states and fp32 master + AdamW partitions
+        what = "weights + DeepSpeed's model states + fp32 master weights and AdamW moments"
+    else:
+        checkpoint = weights + P * (2 * wb + (2 if s.kahan else 0))
+        what = "weights + AdamW moments" + (" + Kahan buffer" if s.kahan else "")
+    saving = training.save_strategy != "no"
+    kept = min(training.save_total_limit or run["steps"]["value"], 10**9) if saving else 0
+    out = {"checkpoint": figure(checkpoint, "bytes", "estimated", what),
+           "checkpoints kept": figure(kept, "checkpoints", "given", "--save_total_limit" if saving else
+                                      "--save_strategy no"),
+           "final model": figure(weights, "bytes", "estimated", f"{s.weights} weights"),
+           "cache": data["cache bytes"]}
+    out["total"] = figure(kept * checkpoint + weights + data["cache bytes"]["value"], "bytes", "estimated",
+                          "checkpoints kept + final model + cache (the data files not included)")
+    return out
+
+
+# ---------------------------------------------------------------- the plan
+
+def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
+    """The whole plan as a dict (plan.json). `args`: the stage's parsed dataclasses by role (data, model,
+    preset, training); `plan_args`: mini_qwen_plan.py's own flags."""
+    from mini_qwen.model import load_stage_tokenizer
+
+    data_args, model_args, training = args["data"], args["model"], args["training"]
+    world = plan_args.num_gpus * plan_args.num_nodes
+    if stage != "pt" and plan_args.dataset_tokens:
+        raise MiniQwenError("--dataset_tokens is for PT; SFT and DPO count their rows in the files.")
+    if stage != "pt" and not training.max_length:
+        raise MiniQwenError("--max_length must be set (the original run used 1024).")
+    config, model_source = model_config(model_args, args["preset"])
+    if stage == "pt" and data_args.block_size > config.max_position_embeddings:
+        raise MiniQwenError(f"--block_size {data_args.block_size} exceeds the model's max_position_embeddings "
+                            f"{config.max_position_embeddings}: lower it or pick another preset.")
+    ds, ds_source = deepspeed_source(training, plan_args.accelerate_config, world)
+    zero = ZeRO.from_config(ds, config.hidden_size, ds_source) if ds else None
+    if zero is not None and model_args.kahan_summation:
+        from mini_qwen.speed import KAHAN_UNDER_DEEPSPEED
+
+        raise MiniQwenError(KAHAN_UNDER_DEEPSPEED)
+    checkpoint = model_args.model_name_or_path if model_source.startswith("checkpoint") else None
+    # The tokenizer names PT's token cache and measures SFT / DPO lengths; a PT plan from --dataset_tokens needs none.
+    tokenizer = None if stage == "pt" and plan_args.dataset_tokens else load_stage_tokenizer(model_args, checkpoint)
+    if stage == "pt":
+        data = pt_data(data_args, tokenizer, plan_args.dataset_tokens)
+    elif stage == "sft":
+        data = sft_data(data_args, training, tokenizer, plan_args.sample_rows)
+    else:
+        data = dpo_data(data_args, training, tokenizer, plan_args.sample_rows)
+
+    params = Params.of(meta_model(config))
+    setup = build_setup(stage, args, config, params, world, zero, data)
+    memory = memory_parts(setup)
+    overhead, total = total_with_overhead(memory["tensors"])
+    ok = total <= gpu.memory_gib * GIB
+    run = steps_and_tokens(data, setup, training)
+    mfu = mfu_for(stage, setup, gpu, plan_args.mfu)
+    timing = time_and_cost(stage, setup, gpu, run, mfu, plan_args.price_per_gpu_hour, plan_args.num_nodes,
+                           data_args.block_size if stage == "pt" else None)
+    memory_figures = {name: figure(value, "bytes", "estimated", "memory model (mini_qwen/plan_memory.py)")
+                      for name, value in memory["parts"].items() if value}
+    memory_figures["framework overhead"] = figure(overhead, "bytes", "estimated",
+                                                  "CUDA context + 10% allocator reserve")
+    plan = {"stage": stage, "gpu": {"name": gpu.name, "count": plan_args.num_gpus, "nodes": plan_args.num_nodes,
+                                    "memory_gib": gpu.memory_gib, "peak_flops": gpu.peak_flops,
+                                    "source": gpu.source},
+            "model": {"source": model_source, "parameters": figure(params.total, "parameters", "measured",
+                                                                   "counted on the meta device"),
+                      "precision": describe_precision(setup), "attention": setup.attention,
+                      "attention note": AUTO_ATTENTION if model_args.attn_implementation == "auto" else ""},
+            "batch": {"per device": setup.batch, "sequence": setup.seq_len, "rows": setup.rows,
+                      "gradient accumulation": setup.grad_accum, "processes": world,
+                      "gradient checkpointing": setup.checkpointing, "loss": setup.loss},
+            "memory": {"per GPU": memory_figures, "peak at": memory["peak"],
+                       "tensors": figure(memory["tensors"], "bytes", "estimated", "peak allocated"),
+                       "total": figure(total, "bytes", "estimated", "peak allocated + framework overhead"),
+                       "available": figure(gpu.memory_gib * GIB, "bytes", "estimated", gpu.source),
+                       "fits": ok},
+            "data": {**{k: v for k, v in data.items() if isinstance(v, dict) and k != "cache bytes"},
+                     "units": figure(round(data["units"]), data["unit"], data["tokens"]["basis"], "what a step draws"),
+                     "unit": data["unit"]},
+            "run": run, "time": timing, "disk": disk(stage, setup, training, data, run)}
+    if memory["host"]:
+        plan["memory"]["host RAM per GPU"] = figure(memory["host"], "bytes", "estimated", "ZeRO offload")
+    if not ok:
+        plan["memory"]["what fits"] = what_fits(stage, setup, gpu, stage == "pt" and not checkpoint)
+    return plan
+
+
+# ---------------------------------------------------------------- printing
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:.1f} GiB"
+
+
+def _count(x: float) -> str:
+    for size, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= size:
+            return f"{x / size:.2f}{suffix}"
+    return f"{x:.0f}" if float(x).is_integer() else f"{x:.2f}"
+
+
+def render(plan: dict) -> str:
+    """The plan as a short table: value, measured / estimated / given, and where from."""
+    g, m, mem, b = plan["gpu"], plan["model"], plan["memory"], plan["batch"]
+    lines = [f"plan: {plan['stage']} on {g['count']} x {g['name']} ({g['memory_gib']:g} GiB)"
+             + (f" x {g['nodes']} nodes" if g["nodes"] > 1 else ""),
+             f"model: {m['source']}, {_count(m['parameters']['value'])} parameters (measured: counted on the meta "
+             f"device)", f"precision: {m['precision']}",
+             f"attention: {m['attention']}" + (f" ({m['attention note']})" if m["attention note"] else ""),
+             f"batch: {b['per device']} x {'2 x ' if b['rows'] == 2 else ''}{b['sequence']} tokens a GPU"
+             f"{' (chosen + rejected)' if b['rows'] == 2 else ''}, grad-accum "
+             f"{b['gradient accumulation']}, {b['processes']} process(es); gradient checkpointing "
+             f"{'on' if b['gradient checkpointing'] else 'off'}; loss: {b['loss']}", "",
+             f"memory per GPU (estimated; peak at the {mem['peak at']})"]
+    for name, f in mem["per GPU"].items():
+        lines.append(f"  {name:22s} {_gib(f['value']):>11s}")
+    verdict = "fits" if mem["fits"] else "DOES NOT FIT"
+    lines.append(f"  {'total':22s} {_gib(mem['total']['value']):>11s}  of {g['memory_gib']:g} GiB: {verdict}")
+    if "host RAM per GPU" in mem:
+        lines.append(f"  {'host RAM per GPU':22s} {_gib(mem['host RAM per GPU']['value']):>11s}  (ZeRO offload)")
+    if "what fits" in mem:
+        w = mem["what fits"]
+        if w.get("largest batch"):
+            lines.append(f"  largest per-device batch that fits: {w['largest batch']} "
+                         f"(same tokens a step: {' '.join(w['smaller batch'])})")
+        if w.get("training state"):
+            lines.append(f"  {w['training state']}: more GPUs with DeepSpeed ZeRO (run.sh ... multi), a DeepSpeed "
+                         f"config with offload_optimizer, or a smaller model")
+        if w.get("flags"):
+            lines.append(f"  fits with: {' '.join(w['flags'])}"
+                         + (f" ({w['smaller model']})" if w.get("smaller model") else ""))
+    d, r, t = plan["data"], plan["run"], plan["time"]
+    lines += ["", "tokens and steps"]
+    for key in ("files", "rows", "documents", "conversations", "conversations per row", "pairs", "mean length",
+                "tokens"):
+        f = d.get(key)
+        if f:
+            lines.append(f"  {key:22s} {_count(f['value']):>11s}  {f['basis']}: {f['source']}")
+    lines.append(f"  {'optimizer steps':22s} {_count(r['steps']['value']):>11s}  {r['steps']['basis']}: "
+                 f"{r['per step']['value']} {d['unit']} a step, {r['epochs']['value']:g} epoch(s)")
+    lines.append(f"  {'tokens trained':22s} {_count(r['tokens']['value']):>11s}  {r['tokens']['basis']}")
+    lines += ["", "time and cost"]
+    lines.append(f"  {'MFU':22s} {t['mfu']['value'] * 100:>10.1f}%  {t['mfu']['basis']}: {t['mfu']['source']}")
+    hours = t["hours"]["value"]
+    took = f"{hours:,.1f} h" if hours >= 1 else f"{hours * 60:.1f} min"
+    lines.append(f"  {'time':22s} {took:>11s}  estimated: "
+                 f"{_count(t['flops per token']['value'])} FLOPs a token (the log's count), peak "
+                 f"{t['peak']['value'] / 1e12:g} TFLOP/s a GPU")
+    if "cost" in t:
+        lines.append(f"  {'cost':22s} {t['cost']['value']:>11,.0f}  estimated: {t['cost']['source']}")
+    if "interconnect" in t:
+        lines.append(f"  note: {t['interconnect']}")
+    k = plan["disk"]
+    lines += ["", "disk"]
+    lines.append(f"  {'checkpoint':22s} {_gib(k['checkpoint']['value']):>11s}  estimated: {k['checkpoint']['source']}"
+                 f"; {k['checkpoints kept']['value']} kept ({k['checkpoints kept']['source']})")
+    lines.append(f"  {'final model':22s} {_gib(k['final model']['value']):>11s}  estimated")
+    lines.append(f"  {'cache':22s} {_gib(k['cache']['value']):>11s}  {k['cache']['basis']}: {k['cache']['source']}")
+    lines.append(f"  {'total':22s} {_gib(k['total']['value']):>11s}  estimated: {k['total']['source']}")
+    return "\n".join(lines)

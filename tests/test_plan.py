@@ -1,0 +1,238 @@
+"""The run planner (mini_qwen_plan.py, mini_qwen/plan.py, mini_qwen/plan_memory.py), checked against real counts:
+the training state against the real model's parameters and a real optimizer's state, activations against the
+bytes autograd saves on CPU, the peak against the GPU figures this project measured, and the verdicts the
+original recipe, a T4 and the demo recipes must get. Bad input ends in one `error:` line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+import mini_qwen_plan
+from mini_qwen.cli import parse_args
+from mini_qwen.errors import run_main
+from mini_qwen.hardware import GPUS, find_gpu
+from mini_qwen.model import PresetArguments, build_config, model_dtype
+from mini_qwen.plan import build_setup
+from mini_qwen.plan_memory import GIB, Params, Setup, activation_bytes, meta_model, training_state
+
+# ../shared/STACK_FACTS.md, "One GPU, measured" (one H200, 2026-11-30; also bench/RESULTS.md 4.1): the 1b preset,
+# PT on mini_data/pt, batch 8 x 1024, bf16 weights + bf16 AdamW (--pure_bf16), SDPA, gradient accumulation 1;
+# torch.cuda.max_memory_allocated / 2**30 (bench/gpu_check.py reports GiB as "GB").
+H200_PT_PEAK_GIB = 43.7
+H200_PT_CHUNKED_LOSS_PEAK_GIB = 31.9
+
+
+def plan(tmp_path, stage: str, *flags: str) -> dict:
+    """The plan mini_qwen_plan.py makes (and writes) for `flags`."""
+    out = tmp_path / "plan.json"
+    result = mini_qwen_plan.main([stage, *flags, "--out", str(out)])
+    assert json.loads(out.read_text())["memory"]["fits"] == result["memory"]["fits"]
+    return result
+
+
+# ---------------------------------------------------------------- weights, gradients, optimizer state
+
+RECIPES = {  # the precision recipes a stage trains with, as flags on a GPU that has them
+    "fp32 master + bf16 autocast": ("H100", []),
+    "bf16 weights + bf16 AdamW": ("H100", ["--pure_bf16", "true"]),
+    "bf16 weights + Kahan AdamW": ("H100", ["--pure_bf16", "true", "--kahan_summation", "true"]),
+    "fp32 master + fp16 autocast": ("T4", []),
+}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "1b"])
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_training_state_is_the_real_models_parameters_and_optimizer_state(preset, recipe):
+    gpu, flags = RECIPES[recipe]
+    roles = mini_qwen_plan.stage_arguments("pt")
+    parsed = parse_args((*roles.values(), mini_qwen_plan.PlanArguments),
+                        ["--gpu", gpu, "--model_preset", preset, *flags], gpu_flag="gpu")
+    args = dict(zip(roles, parsed))
+    config = build_config(args["preset"])
+    setup = build_setup("pt", args, config, Params.of(meta_model(config)), 1, None, {"trained share": 1.0})
+    planned = training_state(setup)
+
+    # The real thing: the model in the dtype the stage loads it in, its gradients, and the optimizer the stage
+    # would build, stepped once on the meta device (shapes and dtypes only).
+    model = meta_model(config, model_dtype(args["training"], args["model"].pure_bf16, on_gpu=True))
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    if args["model"].kahan_summation:
+        from optimi import AdamW
+
+        optimizer = AdamW(params, lr=1e-4, kahan_sum=True)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+    optimizer.step()
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0)
+    assert planned["weights"] == sum(p.numel() * p.element_size() for p in params)
+    assert planned["gradients"] == sum(p.grad.numel() * p.grad.element_size() for p in params)
+    assert planned["optimizer state"] == state
+
+
+# ---------------------------------------------------------------- activations against autograd's own count
+
+def saved_bytes(model, ids, position_ids, autocast: bool) -> tuple[int, int]:
+    """(bytes of the tensors autograd saves in the body's forward, with the loss too): each storage once,
+    the parameters' own storages not at all (they are the weights)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(input_ids=ids, position_ids=position_ids, use_cache=False)
+        body = sum(seen.values())
+        model.loss_function(out.logits, ids, vocab_size=model.config.vocab_size)  # what model(labels=...) adds
+    return body, sum(seen.values())
+
+
+@pytest.fixture(scope="module")
+def cpu_models():
+    """Real models on CPU, one per (shape, attention), reused: the tiny preset and 2 layers of the 1b preset."""
+    from transformers import AutoModelForCausalLM
+
+    cache = {}
+
+    def get(shape: str, attention: str):
+        if (shape, attention) not in cache:
+            config = build_config(PresetArguments(model_preset="tiny") if shape == "tiny"
+                                  else PresetArguments(model_preset="1b", num_hidden_layers=2))
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+            model = model.to_empty(device="cpu")
+            with torch.no_grad():  # the values do not change what is saved; random init of 156M weights is slow
+                for p in model.parameters():
+                    p.fill_(0.01)
+            cache[(shape, attention)] = model.train()
+        return cache[(shape, attention)]
+
+    return get
+
+
+# Both models, two block sizes (one of packed documents: a dense mask under SDPA), checkpointing on and off, eager and
+# SDPA, in fp32; and the GPU recipes' dtypes (bf16 weights, bf16 autocast over fp32) on the 1b-width model.
+CASES = [(shape, block, packing, checkpointing, attention, "fp32")
+         for shape in ("tiny", "1b-width, 2 layers") for block, packing in ((64, "concat"), (128, "documents"))
+         for checkpointing in (False, True) for attention in ("eager", "sdpa")]
+CASES += [("1b-width, 2 layers", 128, "documents", checkpointing, "sdpa", precision)
+          for checkpointing in (False, True) for precision in ("bf16", "autocast")]
+
+
+@pytest.mark.parametrize("shape, block, packing, checkpointing, attention, precision", CASES)
+def test_activation_bytes_match_what_autograd_saves(cpu_models, shape, block, packing, checkpointing, attention,
+                                                    precision):
+    model = cpu_models(shape, attention)
+    if precision == "bf16":
+        model = model.to(torch.bfloat16)
+    model.activation_checkpointing_enable() if checkpointing else model.activation_checkpointing_disable()
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (1, block))
+    positions = torch.arange(block)[None]
+    if packing == "documents":  # two documents in the block: position ids restart, as PT's blocks have them
+        positions[:, block // 3:] -= block // 3
+    try:
+        body, total = saved_bytes(model, ids, positions, autocast=precision == "autocast")
+    finally:
+        model.to(torch.float32).activation_checkpointing_disable()
+
+    setup = Setup(model.config, Params.of(model), weights="bf16" if precision == "bf16" else "fp32",
+                  autocast="bf16" if precision == "autocast" else None, batch=1, seq_len=block,
+                  mask="rows" if packing == "documents" or attention == "eager" else None, attention=attention,
+                  checkpointing=checkpointing)
+    parts = activation_bytes(setup)
+    planned_total = sum(parts.values())
+    planned_body = planned_total - parts["loss"]
+    assert abs(planned_body / body - 1) < 0.15, (planned_body, body)
+    assert abs(planned_total / total - 1) < 0.15, (planned_total, total)
+
+
+# ---------------------------------------------------------------- against the GPU measurements
+
+@pytest.mark.parametrize("flags, measured", [([], H200_PT_PEAK_GIB),
+                                             (["--chunked_loss", "true"], H200_PT_CHUNKED_LOSS_PEAK_GIB)])
+def test_plan_of_the_measured_h200_runs_is_within_15_percent(tmp_path, flags, measured):
+    result = plan(tmp_path, "pt", "--gpu", "H200", "--pure_bf16", "true", "--per_device_train_batch_size", "8",
+                  "--block_size", "1024", "--gradient_accumulation_steps", "1", "--attn_implementation", "sdpa",
+                  "--data_dir", str(REPO_ROOT / "mini_data" / "pt"), *flags)
+    planned = result["memory"]["tensors"]["value"] / GIB
+    assert abs(planned / measured - 1) < 0.15, (planned, measured)
+    assert result["memory"]["tensors"]["basis"] == "estimated"
+
+
+# ---------------------------------------------------------------- verdicts
+
+def test_the_original_recipe_fits_six_80gb_gpus_with_zero2(tmp_path):
+    # The defaults are the original run's (per-device 12, block 1024, grad-accum 16); several GPUs plan
+    # `run.sh pt multi`: accelerate_config.yaml -> ds_zero2.json.
+    result = plan(tmp_path, "pt", "--gpu", "H800", "--num_gpus", "6", "--dataset_tokens", "16000000000",
+                  "--accelerate_config", str(REPO_ROOT / "accelerate_config.yaml"), "--price_per_gpu_hour", "2")
+    assert result["memory"]["fits"]
+    assert "ZeRO-2" in result["model"]["precision"]
+    assert (result["batch"]["per device"], result["batch"]["sequence"]) == (12, 1024)
+    assert result["run"]["per step"]["value"] == 12 * 16 * 6
+    assert result["time"]["cost"]["value"] > 0 and result["time"]["hours"]["basis"] == "estimated"
+
+
+def test_1b_pt_does_not_fit_a_t4_and_the_suggested_flags_do(tmp_path):
+    data = ["--data_dir", str(REPO_ROOT / "mini_data" / "pt")]
+    result = plan(tmp_path, "pt", "--gpu", "T4", *data)
+    assert not result["memory"]["fits"]
+    suggestion = result["memory"]["what fits"]["flags"]
+    assert any(flag.startswith("--per_device_train_batch_size ") for flag in suggestion)
+    flags = [word for flag in suggestion for word in flag.split()]
+    assert plan(tmp_path, "pt", "--gpu", "T4", *data, *flags)["memory"]["fits"]
+
+
+@pytest.mark.parametrize("stage", ["pt", "sft", "dpo"])
+def test_the_demo_recipes_fit_a_t4(tmp_path, stage):
+    from mini_qwen.demo import demo_layers
+
+    # As the demo scripts run on a 16 GB fp16 GPU: the 1b preset with the layers demo_layers keeps there.
+    layers = demo_layers(int(find_gpu("T4").memory_gib * GIB), bf16=False,
+                         config=build_config(PresetArguments(model_preset="1b")))
+    flags = ["--config", str(REPO_ROOT / "demo" / f"{stage}.yaml"), "--gpu", "T4", "--num_hidden_layers", str(layers),
+             "--data_dir", str(REPO_ROOT / "mini_data" / stage)]
+    if stage != "pt":  # the previous demo stage's output, not trained here: planned from the preset
+        flags += ["--model_name_or_path", str(tmp_path / "not_trained_yet"), "--model_preset", "1b"]
+    result = plan(tmp_path, stage, *flags)
+    assert result["memory"]["fits"], result["memory"]
+    assert result["model"]["parameters"]["value"] < 0.7e9
+
+
+# ---------------------------------------------------------------- bad input: one line
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--gpu", "B9000"], "error: unknown GPU 'B9000' for --gpu: known GPUs are H200, H100"),
+    (["--gpu", "H100", "--num_gpus", "0"], "error: --num_gpus 0 is out of range: allowed at least 1."),
+    (["--gpu", "H100", "--data_dir", "no/such/folder"], "error: PT data folder 'no/such/folder' does not exist"),
+])
+def test_bad_input_is_one_error_line(capsys, flags, expected):
+    with pytest.raises(SystemExit) as exit_:
+        run_main(mini_qwen_plan.main, ["pt", *flags])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(expected), lines
+    if "unknown GPU" in expected:
+        assert all(name in lines[0] for name in ("T4", "V100-16", "A10", "L4", "A100-40", "A100-80", "H800",
+                                                 "RTX3090", "RTX4090"))
+
+
+def test_run_sh_plan_mode_reaches_the_planner():
+    done = subprocess.run(["bash", str(REPO_ROOT / "run.sh"), "pt", "plan", "--gpu", "nope"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHON": sys.executable}, timeout=300)
+    assert done.returncode == 2
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        f"error: unknown GPU 'nope' for --gpu: known GPUs are {', '.join(g.name for g in GPUS)}."]
