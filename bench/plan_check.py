@@ -2,20 +2,18 @@
 
 Run as:
     python bench/plan_check.py            # prints the markdown table of bench/RESULTS.md "Planned vs measured"
-    python bench/plan_check.py --real_data /path/to/mini_data_baai       # where the real samples are
+    python bench/plan_check.py --real_data /path/to/baai_samples         # other real samples (sft/, dpo/)
 
 Each stage row is planned by mini_qwen_plan.py itself, with the flags of the measured run; the two bare
 PyTorch loops (no Trainer, so no stage flags) go through the same memory model (mini_qwen/plan_memory.py).
 Measured: torch.cuda.max_memory_allocated / 2**30, so the planned figure compared is the peak of allocated
 tensors, without the framework overhead the plan adds before it says "fits". The SFT and DPO rows need the
-real samples (../shared/reference/mini_data_baai: their lengths decide the padded batch) and are skipped
-without them.
+real samples (tests/data/baai: their lengths decide the padded batch).
 """
 
 import argparse
 import contextlib
 import io
-import sys
 import tempfile
 from pathlib import Path
 
@@ -62,10 +60,9 @@ def planned_bare(weights: str, autocast: str | None) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real_data", default=str(ROOT.parent / "shared" / "reference" / "mini_data_baai"),
-                        help="the real samples (sft/ and dpo/ of ../shared/reference/mini_data_baai)")
+    parser.add_argument("--real_data", default=str(ROOT / "tests" / "data" / "baai"),
+                        help="the real samples: a folder with sft/ and dpo/ (default: tests/data/baai)")
     real = parser.parse_args().real_data
-    sys.path.insert(0, str(ROOT))
     lines = ["| run (1b, 8 × 1024 unless said) | measured peak alloc GiB | planned GiB | planned / measured |",
              "|---|---|---|---|"]
     for name, flags, measured in ROWS:

@@ -75,9 +75,11 @@ def test_no_import_cycle_in_the_package_or_the_stage_scripts():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
-    # The stage scripts import the package, never each other.
+    # The scripts import the package, never each other; only the planner reads the stages' argument dataclasses
+    # (it plans a stage from that stage's own flags).
     for script in (n for n in graph if n.startswith("mini_qwen_")):
-        assert not {d for d in graph[script] if d.startswith("mini_qwen_")}, script
+        allowed = {"mini_qwen_pt", "mini_qwen_sft", "mini_qwen_dpo"} if script == "mini_qwen_plan" else set()
+        assert not {d for d in graph[script] if d.startswith("mini_qwen_")} - allowed, script
     # The stage data modules do not import the checks that loop over them.
     for stage_module in ("mini_qwen.data.pt", "mini_qwen.data.sft", "mini_qwen.data.dpo", "mini_qwen.data.packing"):
         assert "mini_qwen.data.checks" not in graph[stage_module], stage_module

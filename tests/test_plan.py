@@ -20,7 +20,7 @@ from mini_qwen.model import PresetArguments, build_config, model_dtype
 from mini_qwen.plan import build_setup
 from mini_qwen.plan_memory import GIB, Params, Setup, activation_bytes, meta_model, training_state
 
-# ../shared/STACK_FACTS.md, "One GPU, measured" (one H200, 2026-11-30; also bench/RESULTS.md 4.1): the 1b preset,
+# The GPU figures of bench/RESULTS.md 4.1 ("One GPU, measured", one H200, 2026-11-30): the 1b preset,
 # PT on mini_data/pt, batch 8 x 1024, bf16 weights + bf16 AdamW (--pure_bf16), SDPA, gradient accumulation 1;
 # torch.cuda.max_memory_allocated / 2**30 (bench/gpu_check.py reports GiB as "GB").
 H200_PT_PEAK_GIB = 43.7
