@@ -158,12 +158,22 @@ def new_model(preset_args: PresetArguments, model_args: ModelArguments, training
     return model
 
 
-def load_model(path: str, model_args: ModelArguments, training_args):
-    """Load a checkpoint written by an earlier stage, with a clear message when it is not one."""
+def load_model(path: str, model_args: ModelArguments, training_args, quantization=None):
+    """Load a checkpoint written by an earlier stage, with a clear message when it is not one.
+    `quantization`: a bitsandbytes config (QLoRA, mini_qwen/lora.py): the frozen weights in 4-bit on this
+    process's GPU, the rest in the compute dtype."""
     folder = check_checkpoint(path, need_tokenizer=False)  # the tokenizer is load_stage_tokenizer's
     config = AutoConfig.from_pretrained(path)
     validate_config(config, source=f"model config ({folder / 'config.json'})")
     attn = choose_attention(model_args.attn_implementation, training_args)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=quantization.bnb_4bit_compute_dtype,
+                                                     attn_implementation=attn, quantization_config=quantization,
+                                                     device_map={"": training_args.device})
+        # Norms in fp32 and input gradients on (for gradient checkpointing through frozen 4-bit layers).
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
     return AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(training_args, model_args.pure_bf16),
                                                 attn_implementation=attn)
 
