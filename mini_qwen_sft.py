@@ -35,6 +35,7 @@ from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.speed import kahan_adamw
+from mini_qwen.tracking import track_run
 from mini_qwen.trainlog import first_and_last_loss
 
 
@@ -116,7 +117,7 @@ def main(argv=None):
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
     files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
     peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
-    record_run("sft", (data_args, model_args, lora_args, training_args), files, training_args)  # run_config.json
+    run_config = record_run("sft", (data_args, model_args, lora_args, training_args), files, training_args)
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args,
@@ -158,7 +159,9 @@ def main(argv=None):
         print(describe_adapter(trainer.model))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    resume = resume_checkpoint(training_args)
+    track_run(trainer, run_config, resume)  # --report_to: one tracker run per output_dir, continued on resume
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the loss history, for utils/plot_losses.py and the eval report
     tokenizer.save_pretrained(training_args.output_dir)

@@ -23,6 +23,7 @@ from mini_qwen.long_run import LongRunArguments, check_long_run_args
 from mini_qwen.lora import LoraArguments, check_lora_args
 from mini_qwen.ranges import check_ranges
 from mini_qwen.speed import check_speed_flags
+from mini_qwen.tracking import check_report_to
 
 PRECISION_FLAGS = ("bf16", "fp16", "use_cpu")
 
@@ -210,6 +211,7 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None):
     if training is not None:
         check_precision(training)
         check_speed_flags(training, next((obj for obj in parsed if hasattr(obj, "pure_bf16")), None))
+        check_report_to(training)
     for obj in parsed:
         if isinstance(obj, LongRunArguments):
             check_long_run_args(obj)
