@@ -135,7 +135,7 @@ def main(argv=None):
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args,
-                       quantization_config(lora_args, training_args.bf16))
+                       quantization_config(lora_args, training_args.bf16), frozen=lora_args.use_peft)
     print(describe(model))
     if peft_config is not None:
         with_base_path(model, model_args.model_name_or_path)  # adapter_config.json records where the base is
