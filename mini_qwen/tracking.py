@@ -15,7 +15,7 @@ What this module adds (`track_run`, called by each stage once its trainer exists
 - **The run config** (run_config.json: every argument, versions, data files) as a TensorBoard text
   summary and in the wandb / swanlab run config.
 - **Offline by default**: WANDB_MODE=offline and SWANLAB_MODE=offline unless already set (sync later with
-  `wandb sync` / `swanlab sync`), their files under the output_dir.
+  `wandb sync` / `swanlab sync`), their files under the output_dir (wandb/, swanlog/).
 - `check_report_to` (in mini_qwen.cli.parse_args): an unknown tracker name, or one whose package is not
   installed, ends in one message before anything loads.
 """
@@ -71,25 +71,37 @@ class RunTensorBoardCallback(TensorBoardCallback):
             self.tb_writer.add_text("run_config", f"```\n{json.dumps(self.run_config, indent=1, default=str)}\n```")
 
 
-class RunConfigToTrackers(TrainerCallback):
-    """Adds run_config.json to the wandb / swanlab run config (their callbacks log TrainingArguments only)."""
+class WandbRunConfig(TrainerCallback):
+    """Adds run_config.json to the wandb run config (transformers' callback logs TrainingArguments only)."""
 
-    def __init__(self, names: list[str], run_config: dict):
-        self.names, self.run_config = names, run_config
+    def __init__(self, run_config: dict):
+        self.run_config = run_config
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+        import wandb
+
+        if state.is_world_process_zero and wandb.run is not None:
+            wandb.config.update({"run_config": self.run_config}, allow_val_change=True)
+
+
+class SwanLabRun(TrainerCallback):
+    """Starts the swanlab run before transformers' SwanLabCallback sets up (it must come first in the list).
+
+    transformers 5.24's callback asks `swanlab.get_run() is None` to decide whether to start a run, but
+    swanlab 0.10 raises when there is none; with the run started here it only logs into it."""
+
+    def __init__(self, run_id: str, name: str, log_dir: Path, run_config: dict | None):
+        self.run_id, self.name, self.log_dir, self.run_config = run_id, name, log_dir, run_config
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import swanlab
+
+        if not state.is_world_process_zero or swanlab.has_run():
             return
-        if "wandb" in self.names:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.config.update({"run_config": self.run_config}, allow_val_change=True)
-        if "swanlab" in self.names:
-            import swanlab
-
-            if swanlab.get_run() is not None:
-                swanlab.config.update({"run_config": self.run_config})
+        swanlab.init(project=os.getenv("SWANLAB_PROJECT", "mini_qwen"), name=self.name, id=self.run_id,
+                     resume="allow", mode=os.getenv("SWANLAB_MODE", "offline"),
+                     log_dir=os.getenv("SWANLAB_LOG_DIR", str(self.log_dir)),
+                     config={"run_config": self.run_config} if self.run_config is not None else None)
 
 
 def tracker_run_id(output_dir: str, resuming: bool) -> str:
@@ -123,12 +135,10 @@ def track_run(trainer, run_config: dict | None, resume_from: str | None) -> None
         os.environ.setdefault("WANDB_DIR", str(args.output_dir))
         os.environ.setdefault("WANDB_PROJECT", "mini_qwen")
         os.environ["WANDB_RUN_ID"], os.environ["WANDB_RESUME"] = run_id, "allow"
+        if run_config is not None:
+            trainer.add_callback(WandbRunConfig(run_config))
     if "swanlab" in names:
-        os.environ.setdefault("SWANLAB_MODE", "offline")
-        os.environ.setdefault("SWANLAB_LOG_DIR", str(Path(args.output_dir) / "swanlog"))
-        os.environ.setdefault("SWANLAB_PROJECT", "mini_qwen")
-        os.environ["SWANLAB_RUN_ID"], os.environ["SWANLAB_RESUME"] = run_id, "allow"
+        trainer.callback_handler.callbacks.insert(0, SwanLabRun(run_id, name, Path(args.output_dir) / "swanlog",
+                                                                run_config))
     if args.run_name is None:
         args.run_name = name  # the tracker's display name: the output folder's, not a random one
-    if run_config is not None:
-        trainer.add_callback(RunConfigToTrackers(names, run_config))

@@ -8,7 +8,6 @@ offline where installed.
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -133,9 +132,7 @@ def test_offline_trackers_continue_the_same_run(name, tmp_path, built_tokenizer_
     argv = pt_argv(tmp_path, built_tokenizer_dir, "--report_to", name, "--save_steps", "2", "--output_dir", str(out))
     mini_qwen_pt.main([*argv, "--max_steps", "2"])
     run_id = json.loads((out / RUN_ID_FILE).read_text())["id"]
-    assert os.environ[f"{name.upper()}_MODE"] == "offline"
     mini_qwen_pt.main([*argv, "--max_steps", "3", "--resume_from_checkpoint", "auto"])
     assert json.loads((out / RUN_ID_FILE).read_text())["id"] == run_id
-    assert os.environ[f"{name.upper()}_RUN_ID"] == run_id
     files = [p for p in out.rglob("*") if run_id in p.name]
     assert files, f"no offline {name} files named after run {run_id} under {out}"
