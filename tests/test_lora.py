@@ -347,3 +347,17 @@ def test_qlora_trains_on_a_gpu(tiny_checkpoint, tmp_path):
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         str(tiny_checkpoint.resolve())
+
+
+def test_every_lora_number_is_range_checked():
+    import dataclasses
+    import typing
+
+    from mini_qwen.lora import LoraArguments
+    from mini_qwen.ranges import RANGES
+
+    hints = typing.get_type_hints(LoraArguments)
+    numeric = [f.name for f in dataclasses.fields(LoraArguments)
+               if {int, float} & set(typing.get_args(hints[f.name]) or (hints[f.name],))]
+    assert numeric == ["lora_r", "lora_alpha", "lora_dropout"]
+    assert all(name in RANGES for name in numeric)
