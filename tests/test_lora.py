@@ -361,3 +361,14 @@ def test_every_lora_number_is_range_checked():
                if {int, float} & set(typing.get_args(hints[f.name]) or (hints[f.name],))]
     assert numeric == ["lora_r", "lora_alpha", "lora_dropout"]
     assert all(name in RANGES for name in numeric)
+
+
+def test_an_unwritable_output_dir_is_one_message(tiny_checkpoint, tmp_path):
+    from mini_qwen_sft import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(MiniQwenError, match=r"cannot write .*a_file/out/run_config.json: Not a directory .* Fix the "
+                                            r"output folder \(--output_dir\)"):
+        main(sft_lora_argv(tiny_checkpoint, "--output_dir", str(blocker / "out")))
+    assert blocker.read_text() == "x"
