@@ -112,11 +112,17 @@ def is_adapter(folder: str | Path) -> bool:
     return (Path(folder) / "adapter_config.json").is_file()
 
 
+def adapter_config(folder: str | Path) -> dict:
+    path = Path(folder) / "adapter_config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MiniQwenError(f"cannot read {path}: {err}. The adapter folder is damaged: train it again.") from None
+
+
 def adapter_base(folder: str | Path) -> Path:
     """The full checkpoint an adapter was trained on (base_model_name_or_path in its adapter_config.json),
     checked to be one."""
-    from mini_qwen.lora import adapter_config
-
     base = adapter_config(folder).get("base_model_name_or_path")
     where = Path(folder) / "adapter_config.json"
     if not base or not Path(base).is_dir():

@@ -13,15 +13,16 @@
   its config.json, so nothing is loaded).
 - The stage saves the adapter in peft's format (adapter_config.json + adapter_model.safetensors)
   with the tokenizer. `adapter_config.json` records the base checkpoint's absolute path; eval, serve
-  and the benchmarks load base + adapter (`apply_adapter`), and utils/merge_lora.py writes a full
-  checkpoint (`merge_adapter`).
+  and the benchmarks load base + adapter merged in memory (`apply_adapter`, through
+  mini_qwen.generate.load_for_inference), and utils/merge_lora.py writes the same merge as a full
+  checkpoint. Adapter folders are recognised in mini_qwen/checkpoint.py (`is_adapter`, `adapter_base`).
 """
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mini_qwen.checkpoint import check_checkpoint
 from mini_qwen.errors import MiniQwenError
 
 DEFAULT_R, DEFAULT_ALPHA, DEFAULT_DROPOUT = 16, 32, 0.05
@@ -92,8 +93,6 @@ def lora_setup(args: LoraArguments, checkpoint: str | Path):
         return None
     from trl import ModelConfig, get_peft_config
 
-    from mini_qwen.checkpoint import check_checkpoint
-
     check_checkpoint(checkpoint, need_tokenizer=False)  # a full checkpoint: an adapter folder is refused there
     known = block_linear_names(checkpoint)
     targets = list(args.lora_target_modules or [])
@@ -135,17 +134,6 @@ def describe_adapter(model) -> str:
         else config.target_modules
     return (f"LoRA: rank {config.r}, alpha {config.lora_alpha}, dropout {config.lora_dropout} on {targets}: "
             f"{trainable / 1e6:.3f}M trainable of {total / 1e6:.1f}M parameters ({100 * trainable / total:.2f}%)")
-
-
-# --------------------------------------------------------------------------- adapter folders
-
-
-def adapter_config(folder: str | Path) -> dict:
-    path = Path(folder) / "adapter_config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise MiniQwenError(f"cannot read {path}: {err}. The adapter folder is damaged: train it again.") from None
 
 
 def apply_adapter(model, folder: str | Path, merge: bool = True):
