@@ -5,10 +5,12 @@ Run as:
     accelerate launch --config_file accelerate_config.yaml mini_qwen_dpo.py
     nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_dpo.py > logs/output_dpo.log 2>&1 &
     python demo/demo_dpo.py                                  # on mini_data/, from the demo SFT model
+    python mini_qwen_dpo.py --use_peft true                  # a LoRA adapter; the reference is the base model
 
 The reference model is a second, frozen copy of the starting checkpoint (`--model_name_or_path`,
 results/sft by default). `--precompute_ref_log_probs true` instead scores every pair with the
-starting model once before training and keeps no second model in memory.
+starting model once before training and keeps no second model in memory. With `--use_peft true`
+the reference is the same model with the adapter disabled (TRL's peft path): no second copy either.
 
 Learning rate: the original project's final run used 5e-7 for 3 epochs from the 2-epoch SFT
 checkpoint. Its earlier tries: 1e-6 overfitted (the loss fell in a staircase, a drop at each
@@ -33,9 +35,11 @@ from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, with_
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
+from mini_qwen.lora import LoraArguments, describe_adapter, lora_setup, quantization_config, with_base_path
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.speed import kahan_adamw
+from mini_qwen.tracking import track_run
 from mini_qwen.trainlog import first_and_last_loss, last_metric
 
 
@@ -110,22 +114,34 @@ class TokenizedDPOTrainer(DPOTrainer):
 
 
 def main(argv=None):
-    data_args, model_args, training_args = parse_args((DPODataArguments, DPOModelArguments, MiniDPOConfig), argv)
+    data_args, model_args, lora_args, training_args = parse_args(
+        (DPODataArguments, DPOModelArguments, LoraArguments, MiniDPOConfig), argv)
     if not training_args.max_length:
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     if training_args.sync_ref_model and training_args.precompute_ref_log_probs:
         raise MiniQwenError("--sync_ref_model and --precompute_ref_log_probs cannot be combined: precomputed "
                             "reference log-probs would go stale when the reference is updated. Drop one of them.")
+    if lora_args.use_peft and training_args.sync_ref_model:
+        raise MiniQwenError("--sync_ref_model cannot be combined with --use_peft: the LoRA reference is the base "
+                            "model with the adapter disabled, which has no weights of its own to update. Drop one.")
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once, before the models are loaded; the builder below trusts this list.
     files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
-    record_run("dpo", (data_args, model_args, training_args), files, training_args)  # run_config.json
+    peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    run_config = record_run("dpo", (data_args, model_args, lora_args, training_args), files, training_args)
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
-    model = load_model(model_args.model_name_or_path, model_args, training_args)
+    model = load_model(model_args.model_name_or_path, model_args, training_args,
+                       quantization_config(lora_args, training_args.bf16), frozen=lora_args.use_peft)
     print(describe(model))
-    if training_args.precompute_ref_log_probs:
+    if peft_config is not None:
+        with_base_path(model, model_args.model_name_or_path)  # adapter_config.json records where the base is
+        # ref_model=None with a peft model: TRL scores the reference with the adapter disabled (use_adapter(model,
+        # None)), i.e. the starting model itself; nothing is reloaded and no copy is kept.
+        ref_model = None
+        print(f"reference: {model_args.model_name_or_path} itself, with the LoRA adapter disabled")
+    elif training_args.precompute_ref_log_probs:
         # TRL scores every pair with `model` itself before the first step (no reload from a path), then keeps
         # only the numbers: no second model in memory.
         ref_model = None
@@ -156,10 +172,15 @@ def main(argv=None):
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[LossPlotCallback("DPO loss", metrics=("loss", "rewards/accuracies", "rewards/margins"))],
+        peft_config=peft_config,  # TRL wraps the model in the adapter (peft) and trains only that
     )
+    if peft_config is not None:
+        print(describe_adapter(trainer.model))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    resume = resume_checkpoint(training_args)
+    track_run(trainer, run_config, resume)  # --report_to: one tracker run per output_dir, continued on resume
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the loss / reward history, for utils/plot_losses.py and the eval report
     tokenizer.save_pretrained(training_args.output_dir)

@@ -176,7 +176,7 @@ def main(argv=None):
     from mini_qwen.checkpoint import check_checkpoint
 
     for c in checkpoints:  # fail before any model is loaded, not after the first one has run
-        check_checkpoint(c.path, args.tokenizer_path)
+        check_checkpoint(c.path, args.tokenizer_path, adapter_ok=True)
     prompts = load_prompts(args.prompts, args.prompts_file)
     suite = None
     if args.benchmarks is not None:  # every task and its data before the first model: a typo fails in seconds

@@ -60,12 +60,13 @@ def stage_arguments(stage: str) -> dict:
     if stage == "sft":
         import mini_qwen_sft as m
 
-        return {"data": m.SFTDataArguments, "model": m.SFTModelArguments, "training": m.MiniSFTConfig,
+        return {"data": m.SFTDataArguments, "model": m.SFTModelArguments, "lora": m.LoraArguments,
+                "training": m.MiniSFTConfig,
                 "preset": PresetArguments}  # SFT / DPO before the model they start from exists: its preset
     import mini_qwen_dpo as m
 
-    return {"data": m.DPODataArguments, "model": m.DPOModelArguments, "training": m.MiniDPOConfig,
-            "preset": PresetArguments}
+    return {"data": m.DPODataArguments, "model": m.DPOModelArguments, "lora": m.LoraArguments,
+            "training": m.MiniDPOConfig, "preset": PresetArguments}
 
 
 def main(argv=None):

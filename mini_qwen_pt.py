@@ -31,6 +31,7 @@ from mini_qwen.memory import ChunkedLossTrainer
 from mini_qwen.model import ModelArguments, PresetArguments, describe, load_model, load_stage_tokenizer, new_model
 from mini_qwen.run_config import record_run
 from mini_qwen.speed import kahan_adamw
+from mini_qwen.tracking import track_run
 from mini_qwen.trainlog import first_and_last_loss
 
 
@@ -75,7 +76,7 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once, before the model is built; the builder below trusts this list.
     files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
-    record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)  # run_config.json
+    run_config = record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)
 
     checkpoint = model_args.model_name_or_path  # set: continue pretraining an existing model
     tokenizer = load_stage_tokenizer(model_args, checkpoint)
@@ -110,7 +111,9 @@ def main(argv=None):
     trainer.callback_handler.callbacks.insert(
         0, ThroughputCallback(model.config, tokens_per_step,
                               seq_len=data_args.block_size))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    resume = resume_checkpoint(training_args)
+    track_run(trainer, run_config, resume)  # --report_to: one tracker run per output_dir, continued on resume
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the loss history, for utils/plot_losses.py and the eval report
     tokenizer.save_pretrained(training_args.output_dir)  # save_model alone does not (the original FAQ 9)

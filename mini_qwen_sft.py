@@ -5,6 +5,8 @@ Run as:
     accelerate launch --config_file accelerate_config.yaml mini_qwen_sft.py
     nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_sft.py > logs/output_sft.log 2>&1 &
     python demo/demo_sft.py                                  # on mini_data/, from the demo PT model
+    python mini_qwen_sft.py --use_peft true                  # a LoRA adapter instead of every weight
+    python demo/demo_sft.py --config demo/sft_lora.yaml      # the LoRA demo (CPU, about a minute)
 
 Loss is on every assistant answer of each conversation, plus the `<|im_end|>` that closes it
 (`--first_turn_only` trains only the first exchange, as the original project did). Over-long
@@ -28,10 +30,12 @@ from mini_qwen.data.sft import build_dataset
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
+from mini_qwen.lora import LoraArguments, describe_adapter, lora_setup, quantization_config, with_base_path
 from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.speed import kahan_adamw
+from mini_qwen.tracking import track_run
 from mini_qwen.trainlog import first_and_last_loss
 
 
@@ -104,18 +108,23 @@ class AnswerLossSFTTrainer(SFTTrainer):
 
 
 def main(argv=None):
-    data_args, model_args, training_args = parse_args((SFTDataArguments, SFTModelArguments, MiniSFTConfig), argv)
+    data_args, model_args, lora_args, training_args = parse_args(
+        (SFTDataArguments, SFTModelArguments, LoraArguments, MiniSFTConfig), argv)
     if not training_args.max_length:
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
     files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
-    record_run("sft", (data_args, model_args, training_args), files, training_args)  # run_config.json
+    peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    run_config = record_run("sft", (data_args, model_args, lora_args, training_args), files, training_args)
 
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
-    model = load_model(model_args.model_name_or_path, model_args, training_args)
+    model = load_model(model_args.model_name_or_path, model_args, training_args,
+                       quantization_config(lora_args, training_args.bf16), frozen=lora_args.use_peft)
     print(describe(model))
+    if peft_config is not None:
+        with_base_path(model, model_args.model_name_or_path)  # adapter_config.json records where the base is
 
     max_length = training_args.max_length
     with training_args.main_process_first(desc="tokenizing conversations"):
@@ -144,10 +153,15 @@ def main(argv=None):
         data_collator=collator,  # None: TRL's (padded, or flattened with --padding_free)
         processing_class=tokenizer,
         callbacks=[LossPlotCallback("SFT loss")],
+        peft_config=peft_config,  # TRL wraps the model in the adapter (peft) and trains only that
     )
+    if peft_config is not None:
+        print(describe_adapter(trainer.model))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
-    trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
+    resume = resume_checkpoint(training_args)
+    track_run(trainer, run_config, resume)  # --report_to: one tracker run per output_dir, continued on resume
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the loss history, for utils/plot_losses.py and the eval report
     tokenizer.save_pretrained(training_args.output_dir)

@@ -3,7 +3,8 @@
 - `check_checkpoint` / `weights_problem`: the one "is this a complete model folder?" check, used by
   model loading for training (model.py), inference, eval and serve (generate.py) and resume. It
   looks at files only (sizes, headers), so a wrong path fails in milliseconds, before torch or
-  transformers load anything.
+  transformers load anything. A LoRA adapter folder (`is_adapter`, `adapter_base`) passes where
+  inference asks for it, and is refused, with the merge command, where a full checkpoint is needed.
 - `checkpoint_folders` / `checkpoint_step`: the checkpoint-N folders Trainer writes (N = global step).
 - `checkpoint_problem` / `complete_checkpoints` / `resume_checkpoint` / `check_resume_path`: resume.
   `--resume_from_checkpoint auto` takes the newest *complete* checkpoint, so a folder that was being
@@ -34,11 +35,11 @@ def _safetensors_complete(path: Path) -> bool:
         return False
 
 
-def weights_problem(folder: Path, deepspeed_ok: bool = False) -> str | None:
+def weights_problem(folder: Path, deepspeed_ok: bool = False, names: str = "*.safetensors") -> str | None:
     """Why the model weights in `folder` cannot be loaded (none, or cut short), or None when complete.
     `deepspeed_ok`: a DeepSpeed `global_step*` folder counts as weights (resume only: ZeRO-3 may keep
-    them there alone)."""
-    weights = sorted(folder.glob("*.safetensors"))
+    them there alone). A LoRA checkpoint's weights are its adapter_model.safetensors."""
+    weights = sorted(folder.glob(names))
     if not weights and not any(folder.glob("pytorch_model*.bin")):
         if deepspeed_ok and any(folder.glob("global_step*")):
             return None
@@ -60,9 +61,12 @@ def _folder_listing(folder: Path, limit: int = 12) -> str:
     return f" '{folder}' holds: {', '.join(names[:limit])}{more}."
 
 
-def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None, need_tokenizer: bool = True) -> Path:
+def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None, need_tokenizer: bool = True,
+                     adapter_ok: bool = False) -> Path:
     """The folder as a Path if it holds config.json, complete weights and (when `need_tokenizer` and no
-    `tokenizer_path` is given) a tokenizer; else a MiniQwenError that says what is there and what to do."""
+    `tokenizer_path` is given) a tokenizer; else a MiniQwenError that says what is there and what to do.
+    `adapter_ok` (inference: eval, serve, benchmarks): a LoRA adapter folder passes too, when its weights are
+    complete and the base checkpoint it records is one; elsewhere (training, merging) it is refused."""
     from mini_qwen.tokenizer import has_tokenizer_files
 
     folder = Path(path)
@@ -74,6 +78,19 @@ def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None,
     if not folder.is_dir():
         raise MiniQwenError(f"checkpoint path '{path}' is a file: point at the folder a stage saved "
                             f"(config.json + *.safetensors), e.g. results/sft.")
+    if is_adapter(folder):
+        if not adapter_ok:
+            raise MiniQwenError(f"'{path}' is a LoRA adapter (adapter_config.json), not a full checkpoint: merge it "
+                                f"into its base first (python utils/merge_lora.py {path} --out {path}_merged) and "
+                                f"pass {path}_merged.")
+        problem = weights_problem(folder, names="adapter_model*.safetensors")
+        if problem:
+            raise MiniQwenError(f"adapter '{path}' has {problem}; point at a complete adapter folder.")
+        base = adapter_base(folder)
+        if need_tokenizer and not tokenizer_path and not (has_tokenizer_files(folder) or has_tokenizer_files(base)):
+            raise MiniQwenError(f"adapter '{path}' and its base '{base}' have no tokenizer files (tokenizer.json): "
+                                f"pass --tokenizer_path models/tokenizer.")
+        return folder
     if not (folder / "config.json").is_file():
         inner = sorted(p.name for p in folder.iterdir()
                        if p.is_dir() and (p / "config.json").is_file() and not weights_problem(p))
@@ -88,6 +105,34 @@ def check_checkpoint(path: str | Path, tokenizer_path: str | Path | None = None,
         raise MiniQwenError(f"checkpoint '{path}' has no tokenizer files (tokenizer.json): pass --tokenizer_path "
                             f"models/tokenizer (the same Qwen2.5 tokenizer the model was trained with).")
     return folder
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """A LoRA adapter folder (peft's format: adapter_config.json + adapter_model.safetensors)."""
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def adapter_config(folder: str | Path) -> dict:
+    path = Path(folder) / "adapter_config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MiniQwenError(f"cannot read {path}: {err}. The adapter folder is damaged: train it again.") from None
+
+
+def adapter_base(folder: str | Path) -> Path:
+    """The full checkpoint an adapter was trained on (base_model_name_or_path in its adapter_config.json),
+    checked to be one."""
+    base = adapter_config(folder).get("base_model_name_or_path")
+    where = Path(folder) / "adapter_config.json"
+    if not base or not Path(base).is_dir():
+        raise MiniQwenError(f"adapter '{folder}' was trained on the base checkpoint '{base}' (base_model_name_or_path "
+                            f"in {where}), which is not a folder here: put that checkpoint back, or set "
+                            f"base_model_name_or_path in {where} to where it is now.")
+    if is_adapter(base):
+        raise MiniQwenError(f"adapter '{folder}' names another adapter, '{base}', as its base ({where}): a base "
+                            f"must be a full checkpoint.")
+    return check_checkpoint(base, need_tokenizer=False)
 
 
 # --------------------------------------------------------------------------- checkpoint-N folders of a run

@@ -4,7 +4,8 @@ Typed dataclasses parsed by TRL's `TrlParser` (an `HfArgumentParser` that also r
 `--config recipe.yaml`): recipe values replace the defaults, command-line flags win
 over both. Every flag is checked here, before anything loads: choices, the numeric ranges
 of mini_qwen/ranges.py, precision against the hardware (defaults from it too), the long-run
-flags and the speed levers (mini_qwen/speed.py). Eval and serve also take bare words
+flags, the speed levers (mini_qwen/speed.py), the LoRA flags (mini_qwen/lora.py) and the trackers
+of --report_to (mini_qwen/tracking.py). Eval and serve also take bare words
 (checkpoint folders) anywhere among their flags.
 """
 
@@ -12,8 +13,10 @@ import difflib
 import re
 import sys
 
+import torch
 from trl import TrlParser
 
+from mini_qwen.checkpoint import check_checkpoint, is_adapter
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.hardware import (
     check_precision,
@@ -23,8 +26,10 @@ from mini_qwen.hardware import (
     precision_defaults,
 )
 from mini_qwen.long_run import LongRunArguments, check_long_run_args
+from mini_qwen.lora import LoraArguments, check_lora_args
 from mini_qwen.ranges import check_ranges
 from mini_qwen.speed import check_speed_flags
+from mini_qwen.tracking import check_report_to
 
 PRECISION_FLAGS = ("bf16", "fp16", "use_cpu")
 
@@ -233,9 +238,15 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None, gpu_fl
             check_precision(training)
         check_speed_flags(training, next((obj for obj in parsed if hasattr(obj, "pure_bf16")), None),
                           planned=gpu is not None)
+        check_report_to(training)
     for obj in parsed:
         if isinstance(obj, LongRunArguments):
             check_long_run_args(obj)
+        if isinstance(obj, LoraArguments):
+            check_lora_args(obj, cuda=torch.cuda.is_available() and not getattr(training, "use_cpu", False))
+        start = getattr(obj, "model_name_or_path", None)
+        if start and is_adapter(start):  # training starts from a full checkpoint: refused here, before any file
+            check_checkpoint(start, need_tokenizer=False)  # is written, with the merge command
         if positional and hasattr(obj, positional):
             setattr(obj, positional, words + list(getattr(obj, positional) or []))
     return parsed

@@ -2,7 +2,8 @@
 
 - `load_for_inference` loads a stage's output folder (model + its tokenizer) for generation:
   fp32 on CPU, bf16 on a GPU that has it, in eval mode, with one clear message when the
-  folder is not a complete checkpoint.
+  folder is not a complete checkpoint. A LoRA adapter folder loads as its base model with the
+  adapter merged in.
 - `build_input` renders a question the way each stage was trained: raw text for PT (the model
   only continues text), the Qwen chat format for SFT / DPO (`mini_qwen.chat.format_prompt`).
 - `generate` stops at `<|im_end|>` (the end token of every stage, PT included: PT appends it to
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mini_qwen.chat import format_prompt
-from mini_qwen.checkpoint import check_checkpoint
+from mini_qwen.checkpoint import adapter_base, check_checkpoint, is_adapter
 from mini_qwen.errors import MiniQwenError
 
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")  # 151645, 151643
@@ -48,27 +49,34 @@ def inference_dtype(device: torch.device) -> torch.dtype:
 
 def load_for_inference(path: str | Path, tokenizer_path: str | Path | None = None, device: str | None = None):
     """(model, tokenizer) of a checkpoint folder, ready to generate (eval mode, no dropout)."""
-    folder = check_checkpoint(path, tokenizer_path)  # before the slow imports: a wrong path fails fast
+    folder = check_checkpoint(path, tokenizer_path, adapter_ok=True)  # before the slow imports: fails fast
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from mini_qwen.model import validate_config
-    from mini_qwen.tokenizer import load_tokenizer
+    from mini_qwen.tokenizer import has_tokenizer_files, load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_path or folder)
+    # A LoRA adapter folder: its base checkpoint's model with the adapter merged in (mini_qwen/lora.py).
+    adapter = folder if is_adapter(folder) else None
+    base = adapter_base(folder) if adapter else folder
+    tokenizer = load_tokenizer(tokenizer_path or (folder if has_tokenizer_files(folder) else base))
     try:
-        config = AutoConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(base)
     except Exception as err:  # a broken config.json: name the file, not a stack of library frames
-        raise MiniQwenError(f"cannot read {folder / 'config.json'}: {type(err).__name__}: {err}") from None
-    validate_config(config, source=f"model config ({folder / 'config.json'})")
+        raise MiniQwenError(f"cannot read {base / 'config.json'}: {type(err).__name__}: {err}") from None
+    validate_config(config, source=f"model config ({base / 'config.json'})")
     if config.vocab_size < len(tokenizer):
         raise MiniQwenError(f"model in '{path}' has {config.vocab_size} token embeddings but the tokenizer has "
                             f"{len(tokenizer)} tokens: this is not the tokenizer the model was trained with.")
     dev = inference_device(device)
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=inference_dtype(dev), attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=inference_dtype(dev), attn_implementation="sdpa")
     except (OSError, ValueError, RuntimeError) as err:
-        raise MiniQwenError(f"cannot load the weights in '{path}': {type(err).__name__}: {err}") from None
+        raise MiniQwenError(f"cannot load the weights in '{base}': {type(err).__name__}: {err}") from None
+    if adapter:
+        from mini_qwen.lora import apply_adapter
+
+        model = apply_adapter(model, adapter)
     model.to(dev)
     model.eval()
     return model, tokenizer

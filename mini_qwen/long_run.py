@@ -197,7 +197,7 @@ class _LongRunCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         guard = self.trainer._bad_steps
-        if logs is not None and "loss" in logs and guard.total:
+        if logs is not None and "loss" in logs:  # 0 too: a tracker plots the count from the first step
             logs["bad_steps_skipped"] = guard.total
             if state.log_history and state.log_history[-1].get("step") == state.global_step:
                 state.log_history[-1]["bad_steps_skipped"] = guard.total
@@ -215,7 +215,8 @@ class LongRunMixin:
         self._signals = _StopSignals()
         self._last_save_time = time.monotonic()
         self.stopped_by_signal: int | None = None
-        self.add_callback(_LongRunCallback(self))
+        # First, so its count is in the logs before the trackers and the console printer read them.
+        self.callback_handler.callbacks.insert(0, _LongRunCallback(self))
 
     # -- bad steps ------------------------------------------------------------------------------------------
     def create_optimizer(self, model=None):

@@ -130,21 +130,24 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_dtype(training_args, pure_bf16: bool = False, on_gpu: bool | None = None) -> torch.dtype:
+def model_dtype(training_args, pure_bf16: bool = False, frozen: bool = False,
+                on_gpu: bool | None = None) -> torch.dtype:
     """The dtype the weights are loaded in: fp32 master weights unless --pure_bf16 on a GPU with --bf16.
 
     With --bf16, Trainer runs forward and backward under bf16 autocast either way; the question is only
     what the optimizer updates. bf16 has 8 mantissa bits: next to a weight of ~0.02 one ulp is ~1.2e-4,
     so an AdamW step of ~1e-4 (warmup, the schedule's decayed tail) rounds to zero or to a whole ulp.
     fp32 master weights keep those steps, and are what DeepSpeed ZeRO-2 (`run.sh pt multi`) uses, so one
-    GPU and many train with the same numerics. `on_gpu`: decided by the caller (the run planner plans a GPU
-    it does not run on); default: this machine has a CUDA GPU and --use_cpu is off.
+    GPU and many train with the same numerics. `frozen` (the base under a LoRA adapter): no update ever
+    reaches these weights, so they need no fp32 copy and are loaded in bf16 under --bf16. `on_gpu`: decided
+    by the caller (the run planner plans a GPU it does not run on); default: this machine has a CUDA GPU
+    and --use_cpu is off.
     """
     if on_gpu is None:
         on_gpu = torch.cuda.is_available() and not getattr(training_args, "use_cpu", False)
     if not on_gpu:
         return torch.float32
-    if training_args.bf16 and pure_bf16:
+    if training_args.bf16 and (pure_bf16 or frozen):
         return torch.bfloat16
     return torch.float32  # bf16 / fp16 autocast over fp32 master weights
 
@@ -161,13 +164,24 @@ def new_model(preset_args: PresetArguments, model_args: ModelArguments, training
     return model
 
 
-def load_model(path: str, model_args: ModelArguments, training_args):
-    """Load a checkpoint written by an earlier stage, with a clear message when it is not one."""
+def load_model(path: str, model_args: ModelArguments, training_args, quantization=None, frozen: bool = False):
+    """Load a checkpoint written by an earlier stage, with a clear message when it is not one.
+    `frozen`: the base of a LoRA adapter (bf16 under --bf16, see model_dtype). `quantization`: a bitsandbytes
+    config (QLoRA, mini_qwen/lora.py): the frozen weights in 4-bit on this process's GPU, the rest in the
+    compute dtype."""
     folder = check_checkpoint(path, need_tokenizer=False)  # the tokenizer is load_stage_tokenizer's
     config = AutoConfig.from_pretrained(path)
     validate_config(config, source=f"model config ({folder / 'config.json'})")
     attn = choose_attention(model_args.attn_implementation, training_args)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(training_args, model_args.pure_bf16),
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=quantization.bnb_4bit_compute_dtype,
+                                                     attn_implementation=attn, quantization_config=quantization,
+                                                     device_map={"": training_args.device})
+        # Norms in fp32 and input gradients on (for gradient checkpointing through frozen 4-bit layers).
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=training_args.gradient_checkpointing)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(training_args, model_args.pure_bf16, frozen),
                                                 attn_implementation=attn)
 
 

@@ -73,6 +73,8 @@ RANGES: dict[str, Range] = {
     # DPO
     "beta": Range(0, None, low_open=True), "label_smoothing": Range(0, 0.5), "ref_model_sync_steps": POSITIVE,
     "ref_model_mixup_alpha": Range(0, 1), "discopop_tau": Range(0, None, low_open=True), "ld_alpha": Range(0, 1),
+    # LoRA (SFT, DPO)
+    "lora_r": POSITIVE, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 1, high_open=True),
     # logging, saving, long runs
     "logging_steps": STEPS, "save_steps": STEPS, "eval_steps": STEPS, "eval_delay": Range(0, None),
     "save_total_limit": POSITIVE, "save_every_minutes": Range(0, None),

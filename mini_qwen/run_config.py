@@ -6,8 +6,9 @@ run is the same run.
 set (the files and their sizes, and what makes a sample and orders them: block_size, packing, max_length,
 max_prompt_length, first_turn_only, max_pairs, seed) would not continue the same run: the data position
 Trainer restores counts batches, so a different batch shape or data set resumes at a different place in
-the data (and the learning-rate schedule was laid out for the old step count). Such a resume prints what
-changed and stops, unless `--allow_changed_resume true` says it is meant.
+the data (and the learning-rate schedule was laid out for the old step count). Nor would one that trains
+other weights (use_peft, lora_r, lora_target_modules, load_in_4bit: the checkpoint's adapters have another
+shape). Such a resume prints what changed and stops, unless `--allow_changed_resume true` says it is meant.
 """
 
 import dataclasses
@@ -28,7 +29,9 @@ PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed
 # arguments that decide what a sample is and in which order samples come (the data position is a batch count).
 RESUME_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "processes", "data_files")
 RESUME_ARGUMENTS = ("block_size", "packing", "text_column", "max_length", "max_prompt_length", "first_turn_only",
-                    "max_pairs", "seed", "data_seed")
+                    "max_pairs", "seed", "data_seed",
+                    # what is trained: a LoRA checkpoint holds adapters of this shape on these layers
+                    "use_peft", "lora_r", "lora_target_modules", "load_in_4bit")
 # Arguments that differ between a run and its resumption by design, or say nothing about the result.
 NOT_COMPARED = {"resume_from_checkpoint", "allow_changed_resume", "local_rank", "logging_dir", "output_dir",
                 "hub_token", "run_name"}
@@ -149,15 +152,15 @@ def record_run(stage: str, parsed, data_files, training_args) -> dict:
                 if not getattr(training_args, "allow_changed_resume", False):
                     raise MiniQwenError(
                         f"--resume_from_checkpoint: this run differs from the one that wrote the checkpoints in "
-                        f"{training_args.output_dir} ({path}): {changes}. Resuming would continue at another place "
-                        f"in the data with another batch. Restore the old values, use a new --output_dir, or pass "
-                        f"--allow_changed_resume true if the change is meant.")
+                        f"{training_args.output_dir} ({path}): {changes}. Resuming would not continue the same run "
+                        f"(another place in the data, another batch, or other trained weights). Restore the old "
+                        f"values, use a new --output_dir, or pass --allow_changed_resume true if the change is meant.")
                 print(f"run config: resuming despite changes (--allow_changed_resume): {changes}")
                 config["changed_on_resume"] = blocking
                 config["previous"] = {k: old.get(k) for k in ("time", "git", *RESUME_KEYS[:3])}
     if training_args.process_index == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:  # written whole, then renamed: the other processes never read half a file
+            path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".json.partial")
             partial.write_text(json.dumps(config, indent=1, default=str, ensure_ascii=False))
             partial.replace(path)

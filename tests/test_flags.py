@@ -28,11 +28,11 @@ def stage_types(stage: str) -> tuple:
     if stage == "sft":
         import mini_qwen_sft as m
 
-        return m.SFTDataArguments, m.SFTModelArguments, m.MiniSFTConfig
+        return m.SFTDataArguments, m.SFTModelArguments, m.LoraArguments, m.MiniSFTConfig
     if stage == "dpo":
         import mini_qwen_dpo as m
 
-        return m.DPODataArguments, m.DPOModelArguments, m.MiniDPOConfig
+        return m.DPODataArguments, m.DPOModelArguments, m.LoraArguments, m.MiniDPOConfig
     if stage == "eval":
         import mini_qwen_eval as m
 

@@ -40,7 +40,7 @@ def load_slots(specs: list[str], template: str = "auto", tokenizer_path: str | N
 
     checkpoints = named_checkpoints(specs, template)
     for ckpt in checkpoints:
-        check_checkpoint(ckpt.path, tokenizer_path)
+        check_checkpoint(ckpt.path, tokenizer_path, adapter_ok=True)
     slots = {}
     for ckpt in checkpoints:
         model, tokenizer = load_for_inference(ckpt.path, tokenizer_path, device)

@@ -1,0 +1,149 @@
+"""LoRA and QLoRA for SFT and DPO, through peft and TRL's own peft support.
+
+- `LoraArguments`: the flags (`--use_peft true`, `--lora_r`, `--lora_alpha`, `--lora_dropout`,
+  `--lora_target_modules`, `--load_in_4bit`). They become TRL's `ModelConfig`, and TRL's own
+  `get_peft_config` / `get_quantization_config` turn that into the peft `LoraConfig` and the
+  bitsandbytes config the trainers take (`peft_config=`): TRL wraps the model, trains only the
+  adapter, and for DPO scores the reference with the adapter disabled (the base model: no second
+  copy in memory).
+- `check_lora_args` (in mini_qwen.cli.parse_args): LoRA flags without `--use_peft true` are refused,
+  as is `--load_in_4bit` without CUDA or bitsandbytes.
+- `lora_setup`: the checked peft config for a checkpoint, before anything is written: target module
+  names are compared with the linear layers of that model's blocks (built on the meta device from
+  its config.json, so nothing is loaded).
+- The stage saves the adapter in peft's format (adapter_config.json + adapter_model.safetensors)
+  with the tokenizer. `adapter_config.json` records the base checkpoint's absolute path; eval, serve
+  and the benchmarks load base + adapter merged in memory (`apply_adapter`, through
+  mini_qwen.generate.load_for_inference), and utils/merge_lora.py writes the same merge as a full
+  checkpoint. Adapter folders are recognised in mini_qwen/checkpoint.py (`is_adapter`, `adapter_base`).
+"""
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mini_qwen.checkpoint import check_checkpoint
+from mini_qwen.errors import MiniQwenError
+
+DEFAULT_R, DEFAULT_ALPHA, DEFAULT_DROPOUT = 16, 32, 0.05
+ALL_LINEAR = "all-linear"  # peft's word for every linear layer but the output layer: the blocks' projections
+# The flags that mean something only with --use_peft true (unset = None, so a flag given is a flag meant).
+LORA_ONLY = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit")
+
+
+@dataclass
+class LoraArguments:
+    """Train a LoRA adapter instead of every weight (SFT and DPO)."""
+
+    use_peft: bool = field(default=False, metadata={
+        "help": "Train a LoRA adapter (peft) on the frozen model instead of all its weights: the output folder "
+                "holds the adapter (adapter_config.json + adapter_model.safetensors) and the tokenizer. Merge it "
+                "into a full checkpoint with utils/merge_lora.py."})
+    lora_r: int | None = field(default=None, metadata={
+        "help": f"LoRA rank: the inner width of each adapter's two matrices (default {DEFAULT_R})."})
+    lora_alpha: int | None = field(default=None, metadata={
+        "help": f"LoRA scaling numerator: the update is scaled by lora_alpha / lora_r (default {DEFAULT_ALPHA})."})
+    lora_dropout: float | None = field(default=None, metadata={
+        "help": f"Dropout on the adapter's input (default {DEFAULT_DROPOUT})."})
+    lora_target_modules: list[str] | None = field(default=None, metadata={
+        "help": "Which linear layers of each block get an adapter, by name (q_proj k_proj v_proj o_proj gate_proj "
+                "up_proj down_proj). Default: all of them. The embeddings and the output layer stay frozen, so "
+                "the tied embeddings stay tied after a merge."})
+    load_in_4bit: bool | None = field(default=None, metadata={
+        "help": "QLoRA: load the frozen base model in 4-bit NF4 (bitsandbytes, CUDA only; `pip install -e "
+                ".[qlora]`) and train the adapter on top; the base weights take ~0.5 byte a parameter."})
+
+
+def check_lora_args(args: LoraArguments, cuda: bool) -> None:
+    """The flag checks that need no model (mini_qwen.cli.parse_args): LoRA flags only with --use_peft true;
+    4-bit only where bitsandbytes and CUDA are."""
+    if not args.use_peft:
+        given = [f"--{name}" for name in LORA_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            raise MiniQwenError(f"{', '.join(given)} only apply to LoRA training: add --use_peft true, or drop them "
+                                f"to fine-tune every weight.")
+        return
+    if args.load_in_4bit:
+        if not cuda:
+            raise MiniQwenError("--load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run "
+                                "on CPU. Drop the flag: LoRA on the full-precision model works here.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise MiniQwenError("--load_in_4bit: bitsandbytes is not installed: `pip install -e .[qlora]` (the "
+                                "optional `qlora` extra in pyproject.toml), or drop the flag.")
+
+
+def block_linear_names(checkpoint: str | Path) -> list[str]:
+    """Names of the linear layers inside the decoder blocks of the checkpoint's model (q_proj, ..., down_proj),
+    from a model built on the meta device out of its config.json (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    blocks = model.get_decoder().layers
+    return sorted({name.rsplit(".", 1)[-1] for name, module in blocks.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def lora_setup(args: LoraArguments, checkpoint: str | Path):
+    """peft's LoraConfig for training an adapter on `checkpoint` (None without --use_peft), built by TRL's own
+    `get_peft_config`; the target module names are checked against that model first."""
+    if not args.use_peft:
+        return None
+    from trl import ModelConfig, get_peft_config
+
+    check_checkpoint(checkpoint, need_tokenizer=False)  # a full checkpoint: an adapter folder is refused there
+    known = block_linear_names(checkpoint)
+    targets = list(args.lora_target_modules or [])
+    if targets in ([], [ALL_LINEAR]):
+        targets = ALL_LINEAR
+    else:
+        unknown = [name for name in targets if name not in known]
+        if unknown:
+            raise MiniQwenError(f"--lora_target_modules: {', '.join(repr(n) for n in unknown)} is not a linear layer "
+                                f"of the model's blocks in '{checkpoint}'. Choose among {', '.join(known)} (or "
+                                f"leave the flag out: all of them).")
+    config = ModelConfig(use_peft=True, lora_r=args.lora_r or DEFAULT_R, lora_alpha=args.lora_alpha or DEFAULT_ALPHA,
+                         lora_dropout=DEFAULT_DROPOUT if args.lora_dropout is None else args.lora_dropout,
+                         lora_target_modules=targets)
+    return get_peft_config(config)
+
+
+def quantization_config(args: LoraArguments, bf16: bool):
+    """bitsandbytes' 4-bit NF4 config for QLoRA (TRL's `get_quantization_config`), or None."""
+    if not (args.use_peft and args.load_in_4bit):
+        return None
+    from trl import ModelConfig, get_quantization_config
+
+    return get_quantization_config(ModelConfig(load_in_4bit=True, dtype="bfloat16" if bf16 else "float16"))
+
+
+def with_base_path(model, checkpoint: str | Path):
+    """Make peft record the base checkpoint as an absolute path in adapter_config.json, so the adapter
+    loads from any working directory (and peft never takes a relative path for a Hub model id)."""
+    model.name_or_path = str(Path(checkpoint).resolve())
+    return model
+
+
+def describe_adapter(model) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    config = model.peft_config["default"]
+    targets = ", ".join(sorted(config.target_modules)) if not isinstance(config.target_modules, str) \
+        else config.target_modules
+    return (f"LoRA: rank {config.r}, alpha {config.lora_alpha}, dropout {config.lora_dropout} on {targets}: "
+            f"{trainable / 1e6:.3f}M trainable of {total / 1e6:.1f}M parameters ({100 * trainable / total:.2f}%)")
+
+
+def apply_adapter(model, folder: str | Path, merge: bool = True):
+    """`model` (the base, loaded) with the adapter in `folder`; merged into the weights by default, so the
+    result is a plain transformers model (same speed as a full checkpoint, nothing peft-specific downstream)."""
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(folder))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise MiniQwenError(f"cannot load the adapter in '{folder}' onto its base: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    return peft_model.merge_and_unload() if merge else peft_model
