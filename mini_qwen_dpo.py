@@ -29,7 +29,8 @@ from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
-from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, with_lengths
+from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, data_cache, with_lengths
+from mini_qwen.data.prepare import prepare_only, prepared_first
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
@@ -48,6 +49,14 @@ class DPODataArguments:
                                                                   "the head of longer questions is cut."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad pairs.",
                                                        "choices": list(ON_BAD_ROWS)})
+    cache_dir: str = field(default=".cache/mini_qwen", metadata={
+        "help": "Where the tokenized preference pairs are cached."})
+    prepare_only: bool = field(default=False, metadata={
+        "help": "Tokenize the data into --cache_dir and exit before any model is loaded "
+                "(what utils/prepare_data.py runs; processes: --dataset_num_proc)."})
+    prepare_shard: str | None = field(default=None, metadata={
+        "help": "With --prepare_only: I/K, tokenize only the files i with i %% K == I, so that K machines sharing "
+                "--cache_dir split the work."})
     max_pairs: int | None = field(default=None, metadata={"help": "Train on the first N usable pairs only "
                                                                   "(demos and smoke tests). Default: all."})
 
@@ -122,9 +131,12 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once, before the models are loaded; the builder below trusts this list.
     files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
+    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.max_prompt_length)
+    if data_args.prepare_only:  # utils/prepare_data.py: the tokenized pairs, then exit before any model is loaded
+        return prepare_only(cache, training_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     record_run("dpo", (data_args, model_args, training_args), files, training_args)  # run_config.json
 
-    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args)
     print(describe(model))
     if training_args.precompute_ref_log_probs:
@@ -141,9 +153,10 @@ def main(argv=None):
         ref_model.eval()
         print(f"reference: a frozen copy of {model_args.model_name_or_path}")
 
-    with training_args.main_process_first(desc="tokenizing preference pairs"):
+    with prepared_first(training_args, cache, "tokenizing preference pairs", training_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, training_args.max_length, data_args.max_prompt_length,
-                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir)
+                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir,
+                                   cache_dir=data_args.cache_dir)
         if data_args.max_pairs is not None and data_args.max_pairs < len(dataset):
             dataset = dataset.select(range(data_args.max_pairs))
             print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")

@@ -24,7 +24,8 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
 from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
-from mini_qwen.data.sft import build_dataset
+from mini_qwen.data.prepare import prepare_only, prepared_first
+from mini_qwen.data.sft import build_dataset, data_cache
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
@@ -44,6 +45,14 @@ class SFTDataArguments:
                                                                  "(the original project's behaviour)."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad conversations.",
                                                        "choices": list(ON_BAD_ROWS)})
+    cache_dir: str = field(default=".cache/mini_qwen", metadata={
+        "help": "Where the tokenized conversations are cached."})
+    prepare_only: bool = field(default=False, metadata={
+        "help": "Tokenize the data into --cache_dir and exit before any model is loaded "
+                "(what utils/prepare_data.py runs; processes: --dataset_num_proc)."})
+    prepare_shard: str | None = field(default=None, metadata={
+        "help": "With --prepare_only: I/K, tokenize only the files i with i %% K == I, so that K machines sharing "
+                "--cache_dir split the work."})
     fused_lm_head: bool | None = field(default=None, metadata={
         "help": "TRL's chunked LM head (saves the memory of the full logits; also logs entropy / token accuracy). "
                 "Default: on with a GPU, off on CPU, where it is about 2x slower than a plain lm_head + "
@@ -111,16 +120,20 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
     files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
+    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.first_turn_only)
+    if data_args.prepare_only:  # utils/prepare_data.py: the tokenized rows, then exit before any model is loaded
+        return prepare_only(cache, training_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     record_run("sft", (data_args, model_args, training_args), files, training_args)  # run_config.json
 
-    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args)
     print(describe(model))
 
     max_length = training_args.max_length
-    with training_args.main_process_first(desc="tokenizing conversations"):
+    with prepared_first(training_args, cache, "tokenizing conversations", training_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, max_length, data_args.first_turn_only,
-                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir)
+                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir,
+                                   cache_dir=data_args.cache_dir)
         if training_args.packing:  # shuffled first, so a row's conversations come from anywhere in the mix
             seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
             conversations = dataset.num_rows

@@ -209,6 +209,10 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None):
     for obj in parsed:
         if isinstance(obj, LongRunArguments):
             check_long_run_args(obj)
+        if getattr(obj, "prepare_shard", None) is not None:  # a stage's data arguments
+            from mini_qwen.data.prepare import check_prepare_flags
+
+            check_prepare_flags(obj.prepare_only, obj.prepare_shard)
         if positional and hasattr(obj, positional):
             setattr(obj, positional, words + list(getattr(obj, positional) or []))
     return parsed
