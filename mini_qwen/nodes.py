@@ -27,6 +27,7 @@ message naming it, instead of a NCCL or gloo timeout much later.
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -342,3 +343,136 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     run_main(main)
+
+
+# --------------------------------------------------------------------------- during training: a lost rank ends the run
+
+EXIT_LOST_RANK = 3
+
+
+class RankWatch:
+    """A daemon thread in every process of a multi-process run: it beats a counter in a store on node 0
+    (MASTER_ADDR:MASTER_PORT, the rendezvous store the launcher opened) every `interval` seconds. Process 0
+    watches every counter, the others watch process 0's; a counter that stands still for `timeout` seconds
+    is a lost process (killed, out of memory, its node gone). The first to see it writes one message into
+    the store, prints it and leaves; every other process reads it within `interval` and leaves too, instead
+    of hanging in a collective until NCCL's or gloo's timeout. A process that dies while its collective
+    fails at once (gloo notices a closed socket) gets the same message from `lost_message_after`."""
+
+    PREFIX = "mini_qwen/watch/"
+
+    def __init__(self, timeout: float, interval: float = 2.0, output_dir: str | None = None, log=print):
+        self.timeout, self.interval, self.output_dir, self.log = timeout, interval, output_dir, log
+        self.store = self.thread = None
+        self.rank = self.world = 0
+        self.seen: dict[int, tuple[int, float]] = {}  # rank -> (last count, when it last moved)
+        import threading
+
+        self.stopped = threading.Event()
+
+    def start(self) -> bool:
+        import threading
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        if self.timeout <= 0 or not dist.is_initialized() or dist.get_world_size() < 2:
+            return False
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        try:
+            self.store = dist.PrefixStore(self.PREFIX, dist.TCPStore(
+                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                timeout=timedelta(seconds=60), wait_for_workers=False))
+            self.store.set(f"who/{self.rank}", json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                           "node": os.environ.get("GROUP_RANK", "?")}))
+            self.store.add(f"beat/{self.rank}", 1)
+        except (KeyError, ValueError, RuntimeError) as err:  # no launcher store: the collectives' own timeout rules
+            self.log(f"nodes: no heartbeat watch ({err}); a lost process ends the run at --ddp_timeout only")
+            self.store = None
+            return False
+        self.thread = threading.Thread(target=self._run, name="mini_qwen rank watch", daemon=True)
+        self.thread.start()
+        return True
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def who(self, rank: int) -> str:
+        try:
+            info = json.loads(self.store.get(f"who/{rank}"))
+            return f"process {rank} (node {info['node']}, host {info['host']}, pid {info['pid']})"
+        except Exception:  # noqa: BLE001 (the store may be gone with node 0)
+            return f"process {rank}"
+
+    def _counts(self, ranks) -> dict[int, int]:
+        return {r: self.store.add(f"beat/{r}", 0) for r in ranks}
+
+    def _lost(self) -> list[int]:
+        now = time.monotonic()
+        for rank, count in self._counts(range(self.world) if self.rank == 0 else [0]).items():
+            if rank not in self.seen or self.seen[rank][0] != count:
+                self.seen[rank] = (count, now)
+        return [r for r, (_, moved) in self.seen.items() if r != self.rank and now - moved > self.timeout]
+
+    def message(self, lost: list[int], how: str) -> str:
+        from mini_qwen.checkpoint import complete_checkpoints
+
+        found = complete_checkpoints(self.output_dir) if self.output_dir else []
+        last = f"the last complete checkpoint is {found[0]}" if found else "no complete checkpoint yet"
+        return (f"lost {', '.join(self.who(r) for r in lost)}: {how}. The run stops on every node; {last}. "
+                f"Find why in that process's output (killed, out of memory, its node down), then start every node "
+                f"again with --resume_from_checkpoint auto.")
+
+    def _leave(self, message: str) -> None:
+        self.log(f"\nerror: {message}", file=sys.stderr, flush=True)
+        os._exit(EXIT_LOST_RANK)  # the main thread may sit in a collective that never returns
+
+    def _run(self) -> None:
+        failures = 0
+        while not self.stopped.wait(self.interval):
+            try:
+                self.store.add(f"beat/{self.rank}", 1)
+                if self.store.check(["lost"]):
+                    self._leave(self.store.get("lost").decode())
+                lost = self._lost()
+                failures = 0
+            except Exception as err:  # noqa: BLE001 (the store itself is unreachable)
+                failures += 1
+                if failures * self.interval < min(self.timeout, 30):
+                    continue
+                self._leave(f"lost contact with node 0's rendezvous store at {os.environ.get('MASTER_ADDR')}:"
+                            f"{os.environ.get('MASTER_PORT')} ({type(err).__name__}): node 0 or its launcher is "
+                            f"gone. Start every node again with --resume_from_checkpoint auto")
+            if lost:
+                message = self.message(lost, f"its heartbeat stopped more than {self.timeout:.0f}s ago "
+                                             f"(--lost_rank_timeout)")
+                try:
+                    self.store.set("lost", message)
+                except Exception:  # noqa: BLE001
+                    pass
+                self._leave(message)
+
+    def lost_message_after(self, err: BaseException) -> str | None:
+        """The message for a collective that failed (`err`), naming the process whose heartbeat stopped; None
+        when every process is still beating (then the error is not a lost process and is raised as it is)."""
+        if self.store is None:
+            return None
+        try:
+            if self.store.check(["lost"]):
+                return self.store.get("lost").decode()
+            before = self._counts(range(self.world))
+            time.sleep(3 * self.interval)
+            after = self._counts(range(self.world))
+        except Exception:  # noqa: BLE001 (node 0's store is gone: node 0 is the lost one)
+            return self.message([0], f"its rendezvous store stopped answering after {type(err).__name__}")
+        lost = [r for r in range(self.world) if r != self.rank and before[r] == after[r]]
+        if not lost:
+            return None
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(err).split())).split(". ")[0][:200]  # gloo's first line
+        message = self.message(lost, f"a collective failed on process {self.rank} ({reason}) and its heartbeat "
+                                     f"has stopped")
+        try:
+            self.store.set("lost", message)
+        except Exception:  # noqa: BLE001
+            pass
+        return message

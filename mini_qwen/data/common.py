@@ -148,13 +148,14 @@ def encode_rows_file(path: Path, part: Path, columns: list[str], encode_batch, f
 def finish_rows_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | None:
     """SFT / DPO: the parts folder becomes the cache folder (meta.json listing the Arrow parts in file order,
     then one rename). Returns the meta (with a `_line` to log), None if another process finished first."""
-    from mini_qwen.data.prepare import replace_folder
+    from mini_qwen.data.prepare import part_tmp, replace_folder
 
     meta = {"rows": sum(m["rows"] for _, m in parts), "tokens": sum(m["tokens"] for _, m in parts),
             "parts": [part.with_suffix(".arrow").name for part, _ in parts], "files": [str(f) for f in cache.files],
             "seconds": round(sum(m["seconds"] for _, m in parts), 2), "tokenizer": cache.tokenizer.name_or_path}
-    (cache.parts_dir / "meta.json.partial").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    os.replace(cache.parts_dir / "meta.json.partial", cache.parts_dir / "meta.json")
+    partial = part_tmp(cache.parts_dir / "meta.json")
+    partial.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    os.replace(partial, cache.parts_dir / "meta.json")
     try:
         if not replace_folder(cache.parts_dir, cache.folder):
             return None

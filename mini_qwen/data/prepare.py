@@ -158,9 +158,21 @@ class DataCache:
             log(f"data: {who}tokenizing {len(todo)} of {len(self.files)} files with {num_proc or 1} process(es)"
                 + (f" ({reused} already done by an earlier run)" if reused else "") + f" -> {self.parts_dir}")
             t0 = time.time()
-            _encode_parts(self, todo, num_proc or 1, on_bad_rows, progress, options)
+            try:
+                _encode_parts(self, todo, num_proc or 1, on_bad_rows, progress, options)
+            except OSError:
+                if self.ready():  # another machine finished the cache (and moved the parts) meanwhile
+                    log(f"data: {who}another process finished {self.folder} meanwhile; reusing it")
+                    return self.folder
+                raise
             log(f"data: {who}{len(todo)} files tokenized in {time.time() - t0:.1f}s")
+        if self.ready():  # another process (another node's, on a shared disk) finished it meanwhile
+            return self.folder
         missing = [i for i in range(len(self.files)) if self.part_meta(i) is None]
+        if missing and count == 1:
+            raise MiniQwenError(f"the parts of {len(missing)} files (e.g. {self.files[missing[0]]}) disappeared "
+                                f"from {self.parts_dir} while preparing, with no finished cache: is another "
+                                f"process removing that folder? Run the preparation again.")
         if missing:
             log(f"data: {who}done; {len(missing)} of {len(self.files)} files still belong to other shards "
                 f"(e.g. {self.files[missing[0]]}). Once every shard has finished, run the command once more "
@@ -170,11 +182,12 @@ class DataCache:
 
     def _finish(self, log) -> Path:
         """The parts -> the finished folder, in one rename; safe when two machines finish at once."""
-        tmp = self.folder.with_name(f"{self.folder.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+        remove_stale_tmp(self.folder)  # a merge this machine began before it was killed
+        tmp = part_tmp(self.folder)
         parts = [(self.part(i), self.part_meta(i)) for i in range(len(self.files))]
         try:
             meta = self.module.finish_cache(self, parts, tmp)
-        except FileNotFoundError:
+        except OSError:
             if self.ready():  # another machine assembled it (and removed the parts) meanwhile
                 return self.folder
             raise
@@ -206,20 +219,41 @@ def replace_folder(tmp: Path, final: Path) -> bool:
 
 def write_part_meta(part: Path, meta: dict) -> None:
     """The part's json, written last and renamed into place: its presence is what marks the part done."""
-    tmp = part.with_name(f"{part.name}.json.tmp{os.getpid()}")
+    tmp = part_tmp(part.with_suffix(".json"))
     tmp.write_text(json.dumps(meta, ensure_ascii=False))
     os.replace(tmp, part.with_suffix(".json"))
 
 
 def part_tmp(path: Path) -> Path:
-    """A temporary name next to `path` that no other process uses (host + pid)."""
+    """A temporary name next to `path` that no other process uses (host + pid). Two processes that make the
+    same part (two nodes' first processes on a shared disk) each write their own and rename it into place:
+    the contents are the same, whichever rename comes last."""
     return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale_tmp(part: Path) -> None:
-    """Temporary files a killed run left for this part (this process is the one redoing it)."""
-    for stale in part.parent.glob(f"{part.name}.*tmp*"):
-        stale.unlink(missing_ok=True)
+    """Temporary files of this part that a killed run on this machine left (its pid is gone); those of a live
+    process, or of another machine, are left alone."""
+    import shutil
+
+    host = socket.gethostname()
+    for stale in part.parent.glob(f"{part.name}.*tmp-{host}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the worker side
