@@ -12,6 +12,8 @@ import difflib
 import json
 import os
 import re
+import shutil
+import socket
 from pathlib import Path
 
 import pyarrow as pa
@@ -104,6 +106,51 @@ def fold_digits(reason: str) -> str:
     return re.sub(r"\d+", "N", reason)
 
 
+def replace_folder(tmp: Path, final: Path) -> bool:
+    """Rename `tmp` to `final` (atomic: a half-written cache is never picked up). False when another process
+    finished the same cache first (then `tmp` is removed: same contents)."""
+
+    try:
+        os.replace(tmp, final)
+        return True
+    except OSError:
+        if not (final / "meta.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+
+
+def part_tmp(path: Path) -> Path:
+    """A temporary name next to `path` that no other process uses (host + pid). Two processes that make the
+    same part (two nodes' first processes on a shared disk) each write their own and rename it into place:
+    the contents are the same, whichever rename comes last."""
+    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(part: Path) -> None:
+    """Temporary files of this part that a killed run on this machine left (its pid is gone); those of a live
+    process, or of another machine, are left alone."""
+
+    host = socket.gethostname()
+    for stale in part.parent.glob(f"{part.name}.*tmp-{host}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
 def encode_rows_file(path: Path, part: Path, columns: list[str], encode_batch, features, tokenizer, settings: dict,
                      on_bad_rows: str, report, token_column: str, batch_rows: int = 1000) -> dict:
     """SFT / DPO: one parquet file -> `<part>.arrow`, one encoded row per input row (bad rows keep their reason
@@ -113,8 +160,6 @@ def encode_rows_file(path: Path, part: Path, columns: list[str], encode_batch, f
     stage's `datasets.map` output would be; under a temporary name, then renamed. `locate(index)` gives an
     encoder the (file, row) of a bad row for its message."""
     from datasets.arrow_writer import ArrowWriter
-
-    from mini_qwen.data.prepare import part_tmp
 
     def locate(index: int) -> tuple[Path, int]:
         return path, index
@@ -148,8 +193,6 @@ def encode_rows_file(path: Path, part: Path, columns: list[str], encode_batch, f
 def finish_rows_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | None:
     """SFT / DPO: the parts folder becomes the cache folder (meta.json listing the Arrow parts in file order,
     then one rename). Returns the meta (with a `_line` to log), None if another process finished first."""
-    from mini_qwen.data.prepare import part_tmp, replace_folder
-
     meta = {"rows": sum(m["rows"] for _, m in parts), "tokens": sum(m["tokens"] for _, m in parts),
             "parts": [part.with_suffix(".arrow").name for part, _ in parts], "files": [str(f) for f in cache.files],
             "seconds": round(sum(m["seconds"] for _, m in parts), 2), "tokenizer": cache.tokenizer.name_or_path}

@@ -31,6 +31,7 @@ Bad rows (empty prompt, no assistant answer, chosen == rejected, ...) are skippe
 by default; `on_bad_rows="error"` stops at the first one with its file and row instead.
 """
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from mini_qwen import chat
 from mini_qwen.chat import ChatTokens, parse_turn
 from mini_qwen.data import common
 from mini_qwen.data.common import check_string_column, parse_rows, require_columns
+from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
 
 NAME = "dpo"
@@ -239,9 +241,7 @@ finish_cache = common.finish_rows_cache
 
 def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, max_prompt_length: int):
     """The DPO cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
-    from mini_qwen.data.prepare import DataCache
-
-    return DataCache(NAME, files, tokenizer, cache_dir, cache_settings(max_length, max_prompt_length))
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(max_length, max_prompt_length))
 
 
 def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_length: int, on_bad_rows: str = "skip",

@@ -27,17 +27,18 @@ clearer message instead of a NCCL / gloo timeout.
 
 import contextlib
 import hashlib
+import importlib
 import json
 import multiprocessing
 import os
 import shlex
-import socket
 import sys
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from mini_qwen.data.common import part_tmp, remove_stale_tmp
 from mini_qwen.errors import MiniQwenError
 
 # Conservative preparation speed of one process, in bytes of the columns a stage reads (parquet's uncompressed
@@ -82,35 +83,32 @@ def tokenizer_digest(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
-def _stage_module(stage: str):
-    from mini_qwen.data.checks import stage_data
-
-    return stage_data(stage)
+def _stage_module(module_name: str):
+    """A stage data module by name, in a worker process (a module cannot be sent to one)."""
+    return importlib.import_module(module_name)
 
 
 class DataCache:
     """The token cache of one stage's files, tokenizer and settings: where it lives, whether it is ready,
-    and how to prepare it. `settings` are the stage's `cache_settings(...)` (they change the tokens)."""
+    and how to prepare it. `module` is the stage's data module (pt, sft or dpo: its `data_cache` makes
+    this), `settings` its `cache_settings(...)` (they change the tokens)."""
 
-    def __init__(self, stage: str, files: list[Path], tokenizer, cache_dir: str | os.PathLike, settings: dict):
-        self.stage, self.files, self.tokenizer, self.settings = stage, [Path(f) for f in files], tokenizer, settings
-        self.module = _stage_module(stage)
+    def __init__(self, module, files: list[Path], tokenizer, cache_dir: str | os.PathLike, settings: dict):
+        self.module, self.stage = module, module.NAME
+        self.files, self.tokenizer, self.settings = [Path(f) for f in files], tokenizer, settings
         h = hashlib.sha256()
         for f in self.files:
             h.update((_file_stamp(f) + "\n").encode())
-        h.update(f"{stage}|{tokenizer_digest(tokenizer)}|{sorted(settings.items())}".encode())
+        h.update(f"{self.stage}|{tokenizer_digest(tokenizer)}|{sorted(settings.items())}".encode())
         for code in getattr(self.module, "CACHE_CODE", ()):  # editing how rows are encoded invalidates the cache
             h.update(Path(code).read_bytes())
         self.key = h.hexdigest()[:16]
-        self.folder = Path(cache_dir) / f"{stage}-{self.key}"
-        self.parts_dir = Path(cache_dir) / f"{stage}-{self.key}.parts"
+        self.folder = Path(cache_dir) / f"{self.stage}-{self.key}"
+        self.parts_dir = Path(cache_dir) / f"{self.stage}-{self.key}.parts"
 
     # -- state on disk ---------------------------------------------------------------------------------------
     def ready(self) -> bool:
         return (self.folder / "meta.json").is_file()
-
-    def meta(self) -> dict:
-        return json.loads((self.folder / "meta.json").read_text())
 
     def part(self, index: int) -> Path:
         """The path prefix of file `index`'s part: <prefix>.json marks it done."""
@@ -202,58 +200,11 @@ class DataCache:
         return shlex.join(["python", "utils/prepare_data.py", self.stage, *argv, "--num_proc", str(cpus)])
 
 
-def replace_folder(tmp: Path, final: Path) -> bool:
-    """Rename `tmp` to `final` (atomic: a half-written cache is never picked up). False when another process
-    finished the same cache first (then `tmp` is removed: same contents)."""
-    import shutil
-
-    try:
-        os.replace(tmp, final)
-        return True
-    except OSError:
-        if not (final / "meta.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-        return False
-
-
 def write_part_meta(part: Path, meta: dict) -> None:
     """The part's json, written last and renamed into place: its presence is what marks the part done."""
     tmp = part_tmp(part.with_suffix(".json"))
     tmp.write_text(json.dumps(meta, ensure_ascii=False))
     os.replace(tmp, part.with_suffix(".json"))
-
-
-def part_tmp(path: Path) -> Path:
-    """A temporary name next to `path` that no other process uses (host + pid). Two processes that make the
-    same part (two nodes' first processes on a shared disk) each write their own and rename it into place:
-    the contents are the same, whichever rename comes last."""
-    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_tmp(part: Path) -> None:
-    """Temporary files of this part that a killed run on this machine left (its pid is gone); those of a live
-    process, or of another machine, are left alone."""
-    import shutil
-
-    host = socket.gethostname()
-    for stale in part.parent.glob(f"{part.name}.*tmp-{host}-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the worker side
@@ -267,17 +218,17 @@ def _init_worker(tokenizer, queue):
     _WORKER.update(tokenizer=tokenizer, queue=queue)
 
 
-def _encode_in_worker(stage: str, path: Path, part: Path, stamp: str, settings: dict, on_bad_rows: str,
+def _encode_in_worker(module_name: str, path: Path, part: Path, stamp: str, settings: dict, on_bad_rows: str,
                       options: dict) -> None:
     queue = _WORKER["queue"]
-    _encode_one(stage, path, part, stamp, settings, on_bad_rows, options, _WORKER["tokenizer"],
+    _encode_one(module_name, path, part, stamp, settings, on_bad_rows, options, _WORKER["tokenizer"],
                 lambda rows, tokens: queue.put((rows, tokens)))
 
 
-def _encode_one(stage, path, part, stamp, settings, on_bad_rows, options, tokenizer, report) -> None:
+def _encode_one(module_name, path, part, stamp, settings, on_bad_rows, options, tokenizer, report) -> None:
     remove_stale_tmp(part)
     t0 = time.time()
-    meta = _stage_module(stage).encode_file(path, part, tokenizer, settings, on_bad_rows, report, **options)
+    meta = _stage_module(module_name).encode_file(path, part, tokenizer, settings, on_bad_rows, report, **options)
     write_part_meta(part, {**meta, "file": str(path), "stamp": stamp, "seconds": round(time.time() - t0, 3)})
 
 
@@ -296,8 +247,8 @@ def _encode_parts(cache: DataCache, todo: list[int], num_proc: int, on_bad_rows:
         bar.update(n_rows)
         bar.set_postfix_str(f"{tokens[0]:,} tokens", refresh=False)
 
-    args = [(cache.stage, cache.files[i], cache.part(i), _file_stamp(cache.files[i]), cache.settings, on_bad_rows,
-             options) for i in order]
+    args = [(cache.module.__name__, cache.files[i], cache.part(i), _file_stamp(cache.files[i]), cache.settings,
+             on_bad_rows, options) for i in order]
     try:
         if num_proc <= 1 or len(todo) == 1:
             for task in args:

@@ -17,14 +17,16 @@ is in mini_qwen/data/packing.py); it runs file by file, in parallel and resumabl
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mini_qwen.data.common import check_string_column, require_columns
+from mini_qwen.data.common import check_string_column, part_tmp, replace_folder, require_columns
 from mini_qwen.data.packing import PackedBlocks, chunks_by_chars, encode_u24, tokenize_batch
+from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
 
 NAME = "pt"
@@ -110,8 +112,6 @@ def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: 
     """One parquet file -> `<part>.u24` + `<part>.lens.npy` (the cache format of packing.py), each written
     under a temporary name and renamed; returns the counts for the part's json. `report(rows, tokens)`
     is called after each batch (the progress bar)."""
-    from mini_qwen.data.prepare import part_tmp
-
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     stats: dict = {}
     all_lengths, n_tokens, rows_seen = [], 0, 0
@@ -148,8 +148,6 @@ def finish_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | Non
     """The parts concatenated in file order into `tmp` (tokens.u24, doc_lens.npy, meta.json), renamed to the
     cache folder; the parts are then removed. Returns the meta (with a `_line` to log), None if another
     process finished first."""
-    from mini_qwen.data.prepare import replace_folder
-
     n_tokens = sum(meta["tokens"] for _, meta in parts)
     rows = sum(meta["rows"] for _, meta in parts)
     if n_tokens == 0:
@@ -183,9 +181,7 @@ def finish_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | Non
 
 def data_cache(files: list[Path], tokenizer, cache_dir: str = ".cache/mini_qwen", text_column: str = "text"):
     """The PT token cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
-    from mini_qwen.data.prepare import DataCache
-
-    return DataCache(NAME, files, tokenizer, cache_dir, cache_settings(text_column))
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(text_column))
 
 
 def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, text_column: str = "text",

@@ -11,6 +11,7 @@ counted by default, since one odd row in millions should not stop a day-long run
 `on_bad_rows="error"` stops at the first one with its file and row instead.
 """
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from mini_qwen import chat
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
 from mini_qwen.data import common
 from mini_qwen.data.common import parse_rows, require_columns
+from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
 
 NAME = "sft"
@@ -110,9 +112,7 @@ finish_cache = common.finish_rows_cache
 
 def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, first_turn_only: bool = False):
     """The SFT cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
-    from mini_qwen.data.prepare import DataCache
-
-    return DataCache(NAME, files, tokenizer, cache_dir, cache_settings(max_length, first_turn_only))
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(max_length, first_turn_only))
 
 
 def build_dataset(files: list[Path], tokenizer, max_length: int, first_turn_only: bool = False,
