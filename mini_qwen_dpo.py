@@ -30,7 +30,7 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
 from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, data_cache, with_lengths
-from mini_qwen.data.prepare import prepare_only, prepared_first
+from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
@@ -41,7 +41,7 @@ from mini_qwen.trainlog import first_and_last_loss, last_metric
 
 
 @dataclass
-class DPODataArguments:
+class DPODataArguments(CacheArguments):
     data_dir: str = field(default="data/dpo", metadata={"help": "Folder of Infinity-Preference parquet files; "
                                                               "train and test files are mixed, as originally."})
     data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
@@ -49,14 +49,6 @@ class DPODataArguments:
                                                                   "the head of longer questions is cut."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad pairs.",
                                                        "choices": list(ON_BAD_ROWS)})
-    cache_dir: str = field(default=".cache/mini_qwen", metadata={
-        "help": "Where the tokenized preference pairs are cached."})
-    prepare_only: bool = field(default=False, metadata={
-        "help": "Tokenize the data into --cache_dir and exit before any model is loaded "
-                "(what utils/prepare_data.py runs; processes: --dataset_num_proc)."})
-    prepare_shard: str | None = field(default=None, metadata={
-        "help": "With --prepare_only: I/K, tokenize only the files i with i %% K == I, so that K machines sharing "
-                "--cache_dir split the work."})
     max_pairs: int | None = field(default=None, metadata={"help": "Train on the first N usable pairs only "
                                                                   "(demos and smoke tests). Default: all."})
 

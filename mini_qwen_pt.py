@@ -25,7 +25,7 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
 from mini_qwen.data.packing import PACKING, collate_blocks
-from mini_qwen.data.prepare import prepare_only, prepared_first
+from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.data.pt import build_dataset, data_cache
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
@@ -38,7 +38,7 @@ from mini_qwen.trainlog import first_and_last_loss
 
 
 @dataclass
-class PTDataArguments:
+class PTDataArguments(CacheArguments):
     data_dir: str = field(default="data/pt", metadata={"help": "Folder of IndustryCorpus2 parquet files "
                                                              "(<industry>/<language>/high/*.parquet)."})
     data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
@@ -47,18 +47,11 @@ class PTDataArguments:
     packing: str = field(default="documents", metadata={
         "help": "documents: attention never crosses documents (position ids restart at each one); "
                 "concat: the original project's plain concatenation.", "choices": list(PACKING)})
-    cache_dir: str = field(default=".cache/mini_qwen", metadata={"help": "Where the tokenized corpus is cached."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on empty/null texts.",
                                                        "choices": list(ON_BAD_ROWS)})
     dataset_num_proc: int | None = field(default=None, metadata={
         "help": "Processes that tokenize the corpus, one file each at a time (default: one process, whose "
                 "tokenizer uses every core)."})
-    prepare_only: bool = field(default=False, metadata={
-        "help": "Tokenize the corpus into --cache_dir and exit before any model is built "
-                "(what utils/prepare_data.py runs; see mini_qwen/data/prepare.py)."})
-    prepare_shard: str | None = field(default=None, metadata={
-        "help": "With --prepare_only: I/K, tokenize only the files i with i %% K == I, so that K machines sharing "
-                "--cache_dir split the work."})
 
 
 @dataclass

@@ -24,7 +24,7 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
 from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
-from mini_qwen.data.prepare import prepare_only, prepared_first
+from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.data.sft import build_dataset, data_cache
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
@@ -37,7 +37,7 @@ from mini_qwen.trainlog import first_and_last_loss
 
 
 @dataclass
-class SFTDataArguments:
+class SFTDataArguments(CacheArguments):
     data_dir: str = field(default="data/sft", metadata={"help": "Folder of Infinity-Instruct parquet files; 7M "
                                                               "and Gen sub-folders are mixed."})
     data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
@@ -45,14 +45,6 @@ class SFTDataArguments:
                                                                  "(the original project's behaviour)."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad conversations.",
                                                        "choices": list(ON_BAD_ROWS)})
-    cache_dir: str = field(default=".cache/mini_qwen", metadata={
-        "help": "Where the tokenized conversations are cached."})
-    prepare_only: bool = field(default=False, metadata={
-        "help": "Tokenize the data into --cache_dir and exit before any model is loaded "
-                "(what utils/prepare_data.py runs; processes: --dataset_num_proc)."})
-    prepare_shard: str | None = field(default=None, metadata={
-        "help": "With --prepare_only: I/K, tokenize only the files i with i %% K == I, so that K machines sharing "
-                "--cache_dir split the work."})
     fused_lm_head: bool | None = field(default=None, metadata={
         "help": "TRL's chunked LM head (saves the memory of the full logits; also logs entropy / token accuracy). "
                 "Default: on with a GPU, off on CPU, where it is about 2x slower than a plain lm_head + "

@@ -444,13 +444,8 @@ class RankWatch:
                             f"{os.environ.get('MASTER_PORT')} ({type(err).__name__}): node 0 or its launcher is "
                             f"gone. Start every node again with --resume_from_checkpoint auto")
             if lost:
-                message = self.message(lost, f"its heartbeat stopped more than {self.timeout:.0f}s ago "
-                                             f"(--lost_rank_timeout)")
-                try:
-                    self.store.set("lost", message)
-                except Exception:  # noqa: BLE001
-                    pass
-                self._leave(message)
+                self._leave(self._announce(self.message(lost, f"its heartbeat stopped more than "
+                                                              f"{self.timeout:.0f}s ago (--lost_rank_timeout)")))
 
     def lost_message_after(self, err: BaseException) -> str | None:
         """The message for a collective that failed (`err`), naming the process whose heartbeat stopped; None
@@ -469,10 +464,13 @@ class RankWatch:
         if not lost:
             return None
         reason = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(err).split())).split(". ")[0][:200]  # gloo's first line
-        message = self.message(lost, f"a collective failed on process {self.rank} ({reason}) and its heartbeat "
-                                     f"has stopped")
+        return self._announce(self.message(lost, f"a collective failed on process {self.rank} ({reason}) and its "
+                                                 f"heartbeat has stopped"))
+
+    def _announce(self, message: str) -> str:
+        """Tell every process (they read it within `interval`): one message for the whole run."""
         try:
             self.store.set("lost", message)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 (node 0's store may be gone too)
             pass
         return message

@@ -34,6 +34,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -46,6 +47,20 @@ from mini_qwen.errors import MiniQwenError
 # to tell whether rank 0 can prepare the data within the process group's timeout.
 BYTES_PER_SECOND = {"pt": 1.0e6, "sft": 0.5e6, "dpo": 0.5e6}
 WAIT_POLL_SECONDS = 2.0
+
+
+@dataclass
+class CacheArguments:
+    """The data-cache flags every stage's data arguments inherit."""
+
+    cache_dir: str = field(default=".cache/mini_qwen", metadata={
+        "help": "Where the tokenized data is cached (one folder per data, tokenizer and length settings)."})
+    prepare_only: bool = field(default=False, metadata={
+        "help": "Tokenize the data into --cache_dir and exit before any model is loaded (what "
+                "utils/prepare_data.py runs; processes: --dataset_num_proc)."})
+    prepare_shard: str | None = field(default=None, metadata={
+        "help": "With --prepare_only: I/K, tokenize only the files i with i %% K == I, so that K machines sharing "
+                "--cache_dir split the work."})
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
