@@ -89,8 +89,9 @@ def worker_pid(port: int, rank: int) -> int | None:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
+        script = [c for c in cmd[1:3] if not c.startswith(b"-")]  # `python -u mini_qwen_pt.py`, not `python -m ...`
         if (f"RANK={rank}".encode() in env and f"MASTER_PORT={port}".encode() in env
-                and any(c.endswith(b"mini_qwen_pt.py") for c in cmd[:2])):
+                and script and script[0].endswith(b"mini_qwen_pt.py")):
             return int(proc.name)
     return None
 
