@@ -4,10 +4,12 @@ grows, and the time of a rerun after a kill half way.
 Run as:
     python bench/prepare_parallel.py                          # all three parts, figures for bench/RESULTS.md
     python bench/prepare_parallel.py --rounds 1 --sizes 1 4   # quicker
+    python bench/prepare_parallel.py --samples /work/shared/reference/mini_data_baai   # samples elsewhere
 
-Input: the PT texts (the real IndustryCorpus2 samples of ../shared/reference/mini_data_baai when present, else
-mini_data/pt) written as --files parquet files, each the texts in another order, as a real corpus is many similar
-shards; 4x and 16x the input are 4 and 16 times as many such files.
+Input: the PT texts (the real IndustryCorpus2 samples of ../shared/reference/mini_data_baai, or --samples, when
+present, else mini_data/pt) written as --files parquet files, each the texts --pt_copies times in another order,
+as a real corpus is many similar shards; 4x and 16x the input are 4 and 16 times as many such files. SFT: the
+Infinity-Instruct samples (else mini_data/sft), --sft_copies times a file.
   speed    prepare_token_cache with 1 and 2 processes on the 1x input, a fresh cache each time, the order of the
            two alternating between rounds; tokens/s of the best and the median round. The same for SFT (rows/s),
            whose encoding is Python (chat parsing, label masks) rather than the Rust tokenizer.
@@ -34,15 +36,17 @@ from pathlib import Path
 from rss import proc_status_mb, reset_peak_rss  # bench/rss.py: the script's own folder is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT.parent / "shared" / "reference" / "mini_data_baai"
+SAMPLES = [ROOT.parent / "shared" / "reference" / "mini_data_baai"]  # --samples puts another folder first
+COPIES = {"pt": 1, "sft": 20}  # rows of the samples per file: --pt_copies, --sft_copies
 
 
 def source(stage: str) -> Path:
-    return SAMPLES / stage if (SAMPLES / stage).is_dir() else ROOT / "mini_data" / stage
+    return next((s / stage for s in SAMPLES if (s / stage).is_dir()), ROOT / "mini_data" / stage)
 
 
 def write_corpus(stage: str, folder: Path, files: int) -> list[Path]:
-    """`files` parquet files of the stage's sample rows, each rotated by its index (same size, other order)."""
+    """`files` parquet files of the stage's sample rows (COPIES times), each rotated by its index (same size,
+    other order)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -50,7 +54,7 @@ def write_corpus(stage: str, folder: Path, files: int) -> list[Path]:
 
     columns = {"pt": ["text"], "sft": ["conversations"]}[stage]
     tables = [pq.read_table(f, columns=columns) for f in find_stage_files(stage, str(source(stage)))]
-    rows = pa.concat_tables(tables).combine_chunks()
+    rows = pa.concat_tables(tables * COPIES[stage]).combine_chunks()
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(files):
@@ -199,6 +203,9 @@ def rerun(files, tokenizer, work: Path) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=8, help="parquet files of the 1x input")
+    parser.add_argument("--samples", default=None, help="folder with pt/ and sft/ sample parquet files")
+    parser.add_argument("--pt_copies", type=int, default=COPIES["pt"], help="the PT samples this many times a file")
+    parser.add_argument("--sft_copies", type=int, default=COPIES["sft"], help="the SFT samples this many times")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="input sizes for the memory part")
     parser.add_argument("--skip_speed", action="store_true")
@@ -209,6 +216,9 @@ def main():
     args = parser.parse_args()
     if args._rss_child:
         return rss_child(*args._rss_child)
+    if args.samples:
+        SAMPLES.insert(0, Path(args.samples))
+    COPIES.update(pt=args.pt_copies, sft=args.sft_copies)
 
     tokenizer = load()
     work = Path(tempfile.mkdtemp(prefix="bench_prepare_parallel_"))

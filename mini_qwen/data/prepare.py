@@ -292,22 +292,18 @@ def _run_pool(tokenizer, args: list[tuple], processes: int, report) -> None:
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = saved
     try:
-        results = [pool.apply_async(_encode_in_worker, a) for a in args]
-        pending = list(results)
+        pending = [pool.apply_async(_encode_in_worker, a) for a in args]
         while pending:
-            try:
-                while True:
-                    report(*progress.get(timeout=0.5))
-            except queue_module.Empty:
-                pass
+            with contextlib.suppress(queue_module.Empty):
+                report(*progress.get(timeout=0.05))
             for result in [r for r in pending if r.ready()]:
                 result.get()  # re-raises a worker's error (a bad row under --on_bad_rows error) here
                 pending.remove(result)
         pool.close()
-        pool.join()
+        pool.join()  # the workers have flushed their progress into the queue when they exit
         with contextlib.suppress(queue_module.Empty):
             while True:
-                report(*progress.get(timeout=0.1))
+                report(*progress.get(timeout=0.05))
     finally:
         pool.terminate()
 
