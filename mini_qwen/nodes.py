@@ -378,14 +378,10 @@ class RankWatch:
 
         if self.timeout <= 0 or not dist.is_initialized() or dist.get_world_size() < 2:
             return False
-        self.rank, self.world = dist.get_rank(), dist.get_world_size()
         try:
-            self.store = dist.PrefixStore(self.PREFIX, dist.TCPStore(
-                os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                timeout=timedelta(seconds=60), wait_for_workers=False))
-            self.store.set(f"who/{self.rank}", json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                           "node": os.environ.get("GROUP_RANK", "?")}))
-            self.store.add(f"beat/{self.rank}", 1)
+            self.attach(dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                      timeout=timedelta(seconds=60), wait_for_workers=False),
+                        dist.get_rank(), dist.get_world_size())
         except (KeyError, ValueError, RuntimeError) as err:  # no launcher store: the collectives' own timeout rules
             self.log(f"nodes: no heartbeat watch ({err}); a lost process ends the run at --ddp_timeout only")
             self.store = None
@@ -393,6 +389,15 @@ class RankWatch:
         self.thread = threading.Thread(target=self._run, name="mini_qwen rank watch", daemon=True)
         self.thread.start()
         return True
+
+    def attach(self, store, rank: int, world: int) -> None:
+        """Use `store` (a torch.distributed Store, shared by all processes) as process `rank` of `world`."""
+        import torch.distributed as dist
+
+        self.store, self.rank, self.world = dist.PrefixStore(self.PREFIX, store), rank, world
+        self.store.set(f"who/{rank}", json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                  "node": os.environ.get("GROUP_RANK", "?")}))
+        self.store.add(f"beat/{rank}", 1)
 
     def stop(self) -> None:
         self.stopped.set()

@@ -193,6 +193,38 @@ def test_processes_that_run_different_data_are_named():
                       "data file a/x.parquet: 12 bytes (process 0: 10 bytes)"]
 
 
+def test_a_process_whose_heartbeat_stops_is_named(tmp_path):
+    """RankWatch on a real store (as node 0's launcher hosts it): a process that stops beating (hung, frozen or
+    dead) counts as lost after the timeout, and the message names it and the last complete checkpoint."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from mini_qwen.nodes import RankWatch
+
+    server = dist.TCPStore("127.0.0.1", free_port(), is_master=True, timeout=timedelta(seconds=10),
+                           wait_for_workers=False)
+    (tmp_path / "run").mkdir()
+    _checkpoint(tmp_path / "run" / "checkpoint-4")
+    head, other = RankWatch(timeout=0.5, output_dir=str(tmp_path / "run")), RankWatch(timeout=0.5)
+    head.attach(server, 0, 2)
+    other.attach(server, 1, 2)
+    assert head._lost() == []
+    for _ in range(3):  # process 1 stops; process 0 keeps beating
+        time.sleep(0.25)
+        head.store.add("beat/0", 1)
+    assert head._lost() == [1]
+    message = head.message([1], "its heartbeat stopped")
+    assert message.startswith(f"lost process 1 (node ?, host {socket.gethostname()}, pid {os.getpid()}): its "
+                              f"heartbeat stopped. The run stops on every node; the last complete checkpoint is "
+                              f"{tmp_path / 'run' / 'checkpoint-4'}")
+    # after a failed collective: whoever is still beating is not named; the one that stopped is, and every
+    # process then reads the same message from the store
+    head.interval = 0.05
+    assert "lost process 1" in head.lost_message_after(RuntimeError("[x.cc:1] Connection closed by peer. More"))
+    assert other.store.get("lost").decode().startswith("lost process 1")
+
+
 # --------------------------------------------------------------------------- two nodes on 127.0.0.1
 
 @pytest.mark.slow
