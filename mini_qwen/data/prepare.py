@@ -42,9 +42,10 @@ import pyarrow.parquet as pq
 from mini_qwen.data.common import part_tmp, remove_stale_tmp
 from mini_qwen.errors import MiniQwenError
 
-# Conservative preparation speed of one process, in bytes of the columns a stage reads (parquet's uncompressed
-# size): about half of what bench/prepare_parallel.py measured on a shared 2-core CPU. `prepared_first` uses it
-# to tell whether rank 0 can prepare the data within the process group's timeout.
+# Preparation speed of one process, in bytes of the columns a stage reads (parquet's uncompressed size), set well
+# below what one process did on the shared 2-core VM (bench/prepare_parallel.py: PT ~3.6 MB/s, SFT ~3.3 MB/s), so
+# that a slow or busy machine still finishes within the estimate. `prepared_first` uses it to tell whether rank 0
+# can prepare the data within the process group's timeout.
 BYTES_PER_SECOND = {"pt": 1.0e6, "sft": 0.5e6, "dpo": 0.5e6}
 WAIT_POLL_SECONDS = 2.0
 
