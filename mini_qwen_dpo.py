@@ -31,7 +31,8 @@ from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
-from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, with_lengths
+from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, data_cache, with_lengths
+from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
@@ -44,7 +45,7 @@ from mini_qwen.trainlog import first_and_last_loss, last_metric
 
 
 @dataclass
-class DPODataArguments:
+class DPODataArguments(CacheArguments):
     data_dir: str = field(default="data/dpo", metadata={"help": "Folder of Infinity-Preference parquet files; "
                                                               "train and test files are mixed, as originally."})
     data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
@@ -129,9 +130,12 @@ def main(argv=None):
     # Found and checked once, before the models are loaded; the builder below trusts this list.
     files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
     peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.max_prompt_length)
+    if data_args.prepare_only:  # utils/prepare_data.py: the tokenized pairs, then exit before any model is loaded
+        return prepare_only(cache, training_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     run_config = record_run("dpo", (data_args, model_args, lora_args, training_args), files, training_args)
 
-    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args,
                        quantization_config(lora_args, training_args.bf16), frozen=lora_args.use_peft)
     print(describe(model))
@@ -155,9 +159,10 @@ def main(argv=None):
         ref_model.eval()
         print(f"reference: a frozen copy of {model_args.model_name_or_path}")
 
-    with training_args.main_process_first(desc="tokenizing preference pairs"):
+    with prepared_first(training_args, cache, "tokenizing preference pairs", training_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, training_args.max_length, data_args.max_prompt_length,
-                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir)
+                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir,
+                                   cache_dir=data_args.cache_dir)
         if data_args.max_pairs is not None and data_args.max_pairs < len(dataset):
             dataset = dataset.select(range(data_args.max_pairs))
             print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")

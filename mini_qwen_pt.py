@@ -5,6 +5,8 @@ Run as:
     accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py        # several GPUs, DeepSpeed ZeRO-2
     nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py > logs/output_pt.log 2>&1 &
     python demo/demo_pt.py                                   # the same stage on mini_data/ (tiny model on CPU)
+    python utils/prepare_data.py pt --data_dir data/pt --num_proc 16    # tokenize first (the full corpus: hours)
+    bash run.sh pt nodes                                     # several machines (README: "Several nodes")
 Any flag overrides the defaults (the original run's values) and a `--config recipe.yaml`:
     python mini_qwen_pt.py --model_preset tiny --block_size 128 --data_dir mini_data/pt --max_steps 20
 
@@ -23,7 +25,8 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
 from mini_qwen.data.packing import PACKING, collate_blocks
-from mini_qwen.data.pt import build_dataset
+from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
+from mini_qwen.data.pt import build_dataset, data_cache
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
@@ -36,7 +39,7 @@ from mini_qwen.trainlog import first_and_last_loss
 
 
 @dataclass
-class PTDataArguments:
+class PTDataArguments(CacheArguments):
     data_dir: str = field(default="data/pt", metadata={"help": "Folder of IndustryCorpus2 parquet files "
                                                              "(<industry>/<language>/high/*.parquet)."})
     data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
@@ -45,9 +48,11 @@ class PTDataArguments:
     packing: str = field(default="documents", metadata={
         "help": "documents: attention never crosses documents (position ids restart at each one); "
                 "concat: the original project's plain concatenation.", "choices": list(PACKING)})
-    cache_dir: str = field(default=".cache/mini_qwen", metadata={"help": "Where the tokenized corpus is cached."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on empty/null texts.",
                                                        "choices": list(ON_BAD_ROWS)})
+    dataset_num_proc: int | None = field(default=None, metadata={
+        "help": "Processes that tokenize the corpus, one file each at a time (default: one process, whose "
+                "tokenizer uses every core)."})
 
 
 @dataclass
@@ -76,10 +81,13 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once, before the model is built; the builder below trusts this list.
     files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
-    run_config = record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)
-
     checkpoint = model_args.model_name_or_path  # set: continue pretraining an existing model
     tokenizer = load_stage_tokenizer(model_args, checkpoint)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, data_args.text_column)
+    if data_args.prepare_only:  # utils/prepare_data.py: the token cache, then exit before any model is built
+        return prepare_only(cache, data_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
+    run_config = record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)
+
     if checkpoint:
         model = load_model(checkpoint, model_args, training_args)
     else:
@@ -89,10 +97,12 @@ def main(argv=None):
                             f"{model.config.max_position_embeddings}: lower it or pick another preset.")
     print(describe(model))
 
-    # Rank 0 tokenizes into the shared cache first; the other ranks then just read it.
-    with training_args.main_process_first(desc="tokenizing the corpus"):
+    # Rank 0 tokenizes into the shared cache first (or, at full scale, utils/prepare_data.py did before the
+    # launch); the other ranks then just read it.
+    with prepared_first(training_args, cache, "tokenizing the corpus", data_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, data_args.block_size, data_args.packing, data_args.cache_dir,
-                                   data_args.text_column, data_args.on_bad_rows, source=data_args.data_dir)
+                                   data_args.text_column, data_args.on_bad_rows, source=data_args.data_dir,
+                                   num_proc=data_args.dataset_num_proc)
     tokens_per_step = (training_args.per_device_train_batch_size * data_args.block_size
                        * training_args.gradient_accumulation_steps * training_args.world_size)
     print(f"data: {len(dataset):,} blocks of {data_args.block_size} tokens ({data_args.packing} packing); "

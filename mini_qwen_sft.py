@@ -26,7 +26,8 @@ from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
 from mini_qwen.data.common import ON_BAD_ROWS
 from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
-from mini_qwen.data.sft import build_dataset
+from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
+from mini_qwen.data.sft import build_dataset, data_cache
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
@@ -40,7 +41,7 @@ from mini_qwen.trainlog import first_and_last_loss
 
 
 @dataclass
-class SFTDataArguments:
+class SFTDataArguments(CacheArguments):
     data_dir: str = field(default="data/sft", metadata={"help": "Folder of Infinity-Instruct parquet files; 7M "
                                                               "and Gen sub-folders are mixed."})
     data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
@@ -117,9 +118,12 @@ def main(argv=None):
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
     files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
     peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.first_turn_only)
+    if data_args.prepare_only:  # utils/prepare_data.py: the tokenized rows, then exit before any model is loaded
+        return prepare_only(cache, training_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     run_config = record_run("sft", (data_args, model_args, lora_args, training_args), files, training_args)
 
-    tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     model = load_model(model_args.model_name_or_path, model_args, training_args,
                        quantization_config(lora_args, training_args.bf16), frozen=lora_args.use_peft)
     print(describe(model))
@@ -127,9 +131,10 @@ def main(argv=None):
         with_base_path(model, model_args.model_name_or_path)  # adapter_config.json records where the base is
 
     max_length = training_args.max_length
-    with training_args.main_process_first(desc="tokenizing conversations"):
+    with prepared_first(training_args, cache, "tokenizing conversations", training_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, max_length, data_args.first_turn_only,
-                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir)
+                                   data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir,
+                                   cache_dir=data_args.cache_dir)
         if training_args.packing:  # shuffled first, so a row's conversations come from anywhere in the mix
             seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
             conversations = dataset.num_rows

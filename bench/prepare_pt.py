@@ -107,7 +107,7 @@ def run_ours(tokenizer, files: list[Path], cache_root: Path, **kwargs) -> dict:
     from mini_qwen.data.pt import prepare_token_cache
 
     t0, c0 = time.perf_counter(), time.process_time()
-    cache = prepare_token_cache(files, tokenizer, str(cache_root), log=lambda *a: None, **kwargs)
+    cache = prepare_token_cache(files, tokenizer, str(cache_root), log=lambda *a: None, progress=False, **kwargs)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     meta = json.loads((cache / "meta.json").read_text())
     return {"total_s": seconds, "cpu_s": cpu, "tokens": meta["tokens"], "bytes": folder_bytes(cache),
@@ -127,7 +127,8 @@ def rss_child(files_dir: str, cache_root: str, max_chars: str) -> None:
     reset = reset_peak_rss()
     start = proc_status_mb("VmRSS")
     t0 = time.perf_counter()
-    cache = prepare_token_cache(files, tokenizer, cache_root, log=lambda *a: None, max_chars=int(max_chars))
+    cache = prepare_token_cache(files, tokenizer, cache_root, log=lambda *a: None, progress=False,
+                                max_chars=int(max_chars))
     seconds = time.perf_counter() - t0
     meta = json.loads((cache / "meta.json").read_text())
     print(json.dumps({"import_peak_mb": import_peak, "start_rss_mb": start, "peak_rss_mb": proc_status_mb("VmHWM"),
@@ -274,9 +275,9 @@ def main():
             return
         print("\n== streaming: peak RSS of prepare_token_cache, fresh subprocess each ==")
         write_copies(base, work / "in_nx", copies * args.rss_factor)
-        from mini_qwen.data.pt import prepare_token_cache
+        from mini_qwen.data.pt import encode_file
 
-        default_chars = inspect.signature(prepare_token_cache).parameters["max_chars"].default
+        default_chars = inspect.signature(encode_file).parameters["max_chars"].default
         variants = [("", default_chars)] + ([("unchunked ", 10**15)] if args.rss_unchunked else [])
         res["rss"] = {}
         for label, max_chars in variants:

@@ -173,13 +173,31 @@ def checkpoint_problem(folder: Path) -> str | None:
     if problem:
         return problem
     # torch.save files are zip archives: a cut-off one has no end-of-archive record.
-    bad = [f.name for name in _TORCH_STATE for f in folder.glob(name) if not zipfile.is_zipfile(f)]
+    bad = [str(f.relative_to(folder)) for name in _TORCH_STATE for f in folder.glob(name) if not zipfile.is_zipfile(f)]
     if bad:
         return f"truncated files {bad} (the save did not finish, or the copy was cut short)"
+    return _missing_process_files(folder)
+
+
+_TORCH_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt", "global_step*/*_states.pt")
+_RANK = re.compile(r"(?:rng_state_|zero_pp_rank_)(\d+)")
+
+
+def _missing_process_files(folder: Path) -> str | None:
+    """A checkpoint of several processes holds one RNG state per process (rng_state_<rank>.pth) and, under
+    DeepSpeed ZeRO, one optimizer shard per process (global_step*/*zero_pp_rank_<rank>_*): ranks 0 .. N-1
+    with none missing, the same N for both. (The stages write trainer_state.json only after every process has
+    written; this catches a copy of the folder that lost files.)"""
+    def ranks(pattern: str) -> set[int]:
+        return {int(m.group(1)) for f in folder.glob(pattern) if (m := _RANK.search(f.name))}
+
+    rng, shards = ranks("rng_state_*.pth"), ranks("global_step*/*zero_pp_rank_*_optim_states.pt")
+    world = max(rng | shards, default=-1) + 1
+    for what, found in (("RNG states (rng_state_<rank>.pth)", rng), ("DeepSpeed optimizer shards", shards)):
+        if found and found != set(range(world)):
+            return (f"{what} of process(es) {sorted(set(range(world)) - found)} missing (of {world}): that "
+                    f"process did not finish saving, or the copy lost them")
     return None
-
-
-_TORCH_STATE = ("optimizer.pt", "scheduler.pt", "rng_state*.pth", "scaler.pt")
 
 
 def has_optimizer_state(folder: Path) -> bool:

@@ -247,6 +247,10 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None, gpu_fl
         start = getattr(obj, "model_name_or_path", None)
         if start and is_adapter(start):  # training starts from a full checkpoint: refused here, before any file
             check_checkpoint(start, need_tokenizer=False)  # is written, with the merge command
+        if getattr(obj, "prepare_shard", None) is not None:  # a stage's data arguments
+            from mini_qwen.data.prepare import check_prepare_flags
+
+            check_prepare_flags(obj.prepare_only, obj.prepare_shard)
         if positional and hasattr(obj, positional):
             setattr(obj, positional, words + list(getattr(obj, positional) or []))
     return parsed

@@ -20,6 +20,10 @@ failed saves reported. One shape for all three stages: the stage's TrainingArgum
   loss scaler skips overflowing steps itself.
 - **A failed save** (disk full, permission denied) stops the run with one message naming the folder and
   the free space, after removing the half-written checkpoint-N so resume never takes it for complete.
+- **Several processes / nodes.** Process 0 writes trainer_state.json, the mark of a complete checkpoint, only
+  after every process has written its part (DeepSpeed's optimizer shard, its RNG state): a barrier after the
+  RNG save. A lost process (killed, out of memory, its node gone) ends the run on every node within
+  `--lost_rank_timeout` seconds, with one message naming it (mini_qwen/nodes.py RankWatch).
 
 Written against transformers 5.24 / accelerate 1.15: it overrides Trainer's private `_save_checkpoint` and
 relies on the order of its training loop (callback `on_pre_optimizer_step` before `optimizer.step()`, the
@@ -60,6 +64,9 @@ class LongRunArguments:
         "help": "Good steps the median of --loss_spike_factor is taken over."})
     max_consecutive_bad_steps: int = field(default=20, metadata={
         "help": "Stop the run after this many bad (skipped) steps in a row."})
+    lost_rank_timeout: float = field(default=300, metadata={
+        "help": "Several processes: one whose heartbeat stops for this many seconds counts as lost, and the run "
+                "stops on every node with a message naming it (0: off; then only --ddp_timeout ends a hang)."})
     allow_changed_resume: bool = field(default=False, metadata={
         "help": "Resume even when batch size, accumulation, process count or data differ from the run that "
                 "wrote the checkpoint (see run_config.json)."})
@@ -287,10 +294,21 @@ class LongRunMixin:
             self.stopped_by_signal = received
 
     def train(self, *args, **kwargs):
+        from mini_qwen.nodes import RankWatch
+
         self._signals.install()
+        watch = RankWatch(getattr(self.args, "lost_rank_timeout", 0) if self.args.world_size > 1 else 0,
+                          output_dir=self.args.output_dir)
+        watch.start()
         try:
             result = super().train(*args, **kwargs)
+        except Exception as err:
+            lost = None if isinstance(err, MiniQwenError) else watch.lost_message_after(err)
+            if lost:  # a collective failed because a process is gone: say which, not gloo's / NCCL's words
+                raise MiniQwenError(lost) from None
+            raise
         finally:
+            watch.stop()
             self._signals.restore()
         if self.stopped_by_signal:
             name = signal.Signals(self.stopped_by_signal).name
@@ -303,6 +321,14 @@ class LongRunMixin:
         if self._bad_steps.total and self.is_world_process_zero():
             print(f"long run: {self._bad_steps.total} bad step(s) skipped in this run")
         return result
+
+    # -- checkpoints of several processes ---------------------------------------------------------------------
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        # Trainer writes trainer_state.json on process 0 next: wait until every process has written its files,
+        # so that on a shared disk the mark of a complete checkpoint never precedes another node's part.
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
     # -- failed saves ---------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):

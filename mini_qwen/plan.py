@@ -38,7 +38,7 @@ from mini_qwen.plan_memory import (
 )
 
 # Bytes of the `text` column (uncompressed, from the parquet footer) per Qwen token, `<|im_end|>` included.
-# Measured on the real IndustryCorpus2 samples (../shared/reference/mini_data_baai/pt: 100 Chinese documents,
+# Measured on the real IndustryCorpus2 samples (tests/data/baai/pt: 100 Chinese documents,
 # 136,575 tokens; 100 English, 150,989 tokens). Whole files are 2.9 bytes a token there (compressed, with the
 # other 8-12 columns); mini_data/pt (written by this project) gives 4.67.
 PT_BYTES_PER_TOKEN = {"chinese": 4.08, "english": 4.69, None: 4.40}
@@ -55,10 +55,11 @@ MEASURED_MFU = {
     ("pt", DS_ONE_GPU): (0.143, "H200", 1, "this project's PT under DeepSpeed ZeRO-2 on one H200"),
     ("sft", ONE_GPU): (0.089, "H200", 1, "this project's SFT on real rows, padded batches, one H200"),
     ("dpo", ONE_GPU): (0.041, "H200", 1, "this project's DPO on real pairs, one H200"),
-    # The original project's runs (its logs, ../shared/reference/upstream_logs; its code, flash-attention 2, bf16,
-    # DeepSpeed ZeRO-2 on 6 x H800). PT: 13,523 steps in 88,784 s, 175.47 blocks of 1024 tokens a second, i.e.
-    # 29,947 tokens/s a GPU x 6.60 GFLOP a token / 989 TFLOP/s. DPO: 55.0 pairs a second over 6 GPUs x 1,085 tokens
-    # a pair (prompt twice + both answers: the mean of 200 real pairs, measured here) x 5.99 GFLOP / 989 TFLOP/s.
+    # The original project's runs (its published logs, excerpts in tests/data/upstream_logs; its code,
+    # flash-attention 2, bf16, DeepSpeed ZeRO-2 on 6 x H800). PT: 13,523 steps in 88,784 s, 175.47 blocks of 1024
+    # tokens a second, i.e. 29,947 tokens/s a GPU x 6.60 GFLOP a token / 989 TFLOP/s. DPO: 55.0 pairs a second
+    # over 6 GPUs x 1,085 tokens a pair (prompt twice + both answers: the mean of 200 real pairs, measured here) x
+    # 5.99 GFLOP / 989 TFLOP/s.
     ("pt", DS_SEVERAL): (0.200, "H800", 6, "the original project's PT run on 6 x H800 (its log)"),
     ("dpo", DS_SEVERAL): (0.060, "H800", 6, "the original project's DPO run on 6 x H800 (its log; pair length "
                                             "measured here)"),
@@ -127,7 +128,7 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
     """PT documents and tokens: the token cache's counts, else the files' text bytes at PT_BYTES_PER_TOKEN."""
     from mini_qwen.data.checks import find_stage_files
     from mini_qwen.data.packing import BYTES_PER_TOKEN
-    from mini_qwen.data.pt import cache_key
+    from mini_qwen.data.pt import data_cache
 
     out = {"block_size": data_args.block_size}
     if dataset_tokens:
@@ -140,7 +141,7 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
         files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
         out["files"] = figure(len(files), "files", "measured", data_args.data_dir)
         out["file bytes"] = figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes")
-        cache = Path(data_args.cache_dir) / f"pt-{cache_key(files, tokenizer, data_args.text_column)}"
+        cache = data_cache(files, tokenizer, data_args.cache_dir, data_args.text_column).folder
         if (cache / "meta.json").is_file():
             meta = json.loads((cache / "meta.json").read_text())
             out["documents"] = figure(meta["documents"], "documents", "measured", f"token cache {cache}")

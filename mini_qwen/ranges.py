@@ -79,7 +79,7 @@ RANGES: dict[str, Range] = {
     "logging_steps": STEPS, "save_steps": STEPS, "eval_steps": STEPS, "eval_delay": Range(0, None),
     "save_total_limit": POSITIVE, "save_every_minutes": Range(0, None),
     "loss_spike_factor": Range(1, None, low_open=True, also=(0,)), "loss_spike_window": Range(1, 1_000_000),
-    "max_consecutive_bad_steps": POSITIVE,
+    "max_consecutive_bad_steps": POSITIVE, "lost_rank_timeout": Range(0, None),
     # evaluation (mini_qwen_eval.py)
     "max_new_tokens": POSITIVE, "limit": POSITIVE, "num_fewshot": Range(0, None), "heldout_docs": POSITIVE,
     "ppl_max_length": Range(2, None), "ppl_batch_size": POSITIVE, "repetition_penalty": Range(0, None, low_open=True),

@@ -9,6 +9,9 @@ Trainer restores counts batches, so a different batch shape or data set resumes 
 the data (and the learning-rate schedule was laid out for the old step count). Nor would one that trains
 other weights (use_peft, lora_r, lora_target_modules, load_in_4bit: the checkpoint's adapters have another
 shape). Such a resume prints what changed and stops, unless `--allow_changed_resume true` says it is meant.
+
+Every process of a multi-process (multi-node) run must run the same configuration: `check_processes_agree`
+compares them once, before the model loads.
 """
 
 import dataclasses
@@ -136,6 +139,7 @@ def record_run(stage: str, parsed, data_files, training_args) -> dict:
 
     Call before the model loads: a refused resume then costs nothing."""
     config = build_run_config(stage, parsed, data_files, training_args)
+    check_processes_agree(config, training_args)
     path = Path(training_args.output_dir) / FILE_NAME
     if _resuming(training_args) and path.is_file():
         try:
@@ -170,3 +174,67 @@ def record_run(stage: str, parsed, data_files, training_args) -> dict:
             raise MiniQwenError(f"cannot write {path}: {err.strerror} ({free_space(path.parent)}). Fix the output "
                                 f"folder (--output_dir) or free space.") from None
     return config
+
+
+# ------------------------------------------------------------------ several processes, several nodes: one run
+
+PER_PROCESS = NOT_COMPARED | {"process_index", "local_process_index", "device"}
+
+
+def _what_decides(config: dict) -> dict:
+    """The parts of a run config every process of one run must share: arguments, code, packages, and the data
+    files as seen from --data_dir (so nodes that mount the data at different paths still agree)."""
+    args = config.get("arguments", {})
+    root = Path(str(args.get("data_dir", "."))).resolve()
+    files = {}
+    for f in config.get("data_files", []):
+        path = Path(f["path"])
+        files[str(path.relative_to(root)) if path.is_relative_to(root) else str(path)] = f["bytes"]
+    return {"arguments": {k: v for k, v in args.items() if k not in PER_PROCESS}, "data_files": files,
+            "git": (config.get("git") or {}).get("commit"), "versions": config.get("versions")}
+
+
+def disagreements(first: dict, other: dict) -> list[str]:
+    """What `other` (a `_what_decides` view) has that `first` has not, in words."""
+    out = []
+    a, b = first["arguments"], other["arguments"]
+    out += [f"--{k} {b.get(k)!r} (process 0: {a.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    fa, fb = first["data_files"], other["data_files"]
+    for name in sorted(set(fa) | set(fb)):
+        if fa.get(name) != fb.get(name):
+            here = "missing" if name not in fb else f"{fb[name]} bytes"
+            there = "missing" if name not in fa else f"{fa[name]} bytes"
+            out.append(f"data file {name}: {here} (process 0: {there})")
+    if first["git"] != other["git"]:
+        out.append(f"code at git commit {other['git']} (process 0: {first['git']})")
+    va, vb = first["versions"] or {}, other["versions"] or {}
+    out += [f"{k} {vb.get(k)} (process 0: {va.get(k)})" for k in sorted(set(va) | set(vb)) if va.get(k) != vb.get(k)]
+    return out
+
+
+def check_processes_agree(config: dict, training_args) -> None:
+    """Several processes (several nodes): each must train the same run. One all-gather of `_what_decides`,
+    before the model loads; a difference stops every process with one message naming the process, its node
+    and host, and what differs (a node with other flags, another copy of the data, other code or packages)."""
+    if training_args.world_size <= 1:
+        return
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    mine = {"host": socket.gethostname(), "node": os.environ.get("GROUP_RANK", "?"), "view": _what_decides(config)}
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    first = everyone[0]
+    for rank, other in enumerate(everyone[1:], start=1):
+        differs = disagreements(first["view"], other["view"])
+        if differs:
+            more = f" (and {len(differs) - 6} more)" if len(differs) > 6 else ""
+            raise MiniQwenError(
+                f"process {rank} (node {other['node']}, host {other['host']}) does not run what process 0 (node "
+                f"{first['node']}, host {first['host']}) runs: " + "; ".join(differs[:6]) + more + ". Every node "
+                "needs the same code, packages, flags and data: start each with the same command (only the node "
+                "rank differs) from the same checkout, and copy the same data files to each (or share one folder).")

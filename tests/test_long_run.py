@@ -138,15 +138,17 @@ def inject(monkeypatch, bad: dict[int, tuple[float, int]]):
 
 
 class WeightWatch(TrainerCallback):
-    """Weights and AdamW step count before and after each optimizer step."""
+    """Trainable weights (all of them, or a LoRA adapter's) and their AdamW step count before and after each
+    optimizer step."""
 
     def __init__(self):
         self.before, self.changed = None, {}
 
     @staticmethod
     def snapshot(model, optimizer):
-        state = optimizer.state[next(model.parameters())]
-        return [p.detach().clone() for p in model.parameters()], int(state["step"]) if "step" in state else 0
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        state = optimizer.state.get(trainable[0], {})
+        return [p.detach().clone() for p in trainable], int(state["step"]) if "step" in state else 0
 
     def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.before = self.snapshot(model, optimizer)

@@ -24,8 +24,7 @@ from conftest import MINI_DATA as MINI
 from conftest import REPO_ROOT, error_lines
 from safetensors import safe_open
 from test_checkpoint import history
-from test_long_run import _run_and_signal, inject
-from transformers import TrainerCallback
+from test_long_run import WeightWatch, _run_and_signal, inject
 
 from mini_qwen.checkpoint import complete_checkpoints
 from mini_qwen.errors import MiniQwenError, run_main
@@ -162,33 +161,12 @@ def test_dpo_reference_is_the_adapter_disabled_model(tiny_checkpoint, tmp_path):
 # --------------------------------------------------------------------------- long runs with adapters
 
 
-class TrainableWatch(TrainerCallback):
-    """Trainable (adapter) weights and their AdamW step count before and after each optimizer step."""
-
-    def __init__(self):
-        self.before, self.changed = None, {}
-
-    @staticmethod
-    def snapshot(model, optimizer):
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        state = optimizer.state.get(trainable[0], {})
-        return [p.detach().clone() for p in trainable], int(state["step"]) if "step" in state else 0
-
-    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.before = self.snapshot(model, optimizer)
-
-    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
-        weights, adam_steps = self.snapshot(model, optimizer)
-        same = all(torch.equal(a, b) for a, b in zip(self.before[0], weights))
-        self.changed[state.global_step] = (not same, adam_steps - self.before[1])
-
-
 def test_a_nan_step_leaves_the_adapter_untouched(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     import mini_qwen_sft
     from mini_qwen.long_run import LongRunMixin
 
     inject(monkeypatch, {3: (float("nan"), 0)})
-    watch = TrainableWatch()
+    watch = WeightWatch()
     original_init = LongRunMixin.__init__
 
     def init(self, *args, **kwargs):

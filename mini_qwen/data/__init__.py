@@ -1,10 +1,12 @@
 """The data subsystem: everything between a stage's parquet files and the batches it trains on.
 
     common.py   what the three stage modules share: find parquet files, read schemas and columns,
-                parse-or-skip rows, the tokenization cache of `datasets.map`
+                parse-or-skip rows, SFT / DPO rows encoded into Arrow parts
     pt.py       PT data:  columns, schema check, bad rows, over-length rule, token cache, build_dataset
     sft.py      SFT data: the same face
     dpo.py      DPO data: the same face
     checks.py   the table of those three modules: the stage's one file check, utils/check_data.py's report
     packing.py  the PT token cache format and document-aware blocks; SFT conversations packed into rows
+    prepare.py  the token cache of every stage: per-file parts in parallel, resumable, shardable over machines,
+                and the stage's bounded wait for it (utils/prepare_data.py, --prepare_only)
 """

@@ -9,7 +9,11 @@ with the file (and row) it comes from.
 """
 
 import difflib
+import json
+import os
 import re
+import shutil
+import socket
 from pathlib import Path
 
 import pyarrow as pa
@@ -59,20 +63,6 @@ def check_string_column(path: Path, schema: pa.Schema, name: str) -> None:
         raise MiniQwenError(f"{path}: column '{name}' must hold text but has type {kind}.")
 
 
-def row_locator(files: list[Path]):
-    """Map a row index of the concatenated files back to (file, row in file), for error messages."""
-    import numpy as np
-
-    counts = [pq.ParquetFile(f).metadata.num_rows for f in files]
-    ends = np.cumsum(counts)
-
-    def locate(index: int) -> tuple[Path, int]:
-        i = int(np.searchsorted(ends, index, side="right"))
-        return files[i], index - (int(ends[i - 1]) if i else 0)
-
-    return locate, int(ends[-1]) if counts else 0
-
-
 def load_column_dataset(files: list[Path], columns: list[str], cache_dir: str | None = None):
     """A `datasets.Dataset` of only `columns` from all files: the columns whose types clash
     between files (7M's int64 `id` vs Gen's string one, `label`) are never read."""
@@ -116,33 +106,116 @@ def fold_digits(reason: str) -> str:
     return re.sub(r"\d+", "N", reason)
 
 
-def map_fingerprint(raw, tokenizer, code_file: str, *settings) -> str:
-    """Cache key for a `datasets.map` that tokenizes `raw`. Passed as `new_fingerprint` so that
-    `datasets` does not pickle the tokenizer to hash it (151K-entry vocab: 5-10 s per run on a
-    small CPU, longer than tokenizing the demo data). `code_file` is the module doing the map:
-    editing it invalidates the cache."""
-    import hashlib
+def replace_folder(tmp: Path, final: Path) -> bool:
+    """Rename `tmp` to `final` (atomic: a half-written cache is never picked up). False when another process
+    finished the same cache first (then `tmp` is removed: same contents)."""
 
-    h = hashlib.sha256()
-    for part in (raw._fingerprint, tokenizer.backend_tokenizer.to_str(), repr(settings), Path(code_file).read_text()):
-        h.update(part.encode())
-    return h.hexdigest()[:32]
+    try:
+        os.replace(tmp, final)
+        return True
+    except OSError:
+        if not (final / "meta.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
 
 
-def map_rows(files: list[Path], columns: list[str], encode_batch, tokenizer, num_proc: int | None, desc: str,
-             code_file: str, **settings):
-    """Run `encode_batch(batch, indices, tokenizer=..., locate=..., **settings)` over `columns` of `files`
-    with `datasets.map` (batched, cached under a cheap fingerprint). Returns (encoded dataset, rows read);
-    `locate(index)` gives an encoder the (file, row) of a bad row for its message."""
-    locate, n_rows = row_locator(files)
-    raw = load_column_dataset(files, columns)
-    encoded = raw.map(
-        encode_batch, batched=True, with_indices=True, remove_columns=raw.column_names,
-        num_proc=num_proc if num_proc and num_proc > 1 and len(raw) > 10_000 else None,
-        fn_kwargs=dict(tokenizer=tokenizer, locate=locate, **settings), desc=desc,
-        new_fingerprint=map_fingerprint(raw, tokenizer, code_file, *settings.values()),
-    )
-    return encoded, n_rows
+def part_tmp(path: Path) -> Path:
+    """A temporary name next to `path` that no other process uses (host + pid). Two processes that make the
+    same part (two nodes' first processes on a shared disk) each write their own and rename it into place:
+    the contents are the same, whichever rename comes last."""
+    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(part: Path) -> None:
+    """Temporary files of this part that a killed run on this machine left (its pid is gone); those of a live
+    process, or of another machine, are left alone."""
+
+    host = socket.gethostname()
+    for stale in part.parent.glob(f"{part.name}.*tmp-{host}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def encode_rows_file(path: Path, part: Path, columns: list[str], encode_batch, features, tokenizer, settings: dict,
+                     on_bad_rows: str, report, token_column: str, batch_rows: int = 1000) -> dict:
+    """SFT / DPO: one parquet file -> `<part>.arrow`, one encoded row per input row (bad rows keep their reason
+    in `problem`), via `encode_batch(batch, indices, tokenizer=..., locate=..., on_bad_rows=..., **settings)`.
+
+    Written with `datasets`' own Arrow writer and `features`, so `Dataset.from_file` memory-maps it as the
+    stage's `datasets.map` output would be; under a temporary name, then renamed. `locate(index)` gives an
+    encoder the (file, row) of a bad row for its message."""
+    from datasets.arrow_writer import ArrowWriter
+
+    def locate(index: int) -> tuple[Path, int]:
+        return path, index
+
+    arrow = part.with_suffix(".arrow")
+    tmp = part_tmp(arrow)
+    rows = tokens = 0
+    writer = ArrowWriter(features=features, path=str(tmp))
+    try:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+            values = batch.to_pydict()
+            out = encode_batch(values, range(rows, rows + batch.num_rows), tokenizer=tokenizer, locate=locate,
+                               on_bad_rows=on_bad_rows, **settings)
+            writer.write_batch(out)
+            batch_tokens = sum(map(len, out[token_column]))
+            rows, tokens = rows + batch.num_rows, tokens + batch_tokens
+            report(batch.num_rows, batch_tokens)
+        writer.finalize()
+    except BaseException as err:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, (pa.ArrowException, OSError)):
+            raise MiniQwenError(f"{path}: unreadable at row ~{rows}: {err}. "
+                                f"Re-download the file or remove it.") from None
+        raise
+    writer.close()
+    os.replace(tmp, arrow)
+    return {"rows": rows, "tokens": tokens}
+
+
+def finish_rows_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | None:
+    """SFT / DPO: the parts folder becomes the cache folder (meta.json listing the Arrow parts in file order,
+    then one rename). Returns the meta (with a `_line` to log), None if another process finished first."""
+    meta = {"rows": sum(m["rows"] for _, m in parts), "tokens": sum(m["tokens"] for _, m in parts),
+            "parts": [part.with_suffix(".arrow").name for part, _ in parts], "files": [str(f) for f in cache.files],
+            "seconds": round(sum(m["seconds"] for _, m in parts), 2), "tokenizer": cache.tokenizer.name_or_path}
+    partial = part_tmp(cache.parts_dir / "meta.json")
+    partial.write_text(json.dumps(meta, indent=1, ensure_ascii=False))
+    os.replace(partial, cache.parts_dir / "meta.json")
+    try:
+        if not replace_folder(cache.parts_dir, cache.folder):
+            return None
+    except FileNotFoundError:  # another machine renamed the parts folder first
+        return None
+    meta["_line"] = (f"data: {meta['rows']:,} rows, {meta['tokens']:,} tokens from {len(parts)} files, "
+                     f"{meta['seconds']:.1f}s of tokenizing -> {cache.folder}")
+    return meta
+
+
+def load_rows_cache(folder: Path):
+    """The encoded rows of a finished SFT / DPO cache, in file order (memory-mapped, never loaded whole)."""
+    import datasets
+
+    meta = json.loads((Path(folder) / "meta.json").read_text())
+    parts = [datasets.Dataset.from_file(str(Path(folder) / name)) for name in meta["parts"]]
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], meta
 
 
 def log_skipped_or_stop(dataset, skipped: dict, log, nothing_left: str) -> None:

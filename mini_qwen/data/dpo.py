@@ -31,14 +31,18 @@ Bad rows (empty prompt, no assistant answer, chosen == rejected, ...) are skippe
 by default; `on_bad_rows="error"` stops at the first one with its file and row instead.
 """
 
+import sys
 from collections import Counter
 from pathlib import Path
 
+import datasets
 import pyarrow as pa
 
+from mini_qwen import chat
 from mini_qwen.chat import ChatTokens, parse_turn
 from mini_qwen.data import common
-from mini_qwen.data.common import check_string_column, map_rows, parse_rows, require_columns
+from mini_qwen.data.common import check_string_column, parse_rows, require_columns
+from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
 
 NAME = "dpo"
@@ -214,8 +218,35 @@ def _encode_batch(batch, indices, tokenizer, max_length, max_prompt_length, on_b
     return out
 
 
+# What `_encode_batch` writes for each input row (the part files of the cache; prepare.py).
+ENCODED = datasets.Features({**{name: datasets.List(datasets.Value("int64")) for name in ID_COLUMNS},
+                             "prompt_cut": datasets.Value("bool"), "answer_cut": datasets.Value("bool"),
+                             "dropped": datasets.Value("string"), "problem": datasets.Value("string")})
+CACHE_CODE = (__file__, chat.__file__)  # how rows are encoded: editing these makes a new cache
+
+
+def cache_settings(max_length: int, max_prompt_length: int) -> dict:
+    """What, besides the files and the tokenizer, changes DPO's encoded pairs (the cache key)."""
+    return {"max_length": max_length, "max_prompt_length": max_prompt_length}
+
+
+def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: str, report, **options) -> dict:
+    """One parquet file -> its part of the cache (mini_qwen/data/prepare.py)."""
+    return common.encode_rows_file(path, part, list(COLUMNS), _encode_batch, ENCODED, tokenizer, settings,
+                                   on_bad_rows, report, "chosen_ids", **options)
+
+
+finish_cache = common.finish_rows_cache
+
+
+def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, max_prompt_length: int):
+    """The DPO cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(max_length, max_prompt_length))
+
+
 def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_length: int, on_bad_rows: str = "skip",
-                  num_proc: int | None = None, source: str | None = None, log=print):
+                  num_proc: int | None = None, source: str | None = None, log=print,
+                  cache_dir: str = ".cache/mini_qwen"):
     """The DPO training set and its counts: (datasets.Dataset of prompt_ids/chosen_ids/rejected_ids, stats),
     from files the stage script has already found and checked."""
     ct = ChatTokens.of(tokenizer)
@@ -225,9 +256,9 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_leng
     if max_prompt_length >= max_length:
         log(f"note: --max_prompt_length {max_prompt_length} >= --max_length {max_length}: pairs whose prompt "
             f"fills max_length keep no answer token and are dropped.")
-    encoded, n_rows = map_rows(files, list(COLUMNS), _encode_batch, tokenizer, num_proc,
-                               "tokenizing preference pairs", __file__, max_length=max_length,
-                               max_prompt_length=max_prompt_length, on_bad_rows=on_bad_rows)
+    cache = data_cache(files, tokenizer, cache_dir, max_length, max_prompt_length)
+    encoded, _ = common.load_rows_cache(cache.prepare(num_proc, None, on_bad_rows, log))
+    n_rows = len(encoded)
     problems = Counter(p for p in encoded["problem"] if p)
     dropped = Counter(d for d in encoded["dropped"] if d)
     kept = [not p and not d for p, d in zip(encoded["problem"], encoded["dropped"])]  # counts below: trained pairs

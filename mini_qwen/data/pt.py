@@ -10,22 +10,23 @@ Every stage's data module has the same face (see mini_qwen/data/checks.py, which
 PT's rules: one text column (default `text`); a null, empty or whitespace-only text is a bad row;
 a long document is not cut but split across blocks (packing.py). Preparation streams batches of
 texts from parquet to disk, so peak memory stays flat however large the corpus (the cache format
-is in mini_qwen/data/packing.py).
+is in mini_qwen/data/packing.py); it runs file by file, in parallel and resumable (mini_qwen/data/prepare.py:
+`encode_file` makes one file's part, `finish_cache` joins the parts).
 """
 
-import hashlib
 import json
 import os
 import shutil
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mini_qwen.data.common import check_string_column, require_columns
+from mini_qwen.data.common import check_string_column, part_tmp, replace_folder, require_columns
 from mini_qwen.data.packing import PackedBlocks, chunks_by_chars, encode_u24, tokenize_batch
+from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
 
 NAME = "pt"
@@ -96,78 +97,107 @@ def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int =
                 if good:
                     yield good
         except (pa.ArrowException, OSError) as err:
-            raise MiniQwenError(
-                f"{path}: unreadable at row ~{row}: {err}. Re-download the file or remove it."
-            ) from None
+            raise MiniQwenError(f"{path}: unreadable at row ~{row}: {err}. "
+                                f"Re-download the file or remove it.") from None
         stats["files"] = stats.get("files", 0) + 1
 
 
-def cache_key(files: list[Path], tokenizer, text_column: str) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
-    h.update(f"{tokenizer.name_or_path}|{len(tokenizer)}|{text_column}|u24".encode())
-    return h.hexdigest()[:16]
+def cache_settings(text_column: str = "text") -> dict:
+    """What, besides the files and the tokenizer, changes PT's tokens (the cache key; mini_qwen/data/prepare.py)."""
+    return {"text_column": text_column, "format": "u24"}
 
 
-def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, text_column: str = "text",
-                        batch_rows: int = 4096, on_bad_rows: str = "skip", log=print,
-                        max_chars: int = 1 << 21) -> Path:
-    """Tokenize every document of the (checked) `files` into `cache_root/<key>/`, or reuse that folder if complete."""
-    final = Path(cache_root) / f"pt-{cache_key(files, tokenizer, text_column)}"
-    if (final / "meta.json").is_file():
-        log(f"data: reusing token cache {final}")
-        return final
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: str, report,
+                batch_rows: int = 4096, max_chars: int = 1 << 21) -> dict:
+    """One parquet file -> `<part>.u24` + `<part>.lens.npy` (the cache format of packing.py), each written
+    under a temporary name and renamed; returns the counts for the part's json. `report(rows, tokens)`
+    is called after each batch (the progress bar)."""
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     stats: dict = {}
-    all_lengths = []
-    n_tokens = 0
-    t0 = time.time()
+    all_lengths, n_tokens, rows_seen = [], 0, 0
+    tokens_path = part.with_suffix(".u24")
+    tmp_tokens = part_tmp(tokens_path)
     try:
-        with open(tmp / "tokens.u24", "wb") as out:
-            for texts in iter_text_batches(files, text_column, batch_rows, on_bad_rows, stats):
+        with open(tmp_tokens, "wb") as out:
+            for texts in iter_text_batches([path], settings["text_column"], batch_rows, on_bad_rows, stats):
+                batch_tokens = 0
                 # ~2M characters a call: enough documents for the tokenizer's threads, a bounded transient peak
                 for chunk in chunks_by_chars(texts, max_chars):
                     ids, lengths = tokenize_batch(tokenizer, chunk, eos_id)
                     out.write(encode_u24(ids))
                     all_lengths.append(lengths)
-                    n_tokens += len(ids)
+                    batch_tokens += len(ids)
+                n_tokens += batch_tokens
+                report(stats["rows"] - rows_seen, batch_tokens)
+                rows_seen = stats["rows"]
+    except BaseException:
+        tmp_tokens.unlink(missing_ok=True)
+        raise
+    report(stats.get("rows", 0) - rows_seen, 0)  # rows of trailing batches with no usable text
+    lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, dtype=np.int32)
+    tmp_lengths = part_tmp(part.with_suffix(".lens.npy"))
+    with open(tmp_lengths, "wb") as f:
+        np.save(f, lengths)
+    os.replace(tmp_tokens, tokens_path)
+    os.replace(tmp_lengths, part.with_suffix(".lens.npy"))
+    return {"tokens": n_tokens, "documents": int(len(lengths)), "rows": stats.get("rows", 0),
+            "skipped_empty": stats.get("skipped_empty", 0)}
+
+
+def finish_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | None:
+    """The parts concatenated in file order into `tmp` (tokens.u24, doc_lens.npy, meta.json), renamed to the
+    cache folder; the parts are then removed. Returns the meta (with a `_line` to log), None if another
+    process finished first."""
+    n_tokens = sum(meta["tokens"] for _, meta in parts)
+    rows = sum(meta["rows"] for _, meta in parts)
+    if n_tokens == 0:
+        raise MiniQwenError(f"no text to train on: all {rows} rows of the {len(parts)} files have a null or empty "
+                            f"'{cache.settings['text_column']}' (check the files with `python utils/check_data.py "
+                            f"pt DATA_DIR`).")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with open(tmp / "tokens.u24", "wb") as out:
+            for part, _ in parts:
+                with open(part.with_suffix(".u24"), "rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+        np.save(tmp / "doc_lens.npy", np.concatenate([np.load(part.with_suffix(".lens.npy")) for part, _ in parts]))
+        seconds = sum(meta["seconds"] for _, meta in parts)
+        meta = {"tokens": n_tokens, "documents": sum(m["documents"] for _, m in parts), "rows": rows,
+                "skipped_empty": sum(m["skipped_empty"] for _, m in parts), "files": [str(f) for f in cache.files],
+                "seconds": round(seconds, 2), "tokenizer": cache.tokenizer.name_or_path}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if n_tokens == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise MiniQwenError(f"no text to train on: all {stats.get('rows', 0)} rows of the {len(files)} files have a "
-                            f"null or empty '{text_column}' (check the files with `python utils/check_data.py pt "
-                            f"DATA_DIR`).")
-    lengths = np.concatenate(all_lengths) if all_lengths else np.zeros(0, dtype=np.int32)
-    np.save(tmp / "doc_lens.npy", lengths)
-    seconds = time.time() - t0
-    meta = {"tokens": n_tokens, "documents": int(len(lengths)), "rows": stats.get("rows", 0),
-            "skipped_empty": stats.get("skipped_empty", 0), "files": [str(f) for f in files],
-            "seconds": round(seconds, 2), "tokenizer": tokenizer.name_or_path}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
-    try:
-        os.replace(tmp, final)  # atomic: a half-written cache is never picked up
-    except OSError:
-        if not (final / "meta.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another run on the same corpus finished first: same contents
-    log(f"data: {meta['documents']} documents, {n_tokens:,} tokens from {len(files)} files "
-        f"({meta['skipped_empty']} empty rows skipped) in {seconds:.1f}s "
-        f"= {n_tokens / max(seconds, 1e-9):,.0f} tokens/s -> {final}")
-    return final
+    if not replace_folder(tmp, cache.folder):
+        return None
+    shutil.rmtree(cache.parts_dir, ignore_errors=True)
+    meta["_line"] = (f"data: {meta['documents']} documents, {n_tokens:,} tokens from {len(parts)} files "
+                     f"({meta['skipped_empty']} empty rows skipped), {seconds:.1f}s of tokenizing "
+                     f"= {n_tokens / max(seconds, 1e-9):,.0f} tokens/s per process -> {cache.folder}")
+    return meta
+
+
+def data_cache(files: list[Path], tokenizer, cache_dir: str = ".cache/mini_qwen", text_column: str = "text"):
+    """The PT token cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(text_column))
+
+
+def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, text_column: str = "text",
+                        on_bad_rows: str = "skip", log=print, num_proc: int | None = 1, progress: bool = True,
+                        **options) -> Path:
+    """Tokenize every document of the (checked) `files` into `cache_root/pt-<key>/`, or reuse that folder.
+    `options`: encode_file's batch_rows / max_chars (memory and speed only; the tokens are the same)."""
+    return data_cache(files, tokenizer, cache_root, text_column).prepare(num_proc, None, on_bad_rows, log, progress,
+                                                                          **options)
 
 
 def build_dataset(files: list[Path], tokenizer, block_size: int, packing: str = "documents",
                   cache_dir: str = ".cache/mini_qwen", text_column: str = "text", on_bad_rows: str = "skip",
-                  source: str | None = None, log=print) -> tuple[PackedBlocks, dict]:
+                  source: str | None = None, log=print, num_proc: int | None = 1) -> tuple[PackedBlocks, dict]:
     """The PT training set, (blocks of `block_size` tokens, cache meta), from files already checked."""
-    cache = prepare_token_cache(files, tokenizer, cache_dir, text_column, on_bad_rows=on_bad_rows, log=log)
+    cache = prepare_token_cache(files, tokenizer, cache_dir, text_column, on_bad_rows, log, num_proc)
     dataset = PackedBlocks(cache, block_size, packing)
     if len(dataset) == 0:
         raise MiniQwenError(f"the corpus in '{source or files[0].parent}' has {dataset.n_tokens} tokens, fewer than "

@@ -11,14 +11,18 @@ counted by default, since one odd row in millions should not stop a day-long run
 `on_bad_rows="error"` stops at the first one with its file and row instead.
 """
 
+import sys
 from collections import Counter
 from pathlib import Path
 
+import datasets
 import pyarrow as pa
 
+from mini_qwen import chat
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
 from mini_qwen.data import common
-from mini_qwen.data.common import map_rows, parse_rows, require_columns
+from mini_qwen.data.common import parse_rows, require_columns
+from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
 
 NAME = "sft"
@@ -85,12 +89,39 @@ def _encode_batch(batch, indices, tokenizer, max_length, first_turn_only, on_bad
     return out
 
 
+# What `_encode_batch` writes for each input row (the part files of the cache; prepare.py).
+ENCODED = datasets.Features({"input_ids": datasets.List(datasets.Value("int32")),
+                             "labels": datasets.List(datasets.Value("int64")),
+                             "truncated": datasets.Value("bool"), "problem": datasets.Value("string")})
+CACHE_CODE = (__file__, chat.__file__)  # how rows are encoded: editing these makes a new cache
+
+
+def cache_settings(max_length: int, first_turn_only: bool = False) -> dict:
+    """What, besides the files and the tokenizer, changes SFT's encoded rows (the cache key)."""
+    return {"max_length": max_length, "first_turn_only": first_turn_only}
+
+
+def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: str, report, **options) -> dict:
+    """One parquet file -> its part of the cache (mini_qwen/data/prepare.py)."""
+    return common.encode_rows_file(path, part, list(COLUMNS), _encode_batch, ENCODED, tokenizer, settings,
+                                   on_bad_rows, report, "input_ids", **options)
+
+
+finish_cache = common.finish_rows_cache
+
+
+def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, first_turn_only: bool = False):
+    """The SFT cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(max_length, first_turn_only))
+
+
 def build_dataset(files: list[Path], tokenizer, max_length: int, first_turn_only: bool = False,
-                  on_bad_rows: str = "skip", num_proc: int | None = None, source: str | None = None, log=print):
+                  on_bad_rows: str = "skip", num_proc: int | None = None, source: str | None = None, log=print,
+                  cache_dir: str = ".cache/mini_qwen"):
     """The SFT training set and its counts, from files the stage script has already found and checked."""
-    encoded, n_rows = map_rows(files, list(COLUMNS), _encode_batch, tokenizer, num_proc,
-                               "tokenizing conversations", __file__, max_length=max_length,
-                               first_turn_only=first_turn_only, on_bad_rows=on_bad_rows)
+    cache = data_cache(files, tokenizer, cache_dir, max_length, first_turn_only)
+    encoded, _ = common.load_rows_cache(cache.prepare(num_proc, None, on_bad_rows, log))
+    n_rows = len(encoded)
     problems = Counter(p for p in encoded["problem"] if p)
     no_answer_left = sum(1 for p, labels in zip(encoded["problem"], encoded["labels"])
                          if not p and all(t == -100 for t in labels))
