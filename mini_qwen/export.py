@@ -49,7 +49,7 @@ GOOD_NMSE = 1e-2
 _SDIST_ROOT = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}/vendor/llama.cpp/"
 _CONVERTER_MEMBERS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
 # Files of a checkpoint the converter reads (weights, config, tokenizer); the rest (optimizer state, logs) not.
-_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
 
 
@@ -113,22 +113,20 @@ def check_export_source(checkpoint: str | os.PathLike, tokenizer_path: str | os.
     return folder
 
 
-def check_output(out: str | os.PathLike, gguf_type: str) -> Path:
+def check_output(out: str | os.PathLike, flag: str = "--out") -> Path:
     """The output path, once we know a file can be created there (its folder is made when missing)."""
-    if gguf_type not in GGUF_TYPES:
-        raise MiniQwenError(f"--type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}.")
     out = Path(out)
     if out.is_dir():
-        raise MiniQwenError(f"--out '{out}' is a folder: give the file to write, e.g. {out / 'model.gguf'}.")
+        raise MiniQwenError(f"{flag} '{out}' is a folder: give the file to write, e.g. {out / 'model.gguf'}.")
     blocking = next((p for p in out.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        raise MiniQwenError(f"cannot write --out '{out}': '{blocking}' is a file, not a folder.")
+        raise MiniQwenError(f"cannot write {flag} '{out}': '{blocking}' is a file, not a folder.")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
             pass
     except OSError as err:
-        raise MiniQwenError(f"cannot write --out '{out}': {err.strerror or err} ({err.filename or out.parent}). "
+        raise MiniQwenError(f"cannot write {flag} '{out}': {err.strerror or err} ({err.filename or out.parent}). "
                             f"Pick a folder you can write to.") from None
     return out
 
@@ -156,8 +154,8 @@ def _stage_source(folder: Path, tokenizer_path: Path | None, stage: Path) -> Non
     """A folder the converter reads as the checkpoint: links to the weights, config and tokenizer files (no
     copy of the weights), with the training chat template in place of the tokenizer's own."""
     tok_dir = tokenizer_path or folder
-    wanted = [folder / n for n in _MODEL_FILES] + list(folder.glob("*.safetensors"))
-    wanted += [tok_dir / n for n in _TOKENIZER_FILES]
+    wanted = [folder / n for n in _MODEL_FILES] + [tok_dir / n for n in _TOKENIZER_FILES]
+    wanted += list(folder.glob("*.safetensors")) + list(folder.glob("pytorch_model*.bin"))
     for path in wanted:
         if path.is_file():
             (stage / path.name).symlink_to(path.resolve())
@@ -182,11 +180,11 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, gguf_type
                 cache_dir: str | os.PathLike = DEFAULT_CACHE) -> tuple[Path, Path]:
     """Convert `checkpoint` to a GGUF at `out` and write an Ollama Modelfile (default: `Modelfile` beside it).
     Returns (gguf path, Modelfile path). Nothing is left at either path when it fails."""
+    if gguf_type not in GGUF_TYPES:
+        raise MiniQwenError(f"--type {gguf_type!r} is not one of {', '.join(GGUF_TYPES)}.")
     folder = check_export_source(checkpoint, tokenizer_path)
-    out = check_output(out, gguf_type)
-    modelfile = Path(modelfile) if modelfile else out.parent / "Modelfile"
-    if modelfile != out.parent / "Modelfile":
-        check_output(modelfile, gguf_type)
+    out = check_output(out)
+    modelfile = check_output(modelfile, "--modelfile") if modelfile else out.parent / "Modelfile"
     if importlib.util.find_spec("sentencepiece") is None:  # the converter imports it for every Qwen2 vocabulary
         raise MiniQwenError(f"llama.cpp's converter needs the sentencepiece package: {INSTALL_EXPORT}.")
     converter = fetch_converter(cache_dir)

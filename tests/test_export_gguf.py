@@ -94,7 +94,7 @@ def trained_checkpoint(tmp_path_factory, tokenizer, tiny_checkpoint):
     for i, s in enumerate(seqs):
         ids[i, :len(s)], labels[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), torch.tensor(s), 1
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), fused=True)
     targets = labels[:, 1:][mask[:, 1:] == 1]
     for _ in range(150):
         # the 152K-token output layer is most of the cost: project the real positions only, not the padding
@@ -280,13 +280,20 @@ def test_an_adapter_folder_is_refused_with_the_merge_command(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sft_lora"]
 
 
-@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+@pytest.mark.parametrize("where", ["out_under_a_file", "out_a_folder", "modelfile_a_folder"])
 def test_an_unwritable_output_is_refused_before_converting(tiny_checkpoint, tmp_path, where):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "folder").mkdir()
-    out = tmp_path / "notes.txt" / "model.gguf" if where == "under_a_file" else tmp_path / "folder"
-    with pytest.raises(MiniQwenError, match=r"cannot write --out|is a folder: give the file"):
-        export_gguf(tiny_checkpoint, out)
+    out, modelfile = tmp_path / "model.gguf", None
+    if where == "out_under_a_file":
+        out = tmp_path / "notes.txt" / "model.gguf"
+    elif where == "out_a_folder":
+        out = tmp_path / "folder"
+    else:
+        modelfile = tmp_path / "folder"
+    with pytest.raises(MiniQwenError, match=r"^(cannot write --out '.*': '.*notes.txt' is a file, not a folder"
+                                            r"|--(out|modelfile) '.*folder' is a folder: give the file to write)"):
+        export_gguf(tiny_checkpoint, out, modelfile=modelfile)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "notes.txt"]
     assert not any((tmp_path / "folder").iterdir())
 
