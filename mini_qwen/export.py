@@ -189,7 +189,7 @@ def export_gguf(checkpoint: str | os.PathLike, out: str | os.PathLike, gguf_type
         raise MiniQwenError(f"llama.cpp's converter needs the sentencepiece package: {INSTALL_EXPORT}.")
     converter = fetch_converter(cache_dir)
 
-    print(f"converting {folder} to {gguf_type} with llama.cpp's convert_hf_to_gguf.py (a 1B model: about a minute)",
+    print(f"converting {folder} to {gguf_type} with llama.cpp's convert_hf_to_gguf.py (it prints nothing until done)",
           flush=True)
     start = time.perf_counter()
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")  # renamed to `out` only once complete
