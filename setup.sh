@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a trained demo (or a passing test suite):
 #   bash setup.sh          # = bash setup.sh demo: install, build the tokenizer, run the whole demo pipeline
-#   bash setup.sh test     # install, build the tokenizer, run the test suite
+#   bash setup.sh test     # install (+ requirements-test.txt: llama.cpp for the GGUF export, trackers), run the tests
 #   bash setup.sh install  # only install
 # It creates .venv/ (Python >= 3.10), installs requirements.txt (torch 2.13.0 first: the CPU build
 # on a machine without CUDA, the CUDA build on a GPU machine), then builds the Qwen2.5 tokenizer
@@ -37,6 +37,20 @@ if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
   isolation=""; "$VPY" -c "import setuptools" 2>/dev/null && isolation="--no-build-isolation"  # works offline
   "$VPY" -m pip install -q --disable-pip-version-check --no-deps $isolation -e .
   echo "$pkg_want" > "$pkg_stamp"
+fi
+
+# What only the tests need (requirements-test.txt: the GGUF export's llama.cpp, built from source in minutes on
+# 2 cores, and the optional trackers), so the demo's install stays as fast as it is. A failed build stops here
+# with pip's error: the export tests never run silently without it.
+if [ "$what" = test ]; then
+  test_stamp=.venv/.requirements-test.sha256
+  test_want="$(cat requirements.txt requirements-test.txt requirements-export.txt | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$test_stamp" 2>/dev/null)" != "$test_want" ]; then
+    echo "== installing requirements-test.txt (builds llama.cpp from source the first time: ~4 min on 2 cores)"
+    "$VPY" -m pip install -q --disable-pip-version-check -r requirements-test.txt
+    "$VPY" -m pip check
+    echo "$test_want" > "$test_stamp"
+  fi
 fi
 
 echo "== tokenizer"

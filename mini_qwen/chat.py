@@ -37,6 +37,18 @@ def format_messages(messages: list[dict], add_generation_prompt: bool = True) ->
     return "".join(turns)
 
 
+# The same format as a Jinja chat template, for runtimes that render prompts themselves from the template a
+# model file carries (llama.cpp, LM Studio: the exported GGUF embeds this one). Unlike the official Qwen2.5
+# template it adds no default system prompt: SFT data without a system turn was trained without one.
+# With add_generation_prompt false every turn is closed, as in training (the Hugging Face convention).
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
 def format_prompt(question: str, system: str | None = None) -> str:
     """The text a chat model is given at inference time for one question, ending with the assistant header."""
     head = [{"role": "system", "content": system}] if system else []

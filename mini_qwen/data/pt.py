@@ -198,8 +198,12 @@ def build_dataset(files: list[Path], tokenizer, block_size: int, packing: str = 
                   source: str | None = None, log=print, num_proc: int | None = 1) -> tuple[PackedBlocks, dict]:
     """The PT training set, (blocks of `block_size` tokens, cache meta), from files already checked."""
     cache = prepare_token_cache(files, tokenizer, cache_dir, text_column, on_bad_rows, log, num_proc)
+    meta = json.loads((cache / "meta.json").read_text())
+    if on_bad_rows == "error" and meta["skipped_empty"]:  # a cache prepared with skip: stop at its first bad row
+        for _ in iter_text_batches(files, text_column, on_bad_rows="error"):
+            pass
     dataset = PackedBlocks(cache, block_size, packing)
     if len(dataset) == 0:
         raise MiniQwenError(f"the corpus in '{source or files[0].parent}' has {dataset.n_tokens} tokens, fewer than "
                             f"one block of {block_size}: add data or lower --block_size.")
-    return dataset, json.loads((cache / "meta.json").read_text())
+    return dataset, meta
