@@ -218,6 +218,15 @@ def load_rows_cache(folder: Path):
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], meta
 
 
+def encoded_rows(cache, num_proc: int | None, on_bad_rows: str, log=print):
+    """SFT / DPO: the encoded rows of `cache` (a prepare.DataCache; what is missing is prepared first). With
+    on_bad_rows="error", a cache prepared with skip stops at its first bad row here, as tokenizing would have."""
+    encoded, _ = load_rows_cache(cache.prepare(num_proc, None, on_bad_rows, log))
+    if on_bad_rows == "error":
+        stop_at_first_bad_row(cache.files, encoded["problem"], cache.module)
+    return encoded
+
+
 def log_skipped_or_stop(dataset, skipped: dict, log, nothing_left: str) -> None:
     """Log each bad-row reason with its count; stop with `nothing_left` when no row is left to train on."""
     for problem, count in sorted(skipped.items(), key=lambda item: -item[1]):

@@ -257,10 +257,8 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_leng
         log(f"note: --max_prompt_length {max_prompt_length} >= --max_length {max_length}: pairs whose prompt "
             f"fills max_length keep no answer token and are dropped.")
     cache = data_cache(files, tokenizer, cache_dir, max_length, max_prompt_length)
-    encoded, _ = common.load_rows_cache(cache.prepare(num_proc, None, on_bad_rows, log))
+    encoded = common.encoded_rows(cache, num_proc, on_bad_rows, log)
     n_rows = len(encoded)
-    if on_bad_rows == "error":  # the cache may have been prepared with skip: its bad rows stop the run here
-        common.stop_at_first_bad_row(files, encoded["problem"], sys.modules[__name__])
     problems = Counter(p for p in encoded["problem"] if p)
     dropped = Counter(d for d in encoded["dropped"] if d)
     kept = [not p and not d for p, d in zip(encoded["problem"], encoded["dropped"])]  # counts below: trained pairs

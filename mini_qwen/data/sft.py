@@ -120,10 +120,8 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, first_turn_only
                   cache_dir: str = ".cache/mini_qwen"):
     """The SFT training set and its counts, from files the stage script has already found and checked."""
     cache = data_cache(files, tokenizer, cache_dir, max_length, first_turn_only)
-    encoded, _ = common.load_rows_cache(cache.prepare(num_proc, None, on_bad_rows, log))
+    encoded = common.encoded_rows(cache, num_proc, on_bad_rows, log)
     n_rows = len(encoded)
-    if on_bad_rows == "error":  # the cache may have been prepared with skip: its bad rows stop the run here
-        common.stop_at_first_bad_row(files, encoded["problem"], sys.modules[__name__])
     problems = Counter(p for p in encoded["problem"] if p)
     no_answer_left = sum(1 for p, labels in zip(encoded["problem"], encoded["labels"])
                          if not p and all(t == -100 for t in labels))
