@@ -5,6 +5,7 @@ Run as:
     python mini_qwen_plan.py pt --gpu T4 --dataset_tokens 16000000000 --price_per_gpu_hour 0.35   # before downloading
     python mini_qwen_plan.py sft --config demo/sft.yaml --gpu T4             # any flag or recipe of the stage
     python mini_qwen_plan.py dpo --gpu A100-80 --num_gpus 8 --num_nodes 2 --mfu 0.3
+    python mini_qwen_plan.py sft --gpu T4 --use_peft true --gradient_checkpointing true   # a LoRA adapter
     bash run.sh pt plan --config demo/pt.yaml --gpu L4                       # the same through run.sh
 
 The first word is the stage; every flag of that stage works as it does there (`--config recipe.yaml`,

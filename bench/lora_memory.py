@@ -1,30 +1,31 @@
-"""Training memory of the `1b` preset: full fine-tuning vs LoRA vs QLoRA (SFT and DPO), per GPU.
+"""Training memory of the `1b` preset: full fine-tuning vs LoRA vs QLoRA (SFT and DPO), per GPU, from the run
+planner's memory model, with its activation count checked against what autograd saves on this CPU.
 
 Run as:
-    python bench/lora_memory.py                       # batch 1 x 1024 tokens, LoRA rank 16 on every block linear
+    python bench/lora_memory.py                       # 1 x 1024 tokens, LoRA rank 16 on every block linear
     python bench/lora_memory.py --tokens 4096 --lora_r 64
 
-How each part is obtained:
-  weights, gradients, AdamW   computed from parameter counts: the 1b model is built on the meta device (no
-                              memory, no weights) and wrapped by peft exactly as `--use_peft true` does, so
-                              the counts of frozen and trainable parameters are the real ones. Bytes per
-                              parameter are those of the stages on a bf16 GPU: full fine-tuning keeps fp32
-                              weights + fp32 gradients + two fp32 AdamW moments (16 B; the DPO reference adds
-                              a bf16 copy, 2 B); LoRA loads the frozen base in bf16 (2 B; mini_qwen.model:
-                              `frozen`) and trains fp32 adapters (16 B each); QLoRA stores the blocks' linear
-                              weights in 4-bit NF4 (0.5 B + one fp32 absmax scale per 64 weights), the
-                              embeddings and norms in bf16. DPO with LoRA has no reference copy.
-  activations                 measured on this CPU: the bytes autograd keeps for backward (every tensor saved by
-                              a forward with gradients, counted once per storage through
-                              torch.autograd.graph.saved_tensors_hooks) in one forward + loss of 1 and of 2
-                              decoder layers of the 1b preset at the given shape, fp32; the difference is one
-                              layer, extrapolated to 48. fp32 here: under bf16 autocast most saved tensors are
-                              half as large, so on a GPU expect roughly half.
-Not counted: the CUDA context and allocator slack (~1-3 GB), temporary buffers inside one op.
+The figures: every part comes from the planner's memory model (mini_qwen/plan_memory.py, the arithmetic
+mini_qwen_plan.py uses), for the stages' recipes on a bf16 GPU: full fine-tuning keeps fp32 weights, gradients
+and AdamW moments under bf16 autocast (DPO adds its frozen bf16 reference); LoRA (`--use_peft true`, the
+stages' LoraConfig from mini_qwen/lora.py, built by peft on the meta model) keeps the frozen base in bf16 and
+trains an fp32 adapter (DPO: the reference is the base with the adapter disabled); QLoRA (`--load_in_4bit
+true`) keeps the blocks' linear weights in NF4 (bitsandbytes' 4-bit codes + fp32 absmax per 64 weights),
+everything else in fp32 (peft's prepare_model_for_kbit_training) and a bf16 adapter (TRL). SFT scores one
+sequence of --tokens with TRL's fused LM head, DPO a pair (chosen + rejected) of --tokens each.
+
+The check, measured on this CPU: the bytes autograd keeps for backward (every tensor saved by a forward with
+gradients, each storage once, weights excluded, torch.autograd.graph.saved_tensors_hooks) in one fp32 forward
++ causal-LM loss of 1 and of 2 decoder layers of the preset at --tokens, full and with the LoRA adapter; the
+difference is one layer, extrapolated to all of them, and compared with the planner's count of the same fp32
+CPU forward. QLoRA needs CUDA: its activations are the planner's alone.
+Not counted: the CUDA context and allocator slack (the planner's "framework overhead"), temporary buffers
+inside one op.
 """
 
 import argparse
 import json
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -32,39 +33,26 @@ import torch.nn.functional as F
 GB = 1e9
 
 
-def lora_config(rank: int):
-    from peft import LoraConfig
-
-    return LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-
-
-def build(config, rank: int | None, device: str):
+def build(config, lora_args, device: str):
+    """The model on `device` (fp32, SDPA), wrapped by peft with the stages' LoraConfig when `lora_args`."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from mini_qwen.lora import block_linear_names, peft_config
+
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
-    if rank:
-        model = get_peft_model(model, lora_config(rank))
+    if lora_args is not None:
+        model = get_peft_model(model, peft_config(lora_args, block_linear_names(model), "the preset's blocks"))
     return model
 
 
-def parameter_counts(config, rank: int) -> dict:
-    full = build(config, None, "meta")
-    lora = build(config, rank, "meta")
-    block_linear = sum(m.weight.numel() for m in full.model.layers.modules() if isinstance(m, torch.nn.Linear))
-    return {"total": sum(p.numel() for p in full.parameters()),
-            "lora_trainable": sum(p.numel() for p in lora.parameters() if p.requires_grad),
-            "block_linear": block_linear}
-
-
-def saved_bytes(config, layers: int, rank: int | None, tokens: int) -> int:
+def saved_bytes(config, layers: int, lora_args, tokens: int) -> int:
     """Bytes of the tensors autograd saves for backward in one forward + causal-LM loss, each storage once."""
     cfg = config.__class__(**{**config.to_dict(), "num_hidden_layers": layers,
                               "layer_types": ["full_attention"] * layers, "max_window_layers": layers})
     torch.manual_seed(0)
-    model = build(cfg, rank, "cpu")
+    model = build(cfg, lora_args, "cpu")
     model.train()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # saved too, but not activations
     storages = {}
@@ -83,54 +71,78 @@ def saved_bytes(config, layers: int, rank: int | None, tokens: int) -> int:
     return sum(storages.values())
 
 
-def activations(config, rank: int | None, tokens: int) -> tuple[float, float]:
-    """(all 48 layers' activations, one layer's) in bytes, from 1 and 2 measured layers."""
-    one, two = saved_bytes(config, 1, rank, tokens), saved_bytes(config, 2, rank, tokens)
-    per_layer = two - one
-    return one - per_layer + config.num_hidden_layers * per_layer, per_layer
+def measured_activations(config, lora_args, tokens: int) -> float:
+    """All layers' activations in bytes, from 1 and 2 measured layers (their difference is one layer)."""
+    one, two = saved_bytes(config, 1, lora_args, tokens), saved_bytes(config, 2, lora_args, tokens)
+    return one + (config.num_hidden_layers - 1) * (two - one)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="1b", help="A preset in models/.")
-    parser.add_argument("--tokens", type=int, default=1024, help="Tokens in one micro-batch (batch x length).")
+    parser.add_argument("--tokens", type=int, default=1024, help="Tokens in one sequence (batch 1).")
     parser.add_argument("--lora_r", type=int, default=16, help="LoRA rank (--lora_r of the stages' default).")
     parser.add_argument("--json", default=None, help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
 
+    from mini_qwen.lora import LoraArguments
     from mini_qwen.model import PresetArguments, build_config
+    from mini_qwen.plan import lora_adapter
+    from mini_qwen.plan_memory import Params, Setup, activation_bytes, memory_parts, meta_model, training_state
 
     config = build_config(PresetArguments(model_preset=args.preset))
-    n = parameter_counts(config, args.lora_r)
-    frozen, trainable, linear = n["total"], n["lora_trainable"], n["block_linear"]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    act_full, layer_full = activations(config, None, args.tokens)
-    act_lora, layer_lora = activations(config, args.lora_r, args.tokens)
-    nf4 = linear * (0.5 + 4 / 64) + (frozen - linear) * 2  # 4-bit blocks + fp32 absmax per 64, bf16 rest
+    params = Params.of(meta_model(config))
+    lora_args = LoraArguments(use_peft=True, lora_r=args.lora_r)
+    lora = replace(lora_adapter(lora_args, config), dtype="fp32")
+    qlora = replace(lora_adapter(replace(lora_args, load_in_4bit=True), config), dtype="bf16")
+    base = Setup(config, params, weights="fp32", autocast="bf16", batch=1, seq_len=args.tokens, attention="sdpa",
+                 loss="fused_head")
+    setups = [("full fine-tuning", base),
+              (f"LoRA r={args.lora_r}", replace(base, weights="bf16", adapter=lora)),
+              (f"QLoRA r={args.lora_r} (NF4)", replace(base, adapter=qlora))]
+    print(f"{args.preset} preset: {params.total / 1e6:.1f}M parameters "
+          f"({(params.matmul - params.output) / 1e6:.1f}M in the blocks' linear layers); LoRA r={args.lora_r} on "
+          f"{' '.join(sorted(lora.targets))}: {lora.trainable / 1e6:.2f}M trainable "
+          f"({100 * lora.trainable / params.total:.2f}%)\n")
 
-    rows = [  # (setup, weights, gradients + AdamW, DPO reference, activations)
-        ("full fine-tuning", 4 * frozen, 12 * frozen, 2 * frozen, act_full),
-        (f"LoRA r={args.lora_r}", 2 * frozen + 4 * trainable, 12 * trainable, 0, act_lora),
-        (f"QLoRA r={args.lora_r} (NF4)", nf4 + 4 * trainable, 12 * trainable, 0, act_lora),
-    ]
-    print(f"{args.preset} preset: {frozen / 1e6:.1f}M parameters ({linear / 1e6:.1f}M in the blocks' linear layers); "
-          f"LoRA r={args.lora_r} on all of those: {trainable / 1e6:.2f}M trainable ({100 * trainable / frozen:.2f}%)")
-    print(f"activations (fp32, {args.tokens} tokens, measured on CPU): full {act_full / GB:.2f} GB "
-          f"({layer_full / 1e6:.1f} MB a layer), LoRA {act_lora / GB:.2f} GB ({layer_lora / 1e6:.1f} MB a layer)\n")
-    print("| setup | weights | gradients + AdamW | SFT total | DPO reference | DPO total |")
-    print("|---|---|---|---|---|---|")
-    out = []
-    for name, weights, optimizer, reference, act in rows:
-        sft = weights + optimizer + act
-        # DPO scores chosen and rejected in one batch: twice the activations of one sequence of each.
-        dpo = weights + optimizer + reference + 2 * act
-        print(f"| {name} | {weights / GB:.2f} GB | {optimizer / GB:.2f} GB | {sft / GB:.2f} GB | "
-              f"{reference / GB:.2f} GB | {dpo / GB:.2f} GB |")
-        out.append({"setup": name, "weights": weights, "gradients_adamw": optimizer, "activations": act,
-                    "dpo_reference": reference, "sft_total": sft, "dpo_total": dpo})
+    print(f"planned, on a bf16 GPU, {args.tokens} tokens a sequence (GB = 1e9 bytes):\n")
+    print("| setup | weights | gradients + AdamW | SFT activations + loss | SFT peak | DPO reference | "
+          "DPO activations + loss | DPO peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for name, sft in setups:
+        dpo = replace(sft, rows=2, reference=None if sft.adapter else "bf16")
+        state = training_state(sft)
+        sft_peak, dpo_peak = memory_parts(sft), memory_parts(dpo)
+        activations = {stage: sum(m["parts"].get(k, 0) for k in ("activations", "logits / loss"))
+                       for stage, m in (("sft", sft_peak), ("dpo", dpo_peak))}
+        reference = dpo_peak["parts"]["reference model"]
+        row = {"setup": name, "weights": state["weights"], "gradients_adamw": state["gradients"]
+               + state["optimizer state"], "sft_activations": activations["sft"], "sft_peak": sft_peak["tensors"],
+               "dpo_reference": reference, "dpo_activations": activations["dpo"], "dpo_peak": dpo_peak["tensors"]}
+        rows.append(row)
+        print(f"| {name} | {row['weights'] / GB:.2f} | {row['gradients_adamw'] / GB:.2f} | "
+              f"{row['sft_activations'] / GB:.2f} | {row['sft_peak'] / GB:.2f} | {reference / GB:.2f} | "
+              f"{row['dpo_activations'] / GB:.2f} | {row['dpo_peak'] / GB:.2f} |")
+
+    # The check: the same count for the fp32 forward this CPU runs, against autograd's own.
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    print(f"\nactivations of one fp32 forward + loss of {args.tokens} tokens on this CPU, all "
+          f"{config.num_hidden_layers} layers:\n")
+    print("| setup | planned | measured (autograd, 1 and 2 layers extrapolated) | planned / measured |")
+    print("|---|---|---|---|")
+    cpu = replace(base, weights="fp32", autocast=None, loss="full", device="cpu")
+    checks = []
+    for name, setup, flags in (("full fine-tuning", cpu, None), (f"LoRA r={args.lora_r}", replace(cpu, adapter=lora),
+                                                                   lora_args)):
+        planned = sum(activation_bytes(setup).values())
+        measured = measured_activations(config, flags, args.tokens)
+        checks.append({"setup": name, "planned": planned, "measured": measured})
+        print(f"| {name} | {planned / GB:.3f} GB | {measured / GB:.3f} GB | {planned / measured:.4f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"preset": args.preset, "tokens": args.tokens, "counts": n, "rows": out}, f, indent=1)
+            json.dump({"preset": args.preset, "tokens": args.tokens, "trainable": lora.trainable, "rows": rows,
+                       "cpu_check": checks}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -243,7 +243,8 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None, gpu_fl
         if isinstance(obj, LongRunArguments):
             check_long_run_args(obj)
         if isinstance(obj, LoraArguments):
-            check_lora_args(obj, cuda=torch.cuda.is_available() and not getattr(training, "use_cpu", False))
+            check_lora_args(obj, cuda=torch.cuda.is_available() and not getattr(training, "use_cpu", False),
+                            planned_gpu=gpu)
         start = getattr(obj, "model_name_or_path", None)
         if start and is_adapter(start):  # training starts from a full checkpoint: refused here, before any file
             check_checkpoint(start, need_tokenizer=False)  # is written, with the merge command

@@ -23,42 +23,48 @@ class GPU:
     """One GPU kind. `peak_flops`: dense bf16 tensor-core FLOP/s with fp32 accumulation (fp16 where the GPU has no
     bf16), no sparsity; `memory_gib`: the total the CUDA driver reports (nvidia-smi's total less the driver's
     reserve; GDDR6 cards with ECC lose a few percent more), estimated from public reports of that figure;
-    `bf16`: compute capability 8.0 or newer."""
+    `capability`: the CUDA compute capability (NVIDIA's CUDA GPUs table)."""
 
     name: str  # as --gpu takes it
     peak_flops: float
     memory_gib: float
-    bf16: bool
+    capability: tuple[int, int]
     device_names: tuple  # substrings of torch.cuda.get_device_name(), checked in table order
     source: str
+
+    @property
+    def bf16(self) -> bool:
+        """Native bf16 tensor cores: compute capability 8.0 and newer."""
+        return self.capability >= (8, 0)
 
 
 # In matching order: a name that contains another (H200 / H20, A100 / A10, L40S / L40 / L4) comes first.
 GPUS = [
-    GPU("H200", 989e12, 139.8, True, ("H200",), "NVIDIA H200 datasheet: 989 TFLOPS bf16 dense (1,979 sparse), 141 GB"),
-    GPU("H100", 989e12, 79.1, True, ("H100",), "NVIDIA H100 SXM datasheet: 989 TFLOPS bf16 dense, 80 GB"),
-    GPU("H800", 989e12, 79.1, True, ("H800",), "NVIDIA H800 SXM (the H100 die, export variant): 989 TFLOPS bf16 "
-                                               "dense, 80 GB"),
-    GPU("H20", 148e12, 95.0, True, ("H20",), "NVIDIA H20: 148 TFLOPS bf16 dense, 96 GB"),
-    GPU("A100-80", 312e12, 79.2, True, ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
+    GPU("H200", 989e12, 139.8, (9, 0), ("H200",), "NVIDIA H200 datasheet: 989 TFLOPS bf16 dense (1,979 sparse), "
+                                                  "141 GB"),
+    GPU("H100", 989e12, 79.1, (9, 0), ("H100",), "NVIDIA H100 SXM datasheet: 989 TFLOPS bf16 dense, 80 GB"),
+    GPU("H800", 989e12, 79.1, (9, 0), ("H800",), "NVIDIA H800 SXM (the H100 die, export variant): 989 TFLOPS bf16 "
+                                                 "dense, 80 GB"),
+    GPU("H20", 148e12, 95.0, (9, 0), ("H20",), "NVIDIA H20: 148 TFLOPS bf16 dense, 96 GB"),
+    GPU("A100-80", 312e12, 79.2, (8, 0), ("A100-SXM4-80GB", "A100 80GB", "A100-PCIE-80GB"),
         "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 80 GB"),
-    GPU("A100-40", 312e12, 39.4, True, ("A100",), "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 40 GB"),
-    GPU("A800", 312e12, 79.2, True, ("A800",), "NVIDIA A800 (the A100 die, export variant): 312 TFLOPS bf16 dense, "
-                                               "80 GB"),
-    GPU("L40S", 362e12, 44.4, True, ("L40S",), "NVIDIA L40S datasheet: 362 TFLOPS bf16 dense (733 sparse), 48 GB"),
-    GPU("L40", 181e12, 44.4, True, ("L40",), "NVIDIA L40 datasheet: 181 TFLOPS bf16 dense (362 sparse), 48 GB"),
-    GPU("L4", 121e12, 22.0, True, ("L4",), "NVIDIA L4 datasheet: 121 TFLOPS bf16 dense (242 sparse), 24 GB"),
-    GPU("A10", 125e12, 22.0, True, ("A10",), "NVIDIA A10 datasheet: 125 TFLOPS bf16 dense (250 sparse), 24 GB"),
-    GPU("RTX4090", 165e12, 23.6, True, ("4090",), "NVIDIA Ada (AD102) whitepaper: 165 TFLOPS fp16/bf16 tensor with "
-                                                  "fp32 accumulate, 24 GB"),
-    GPU("RTX3090", 71e12, 23.6, True, ("3090",), "NVIDIA Ampere GA102 whitepaper: 71 TFLOPS fp16/bf16 tensor with "
-                                                 "fp32 accumulate, 24 GB"),
-    GPU("V100-32", 125e12, 31.7, False, ("V100-SXM2-32GB", "V100-PCIE-32GB", "V100S"),
+    GPU("A100-40", 312e12, 39.4, (8, 0), ("A100",), "NVIDIA A100 datasheet: 312 TFLOPS bf16 dense, 40 GB"),
+    GPU("A800", 312e12, 79.2, (8, 0), ("A800",), "NVIDIA A800 (the A100 die, export variant): 312 TFLOPS bf16 dense, "
+                                                 "80 GB"),
+    GPU("L40S", 362e12, 44.4, (8, 9), ("L40S",), "NVIDIA L40S datasheet: 362 TFLOPS bf16 dense (733 sparse), 48 GB"),
+    GPU("L40", 181e12, 44.4, (8, 9), ("L40",), "NVIDIA L40 datasheet: 181 TFLOPS bf16 dense (362 sparse), 48 GB"),
+    GPU("L4", 121e12, 22.0, (8, 9), ("L4",), "NVIDIA L4 datasheet: 121 TFLOPS bf16 dense (242 sparse), 24 GB"),
+    GPU("A10", 125e12, 22.0, (8, 6), ("A10",), "NVIDIA A10 datasheet: 125 TFLOPS bf16 dense (250 sparse), 24 GB"),
+    GPU("RTX4090", 165e12, 23.6, (8, 9), ("4090",), "NVIDIA Ada (AD102) whitepaper: 165 TFLOPS fp16/bf16 tensor with "
+                                                    "fp32 accumulate, 24 GB"),
+    GPU("RTX3090", 71e12, 23.6, (8, 6), ("3090",), "NVIDIA Ampere GA102 whitepaper: 71 TFLOPS fp16/bf16 tensor with "
+                                                   "fp32 accumulate, 24 GB"),
+    GPU("V100-32", 125e12, 31.7, (7, 0), ("V100-SXM2-32GB", "V100-PCIE-32GB", "V100S"),
         "NVIDIA V100 SXM2 datasheet: 125 TFLOPS fp16 tensor, 32 GB (no bf16)"),
-    GPU("V100-16", 125e12, 15.8, False, ("V100",), "NVIDIA V100 SXM2 datasheet: 125 TFLOPS fp16 tensor, 16 GB "
-                                                   "(no bf16)"),
-    GPU("T4", 65e12, 14.7, False, ("T4",), "NVIDIA T4 datasheet: 65 TFLOPS fp16 tensor, 16 GB GDDR6 (ECC takes "
-                                           "part of it; no bf16)"),
+    GPU("V100-16", 125e12, 15.8, (7, 0), ("V100",), "NVIDIA V100 SXM2 datasheet: 125 TFLOPS fp16 tensor, 16 GB "
+                                                    "(no bf16)"),
+    GPU("T4", 65e12, 14.7, (7, 5), ("T4",), "NVIDIA T4 datasheet: 65 TFLOPS fp16 tensor, 16 GB GDDR6 (ECC takes "
+                                            "part of it; no bf16)"),
 ]
 
 

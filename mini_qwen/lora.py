@@ -10,7 +10,8 @@
   as is `--load_in_4bit` without CUDA or bitsandbytes.
 - `lora_setup`: the checked peft config for a checkpoint, before anything is written: target module
   names are compared with the linear layers of that model's blocks (built on the meta device from
-  its config.json, so nothing is loaded).
+  its config.json, so nothing is loaded). `peft_config` is the same for any model (the run planner
+  builds the adapter on a meta model to count its parameters).
 - The stage saves the adapter in peft's format (adapter_config.json + adapter_model.safetensors)
   with the tokenizer. `adapter_config.json` records the base checkpoint's absolute path; eval, serve
   and the benchmarks load base + adapter merged in memory (`apply_adapter`, through
@@ -29,6 +30,8 @@ DEFAULT_R, DEFAULT_ALPHA, DEFAULT_DROPOUT = 16, 32, 0.05
 ALL_LINEAR = "all-linear"  # peft's word for every linear layer but the output layer: the blocks' projections
 # The flags that mean something only with --use_peft true (unset = None, so a flag given is a flag meant).
 LORA_ONLY = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit")
+# bitsandbytes 0.50's NF4 / FP4 kernels: NVIDIA compute capability 6.0 (Pascal) and newer (its installation guide).
+QLORA_MIN_CAPABILITY = (6, 0)
 
 
 @dataclass
@@ -54,47 +57,61 @@ class LoraArguments:
                 ".[qlora]`) and train the adapter on top; the base weights take ~0.5 byte a parameter."})
 
 
-def check_lora_args(args: LoraArguments, cuda: bool) -> None:
+def qlora_supported(gpu) -> bool:
+    """Whether bitsandbytes' 4-bit kernels run on a GPU kind of mini_qwen.hardware.GPUS."""
+    return gpu.capability >= QLORA_MIN_CAPABILITY
+
+
+def check_lora_args(args: LoraArguments, cuda: bool, planned_gpu=None) -> None:
     """The flag checks that need no model (mini_qwen.cli.parse_args): LoRA flags only with --use_peft true;
-    4-bit only where bitsandbytes and CUDA are."""
+    4-bit only where bitsandbytes and CUDA are. `planned_gpu`: a run planned for that GPU kind
+    (mini_qwen_plan.py), checked against it instead of this machine (which needs no bitsandbytes to plan)."""
     if not args.use_peft:
         given = [f"--{name}" for name in LORA_ONLY if getattr(args, name) not in (None, False)]
         if given:
             raise MiniQwenError(f"{', '.join(given)} only apply to LoRA training: add --use_peft true, or drop them "
                                 f"to fine-tune every weight.")
         return
-    if args.load_in_4bit:
-        if not cuda:
-            raise MiniQwenError("--load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run "
-                                "on CPU. Drop the flag: LoRA on the full-precision model works here.")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise MiniQwenError("--load_in_4bit: bitsandbytes is not installed: `pip install -e .[qlora]` (the "
-                                "optional `qlora` extra in pyproject.toml), or drop the flag.")
+    if not args.load_in_4bit:
+        return
+    if planned_gpu is not None:
+        if not qlora_supported(planned_gpu):
+            raise MiniQwenError(f"--load_in_4bit (QLoRA): bitsandbytes' 4-bit kernels need compute capability "
+                                f"{'.'.join(map(str, QLORA_MIN_CAPABILITY))} or newer, and the {planned_gpu.name} has "
+                                f"{'.'.join(map(str, planned_gpu.capability))}. Drop the flag.")
+        return
+    if not cuda:
+        raise MiniQwenError("--load_in_4bit (QLoRA) needs a CUDA GPU: bitsandbytes' 4-bit kernels do not run "
+                            "on CPU. Drop the flag: LoRA on the full-precision model works here.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MiniQwenError("--load_in_4bit: bitsandbytes is not installed: `pip install -e .[qlora]` (the "
+                            "optional `qlora` extra in pyproject.toml), or drop the flag.")
 
 
-def block_linear_names(checkpoint: str | Path) -> list[str]:
-    """Names of the linear layers inside the decoder blocks of the checkpoint's model (q_proj, ..., down_proj),
-    from a model built on the meta device out of its config.json (no weights read)."""
+def block_linear_names(model) -> list[str]:
+    """Names of the linear layers inside the decoder blocks of `model` (q_proj, ..., down_proj)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(checkpoint)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
     blocks = model.get_decoder().layers
     return sorted({name.rsplit(".", 1)[-1] for name, module in blocks.named_modules()
                    if isinstance(module, torch.nn.Linear)})
 
 
-def lora_setup(args: LoraArguments, checkpoint: str | Path):
-    """peft's LoraConfig for training an adapter on `checkpoint` (None without --use_peft), built by TRL's own
-    `get_peft_config`; the target module names are checked against that model first."""
-    if not args.use_peft:
-        return None
+def checkpoint_meta_model(checkpoint: str | Path):
+    """The checkpoint's model built on the meta device out of its config.json (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def peft_config(args: LoraArguments, known: list[str], where: str):
+    """peft's LoraConfig for the flags (TRL's own `get_peft_config`), the target names checked against `known`,
+    the linear layers of the blocks of the model described by `where`."""
     from trl import ModelConfig, get_peft_config
 
-    check_checkpoint(checkpoint, need_tokenizer=False)  # a full checkpoint: an adapter folder is refused there
-    known = block_linear_names(checkpoint)
     targets = list(args.lora_target_modules or [])
     if targets in ([], [ALL_LINEAR]):
         targets = ALL_LINEAR
@@ -102,12 +119,26 @@ def lora_setup(args: LoraArguments, checkpoint: str | Path):
         unknown = [name for name in targets if name not in known]
         if unknown:
             raise MiniQwenError(f"--lora_target_modules: {', '.join(repr(n) for n in unknown)} is not a linear layer "
-                                f"of the model's blocks in '{checkpoint}'. Choose among {', '.join(known)} (or "
-                                f"leave the flag out: all of them).")
+                                f"of {where}. Choose among {', '.join(known)} (or leave the flag out: all of them).")
     config = ModelConfig(use_peft=True, lora_r=args.lora_r or DEFAULT_R, lora_alpha=args.lora_alpha or DEFAULT_ALPHA,
                          lora_dropout=DEFAULT_DROPOUT if args.lora_dropout is None else args.lora_dropout,
                          lora_target_modules=targets)
-    return get_peft_config(config)
+    lora = get_peft_config(config)
+    if targets != ALL_LINEAR:
+        # TRL's ModelConfig turns a one-name list into the bare name, which peft reads as a regular expression
+        # over the full module path ("model.layers.0.self_attn.q_proj"): it matches nothing. Names, as a set.
+        lora.target_modules = set(targets)
+    return lora
+
+
+def lora_setup(args: LoraArguments, checkpoint: str | Path):
+    """peft's LoraConfig for training an adapter on `checkpoint` (None without --use_peft), built by TRL's own
+    `get_peft_config`; the target module names are checked against that model first."""
+    if not args.use_peft:
+        return None
+    check_checkpoint(checkpoint, need_tokenizer=False)  # a full checkpoint: an adapter folder is refused there
+    known = block_linear_names(checkpoint_meta_model(checkpoint))
+    return peft_config(args, known, f"the model's blocks in '{checkpoint}'")
 
 
 def quantization_config(args: LoraArguments, bf16: bool):

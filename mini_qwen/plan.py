@@ -5,7 +5,8 @@ and the GPUs it is planned on, and returns the plan as a dict (written to plan.j
 Every figure says whether it is measured (read from the files, the token cache, the model's parameters)
 or estimated (a model of memory or speed), and from what.
 
-- Memory: mini_qwen/plan_memory.py, the real model built on the meta device (no weights are loaded).
+- Memory: mini_qwen/plan_memory.py, the real model built on the meta device (no weights are loaded);
+  with --use_peft the adapter too, by peft from the stage's own LoRA config (mini_qwen/lora.py).
 - Data: PT tokens from the token cache when it exists, else from the text column's bytes in the parquet
   footers at PT_BYTES_PER_TOKEN; SFT / DPO rows from the footers, their lengths (after the stage's own
   truncation and, for SFT, packing) from a sample of rows run through the stage's own encoding.
@@ -26,6 +27,7 @@ from mini_qwen.errors import MiniQwenError
 from mini_qwen.plan_memory import (
     DTYPE_BYTES,
     GIB,
+    Adapter,
     Params,
     Setup,
     ZeRO,
@@ -34,6 +36,7 @@ from mini_qwen.plan_memory import (
     largest_batch,
     memory_parts,
     meta_model,
+    nf4_bytes,
     total_with_overhead,
 )
 
@@ -106,6 +109,30 @@ def resize(config, params: Params, layers: int) -> tuple[object, Params]:
     drop = config.num_hidden_layers - layers
     return smaller, Params(params.total - drop * params.layer, params.matmul - drop * params.layer_matmul,
                            params.output, params.layer, params.layer_matmul)
+
+
+def lora_adapter(lora_args, config) -> Adapter:
+    """The LoRA adapter the stage would train with these flags: peft wraps the meta model with the LoraConfig the
+    stage builds (mini_qwen.lora.peft_config, target names checked), and its trainable parameters are counted."""
+    import warnings
+
+    import torch
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from mini_qwen.lora import block_linear_names, peft_config
+
+    model = meta_model(config)
+    blocks = model.get_decoder().layers
+    nf4 = sum(nf4_bytes(m.weight.numel()) for m in blocks.modules() if isinstance(m, torch.nn.Linear))
+    lora = peft_config(lora_args, block_linear_names(model), "the planned model's blocks")
+    with warnings.catch_warnings():  # peft's own deprecation notices about transformers' checkpointing names
+        warnings.simplefilter("ignore", FutureWarning)
+        peft_model = get_peft_model(model, lora)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    targets = frozenset(name.rsplit(".", 1)[-1] for name, m in peft_model.named_modules() if isinstance(m, LoraLayer))
+    quantized = bool(lora_args.load_in_4bit)
+    return Adapter(trainable, lora.r, lora.lora_dropout > 0, targets, quantized=quantized, nf4=nf4 if quantized else 0)
 
 
 # ---------------------------------------------------------------- data sizes
@@ -316,15 +343,26 @@ def padded_length(longest: int, max_length: int, multiple) -> int:
 
 
 def build_setup(stage: str, args: dict, config, params: Params, world: int, zero: ZeRO | None,
-                data: dict) -> Setup:
+                data: dict, adapter: Adapter | None = None) -> Setup:
     """The memory Setup of the stage as configured: precision, batch shape, attention, loss, reference. Padded
-    batches (SFT without packing, DPO) are planned at the longest row of the data's sample."""
+    batches (SFT without packing, DPO) are planned at the longest row of the data's sample. `adapter`: a LoRA
+    adapter trains on the frozen model (lora_adapter)."""
     from mini_qwen.model import model_dtype
 
     model_args, training = args["model"], args["training"]
     half = "bf16" if training.bf16 else "fp16" if training.fp16 else None
     if zero is not None:  # DeepSpeed runs the model in bf16/fp16 and keeps fp32 masters itself
         weights, autocast = half or "fp32", None
+        if adapter:  # the engine casts the whole module, adapter included
+            adapter = replace(adapter, dtype=weights)
+    elif adapter and adapter.quantized:
+        # bitsandbytes computes in --bf16 / --fp16's dtype (mini_qwen.lora.quantization_config); peft's
+        # prepare_model_for_kbit_training casts everything that is not 4-bit to fp32; TRL casts the adapter to bf16.
+        weights, autocast = "fp32", half
+        adapter = replace(adapter, dtype="bf16")
+    elif adapter:  # the frozen base as mini_qwen.model.load_model loads it; peft keeps the adapter in fp32
+        dtype = model_dtype(training, model_args.pure_bf16, frozen=True, on_gpu=True)
+        weights, autocast = {"torch.float32": "fp32", "torch.bfloat16": "bf16"}[str(dtype)], half
     else:
         dtype = model_dtype(training, model_args.pure_bf16, on_gpu=True)
         weights = {"torch.float32": "fp32", "torch.bfloat16": "bf16"}[str(dtype)]
@@ -333,7 +371,8 @@ def build_setup(stage: str, args: dict, config, params: Params, world: int, zero
     setup = dict(config=config, params=params, weights=weights, autocast=autocast, world=world, zero=zero,
                  kahan=bool(model_args.kahan_summation), batch=training.per_device_train_batch_size,
                  attention=attention, checkpointing=bool(training.gradient_checkpointing),
-                 grad_accum=training.gradient_accumulation_steps, trained_share=data["trained share"])
+                 grad_accum=training.gradient_accumulation_steps, trained_share=data["trained share"],
+                 adapter=adapter)
     if stage == "pt":
         loss = "liger" if training.use_liger_kernel else "chunked" if training.chunked_loss else "full"
         masked = args["data"].packing == "documents" or attention == "eager"
@@ -347,13 +386,27 @@ def build_setup(stage: str, args: dict, config, params: Params, world: int, zero
         return Setup(**setup, seq_len=training.max_length if training.packing else longest, mask=mask,
                      loss="fused_head" if fused else "answer_only")
     reference = None
-    if not training.precompute_ref_log_probs:  # a frozen copy, loaded as mini_qwen_dpo.py loads it
+    # A frozen copy, loaded as mini_qwen_dpo.py loads it; with an adapter, the model itself with the adapter disabled.
+    if not training.precompute_ref_log_probs and adapter is None:
         reference = half if zero is not None and half else (
             "bf16" if str(model_dtype(training, True, on_gpu=True)) == "torch.bfloat16" else "fp32")
     return Setup(**setup, rows=2, seq_len=longest, mask=mask, loss="fused_head", reference=reference)
 
 
+def describe_adapter(a: Adapter) -> str:
+    return (f"{'QLoRA' if a.quantized else 'LoRA'} rank {a.rank} on {' '.join(sorted(a.targets))}"
+            f"{'' if a.dropout else ' (no dropout)'}: {a.trainable / 1e6:.2f}M trainable parameters")
+
+
 def describe_precision(s: Setup) -> str:
+    if s.adapter and s.zero is None:
+        a = s.adapter
+        if a.quantized:
+            frozen = "the blocks' linear weights in 4-bit NF4 (bitsandbytes), embeddings and norms in fp32"
+        else:
+            frozen = f"{s.weights} weights"
+        return (f"frozen model: {frozen}; {a.dtype} adapter + {a.dtype} AdamW"
+                + (f", {s.autocast} autocast" if s.autocast else ""))
     if s.zero is not None:
         where = "in CPU RAM (offload)" if s.zero.offload_optimizer else f"partitioned over {s.world} GPU(s)"
         return (f"DeepSpeed ZeRO-{s.zero.stage} ({s.zero.source}): {s.weights} weights, fp32 master weights and "
@@ -374,48 +427,85 @@ def levers(stage: str, s: Setup, gpu) -> list[tuple[str, dict]]:
         found.append(("--gradient_checkpointing true", {"checkpointing": True}))
     if stage == "pt" and s.loss == "full":
         found.append(("--chunked_loss true", {"loss": "chunked"}))
-    if gpu.bf16 and s.zero is None and s.autocast == "bf16":
+    if gpu.bf16 and s.zero is None and s.autocast == "bf16" and s.adapter is None:
         found.append(("--pure_bf16 true", {"weights": "bf16", "autocast": None}))
     if s.reference:
         found.append(("--precompute_ref_log_probs true", {"reference": None}))
     return found
 
 
-def what_fits(stage: str, s: Setup, gpu, preset: bool) -> dict:
+def fewest_flags(stage: str, s: Setup, gpu) -> list[str] | None:
+    """The fewest memory levers (levers) with which `s` fits at its batch, or None."""
+    options = levers(stage, s, gpu)
+    for size in range(len(options) + 1):
+        for combo in combinations(options, size):
+            changes = {k: v for _, change in combo for k, v in change.items()}
+            if fits(replace(s, **changes), gpu.memory_gib):
+                return [flag for flag, _ in combo]
+    return None
+
+
+def with_every_lever(stage: str, s: Setup, gpu) -> tuple[list[str], Setup]:
+    options = levers(stage, s, gpu)
+    return [flag for flag, _ in options], replace(s, **{k: v for _, change in options for k, v in change.items()})
+
+
+def smaller_batch_flags(s: Setup, batch: int) -> list[str]:
+    """A per-device batch and the gradient accumulation that keep the tokens of an optimizer step."""
+    return [f"--per_device_train_batch_size {batch}",
+            f"--gradient_accumulation_steps {ceil_div(s.batch * s.grad_accum, batch)}"]
+
+
+def adapter_option(stage: str, variants: list[tuple[list[str], Setup]], gpu) -> dict | None:
+    """Training a LoRA adapter instead (SFT / DPO that do not fit with every weight training): the first of
+    `variants` (LoRA, then QLoRA) that fits at the asked batch with the fewest levers, else at a smaller batch."""
+    for flags, lora in variants:
+        extra = fewest_flags(stage, lora, gpu)
+        if extra is not None:
+            chosen = replace(lora, **{k: v for flag, change in levers(stage, lora, gpu) if flag in extra
+                                      for k, v in change.items()})
+            return {"flags": flags + extra, "total": total_with_overhead(memory_parts(chosen)["tensors"])[1]}
+    for flags, lora in variants:
+        extra, every = with_every_lever(stage, lora, gpu)
+        best = largest_batch(every, gpu.memory_gib)
+        if best:
+            chosen = replace(every, batch=best)
+            return {"flags": flags + extra + smaller_batch_flags(lora, best),
+                    "total": total_with_overhead(memory_parts(chosen)["tensors"])[1]}
+    return None
+
+
+def what_fits(stage: str, s: Setup, gpu, preset: bool, adapters: list[tuple[list[str], Setup]] = ()) -> dict:
     """When `s` does not fit: the largest batch that does, the fewest flags that make the asked batch fit,
-    and, when nothing does, a smaller model (PT from a preset)."""
+    and, when nothing does, a smaller model (PT from a preset); for SFT / DPO training every weight, a LoRA
+    adapter (`adapters`: the Setups of --use_peft and --load_in_4bit) when it fits where full training does not."""
     memory = gpu.memory_gib
     out = {"largest batch": largest_batch(s, memory)}
     if out["largest batch"]:
-        b = out["largest batch"]
-        out["smaller batch"] = [f"--per_device_train_batch_size {b}",
-                                f"--gradient_accumulation_steps {ceil_div(s.batch * s.grad_accum, b)}"]
-    options = levers(stage, s, gpu)
-    for size in range(1, len(options) + 1):
-        for combo in combinations(options, size):
-            changes = {k: v for _, change in combo for k, v in change.items()}
-            if fits(replace(s, **changes), memory):
-                out["flags"] = [flag for flag, _ in combo]
-                return out
-    every = replace(s, **{k: v for _, change in options for k, v in change.items()})
-    best = largest_batch(every, memory)
-    if best:
-        out["flags"] = [flag for flag, _ in options] + [
-            f"--per_device_train_batch_size {best}",
-            f"--gradient_accumulation_steps {ceil_div(s.batch * s.grad_accum, best)}"]
-        return out
-    out["training state"] = "the weights, gradients and optimizer state alone do not fit"
-    if preset:
-        for layers in range(s.config.num_hidden_layers - 1, 0, -1):
-            config, params = resize(s.config, s.params, layers)
-            smaller = replace(every, config=config, params=params)
-            batch = min(largest_batch(smaller, memory), s.batch)
-            if batch:
-                out["flags"] = [f"--num_hidden_layers {layers}"] + [flag for flag, _ in options] + [
-                    f"--per_device_train_batch_size {batch}",
-                    f"--gradient_accumulation_steps {ceil_div(s.batch * s.grad_accum, batch)}"]
-                out["smaller model"] = f"{params.total / 1e9:.2f}B parameters in {layers} layers"
-                break
+        out["smaller batch"] = smaller_batch_flags(s, out["largest batch"])
+    flags = fewest_flags(stage, s, gpu)
+    if flags is None:
+        options, every = with_every_lever(stage, s, gpu)
+        best = largest_batch(every, memory)
+        if best:
+            flags = options + smaller_batch_flags(s, best)
+    if flags is not None:
+        out["flags"] = flags
+    else:
+        out["training state"] = "the weights, gradients and optimizer state alone do not fit"
+        if preset:
+            for layers in range(s.config.num_hidden_layers - 1, 0, -1):
+                config, params = resize(s.config, s.params, layers)
+                smaller = replace(every, config=config, params=params)
+                batch = min(largest_batch(smaller, memory), s.batch)
+                if batch:
+                    out["flags"] = [f"--num_hidden_layers {layers}"] + options + smaller_batch_flags(s, batch)
+                    out["smaller model"] = f"{params.total / 1e9:.2f}B parameters in {layers} layers"
+                    break
+    if adapters:
+        option = adapter_option(stage, list(adapters), gpu)
+        if option:
+            out["adapter"] = option
     return out
 
 
@@ -439,10 +529,12 @@ def mfu_for(stage: str, s: Setup, gpu, asked: float | None) -> dict:
             value *= pt_launch
             on, count = MEASURED_MFU[("pt", launch)][1:3]
             notes.append(f"x {pt_launch:.2f}, PT's measured ratio of {launch} to one GPU")
-    if s.autocast and s.zero is None:
+    if s.autocast and s.weights == "fp32" and s.zero is None:
         value *= FP32_MASTER_SPEED
         notes.append(f"x {FP32_MASTER_SPEED:.2f}, the measured speed of fp32 master weights + autocast against bf16 "
                      "weights (bare loops, one H200)")
+    if s.adapter:
+        notes.append("measured training every weight, applied to an adapter's run (not measured with one)")
     measured = not notes and gpu.name == on and s.world == count
     if gpu.name != on:
         notes.append(f"applied to the {gpu.name} (measured on the {on})")
@@ -472,10 +564,10 @@ def network_bytes_per_step(s: Setup) -> float:
     gradients once a step; ZeRO-1 reduce-scatters them and all-gathers the weights once a step; ZeRO-2 reduce-scatters
     at every micro-batch (DeepSpeed's engine: stage 2 "communicates during non gradient accumulation boundaries as
     well"); ZeRO-3 also gathers the weights for each forward and backward."""
-    P, share = s.params.total, (s.world - 1) / s.world
+    P, share = s.trained, (s.world - 1) / s.world
+    half = DTYPE_BYTES[s.trained_dtype]
     if s.zero is None:
-        return 2 * P * DTYPE_BYTES[s.weights] * share
-    half = DTYPE_BYTES[s.weights]
+        return 2 * P * half * share
     micro = {0: 0, 1: 0, 2: 1, 3: 3}[min(s.zero.stage, 3)]  # tensors of P sent per micro-batch
     once = {0: 2, 1: 2, 2: 1, 3: 0}[min(s.zero.stage, 3)]  # and once per step
     return (micro * s.grad_accum + once) * P * half * share
@@ -486,11 +578,18 @@ def time_and_cost(stage: str, s: Setup, gpu, run: dict, mfu: dict, price: float 
     from mini_qwen.callbacks import flops_per_token
 
     fpt = flops_per_token(s.config, block_size)  # as the training log counts: PT with its block, SFT / DPO without
-    seconds = run["tokens"]["value"] * fpt / (mfu["value"] * gpu.peak_flops * s.world)
+    # Under an adapter the frozen weights get no gradient: forward (2 N) + the activations' gradients (2 N) of the
+    # 6 N a token the log counts for training every weight (the log's MFU then reads 1.5x high).
+    work, how = (4 / 6, " x 4/6 (LoRA: no gradient of the frozen weights)") if s.adapter else (1.0, "")
+    if s.adapter and s.adapter.quantized:
+        how += "; bitsandbytes' 4-bit dequantisation in forward and backward not counted (slower)"
+    seconds = run["tokens"]["value"] * fpt * work / (mfu["value"] * gpu.peak_flops * s.world)
     hours = seconds / 3600
     out = {"flops per token": figure(fpt, "FLOP", "measured", "callbacks.flops_per_token, the training log's count"),
            "peak": figure(gpu.peak_flops, "FLOP/s", "given", gpu.source), "mfu": mfu,
-           "hours": figure(round(hours, 2), "hours", "estimated", "tokens x FLOPs per token / (MFU x peak x GPUs)"),
+           "hours": figure(round(hours, 2), "hours", "estimated",
+                           f"tokens x FLOPs per token{how} / (MFU x peak x GPUs)"),
+           "work share": figure(round(work, 4), "", "estimated", how.removeprefix(" x 4/6 ")),
            "seconds per step": figure(round(seconds / max(run["steps"]["value"], 1), 3), "s", "estimated")}
     if price is not None:
         out["cost"] = figure(round(hours * s.world * price, 2), "per GPU-hour price", "estimated",
@@ -506,23 +605,29 @@ def time_and_cost(stage: str, s: Setup, gpu, run: dict, mfu: dict, price: float 
 
 
 def disk(stage: str, s: Setup, training, data: dict, run: dict) -> dict:
-    P = s.params.total
-    wb = DTYPE_BYTES[s.weights]
-    weights = P * wb  # save_model writes the trained dtype (DeepSpeed: its bf16/fp16 model)
+    P = s.trained
+    wb = DTYPE_BYTES[s.trained_dtype]
+    # save_model writes the trained dtype (DeepSpeed: its bf16/fp16 model); with an adapter, the adapter alone
+    # (peft's adapter_model.safetensors; Trainer / DeepSpeed leave the frozen weights out of checkpoints too)
+    weights = P * wb
     if training.save_only_model:
         checkpoint, what = weights, "weights only (--save_only_model)"
     elif s.zero is not None:
         checkpoint = weights + P * wb + 12 * P  # + DeepSpeed's model states and fp32 master + AdamW partitions
         what = "weights + DeepSpeed's model states + fp32 master weights and AdamW moments"
     else:
-        checkpoint = weights + P * (2 * wb + (2 if s.kahan else 0))
-        what = "weights + AdamW moments" + (" + Kahan buffer" if s.kahan else "")
+        kahan = 2 if s.kahan and wb == 2 else 0  # torch-optimi keeps it for bf16 / fp16 parameters only
+        checkpoint = weights + P * (2 * wb + kahan)
+        what = "weights + AdamW moments" + (" + Kahan buffer" if kahan else "")
+    if s.adapter:
+        what = what.replace("weights", "adapter", 1)
     saving = training.save_strategy != "no"
     kept = min(training.save_total_limit or run["steps"]["value"], 10**9) if saving else 0
     out = {"checkpoint": figure(checkpoint, "bytes", "estimated", what),
            "checkpoints kept": figure(kept, "checkpoints", "given", "--save_total_limit" if saving else
                                       "--save_strategy no"),
-           "final model": figure(weights, "bytes", "estimated", f"{s.weights} weights"),
+           "final model": figure(weights, "bytes", "estimated", f"the {s.trained_dtype} adapter" if s.adapter else
+                                 f"{s.weights} weights"),
            "cache": data["cache bytes"]}
     out["total"] = figure(kept * checkpoint + weights + data["cache bytes"]["value"], "bytes", "estimated",
                           "checkpoints kept + final model + cache (the data files not included)")
@@ -563,7 +668,9 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
         data = dpo_data(data_args, training, tokenizer, plan_args.sample_rows)
 
     params = Params.of(meta_model(config))
-    setup = build_setup(stage, args, config, params, world, zero, data)
+    lora_args = args.get("lora")
+    adapter = lora_adapter(lora_args, config) if lora_args is not None and lora_args.use_peft else None
+    setup = build_setup(stage, args, config, params, world, zero, data, adapter)
     memory = memory_parts(setup)
     overhead, total = total_with_overhead(memory["tensors"])
     ok = total <= gpu.memory_gib * GIB
@@ -580,6 +687,10 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
                                     "source": gpu.source},
             "model": {"source": model_source, "parameters": figure(params.total, "parameters", "measured",
                                                                    "counted on the meta device"),
+                      "adapter": describe_adapter(setup.adapter) if setup.adapter else "",
+                      "trained parameters": figure(setup.trained, "parameters", "measured",
+                                                   "peft's adapter on the meta model" if setup.adapter else
+                                                   "every parameter"),
                       "precision": describe_precision(setup), "attention": setup.attention,
                       "attention note": AUTO_ATTENTION if model_args.attn_implementation == "auto" else ""},
             "batch": {"per device": setup.batch, "sequence": setup.seq_len, "rows": setup.rows,
@@ -597,7 +708,18 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
     if memory["host"]:
         plan["memory"]["host RAM per GPU"] = figure(memory["host"], "bytes", "estimated", "ZeRO offload")
     if not ok:
-        plan["memory"]["what fits"] = what_fits(stage, setup, gpu, stage == "pt" and not checkpoint)
+        adapters = []
+        if stage != "pt" and adapter is None:  # SFT / DPO of every weight: would an adapter fit?
+            from mini_qwen.lora import LoraArguments, qlora_supported
+
+            lora = build_setup(stage, args, config, params, world, zero, data,
+                               lora_adapter(LoraArguments(use_peft=True), config))
+            adapters.append((["--use_peft true"], lora))
+            if qlora_supported(gpu) and zero is None:
+                qlora = build_setup(stage, args, config, params, world, zero, data,
+                                    lora_adapter(LoraArguments(use_peft=True, load_in_4bit=True), config))
+                adapters.append((["--use_peft true", "--load_in_4bit true"], qlora))
+        plan["memory"]["what fits"] = what_fits(stage, setup, gpu, stage == "pt" and not checkpoint, adapters)
     return plan
 
 
@@ -620,7 +742,8 @@ def render(plan: dict) -> str:
     lines = [f"plan: {plan['stage']} on {g['count']} x {g['name']} ({g['memory_gib']:g} GiB)"
              + (f" x {g['nodes']} nodes" if g["nodes"] > 1 else ""),
              f"model: {m['source']}, {_count(m['parameters']['value'])} parameters (measured: counted on the meta "
-             f"device)", f"precision: {m['precision']}",
+             f"device)", *([f"adapter: {m['adapter']} (measured: peft on the meta model)"] if m["adapter"] else []),
+             f"precision: {m['precision']}",
              f"attention: {m['attention']}" + (f" ({m['attention note']})" if m["attention note"] else ""),
              f"batch: {b['per device']} x {'2 x ' if b['rows'] == 2 else ''}{b['sequence']} tokens a GPU"
              f"{' (chosen + rejected)' if b['rows'] == 2 else ''}, grad-accum "
@@ -644,6 +767,9 @@ def render(plan: dict) -> str:
         if w.get("flags"):
             lines.append(f"  fits with: {' '.join(w['flags'])}"
                          + (f" ({w['smaller model']})" if w.get("smaller model") else ""))
+        if w.get("adapter"):
+            lines.append(f"  or train a LoRA adapter instead of every weight: {' '.join(w['adapter']['flags'])} "
+                         f"({_gib(w['adapter']['total'])} in all)")
     d, r, t = plan["data"], plan["run"], plan["time"]
     lines += ["", "tokens and steps"]
     for key in ("files", "rows", "documents", "conversations", "conversations per row", "pairs", "mean length",
@@ -659,7 +785,8 @@ def render(plan: dict) -> str:
     hours = t["hours"]["value"]
     took = f"{hours:,.1f} h" if hours >= 1 else f"{hours * 60:.1f} min"
     lines.append(f"  {'time':22s} {took:>11s}  estimated: "
-                 f"{_count(t['flops per token']['value'])} FLOPs a token (the log's count), peak "
+                 f"{_count(t['flops per token']['value'])} FLOPs a token (the log's count)"
+                 f"{' x 4/6 ' + t['work share']['source'] if t['work share']['value'] != 1 else ''}, peak "
                  f"{t['peak']['value'] / 1e12:g} TFLOP/s a GPU")
     if "cost" in t:
         lines.append(f"  {'cost':22s} {t['cost']['value']:>11,.0f}  estimated: {t['cost']['source']}")

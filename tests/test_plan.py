@@ -1,7 +1,9 @@
 """The run planner (mini_qwen_plan.py, mini_qwen/plan.py, mini_qwen/plan_memory.py), checked against real counts:
 the training state against the real model's parameters and a real optimizer's state, activations against the
 bytes autograd saves on CPU, the peak against the GPU figures this project measured, and the verdicts the
-original recipe, a T4 and the demo recipes must get. Bad input ends in one `error:` line."""
+original recipe, a T4 and the demo recipes must get; the same for LoRA runs (--use_peft: the adapter's
+parameters against a real peft model's, the frozen model's activations against autograd's count). Bad input
+ends in one `error:` line."""
 
 import json
 import os
@@ -14,10 +16,18 @@ from conftest import REPO_ROOT
 
 import mini_qwen_plan
 from mini_qwen.cli import parse_args
-from mini_qwen.errors import run_main
+from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.hardware import GPUS, find_gpu
+from mini_qwen.lora import (
+    LoraArguments,
+    block_linear_names,
+    check_lora_args,
+    checkpoint_meta_model,
+    lora_setup,
+    peft_config,
+)
 from mini_qwen.model import PresetArguments, build_config, model_dtype
-from mini_qwen.plan import build_setup
+from mini_qwen.plan import build_setup, lora_adapter
 from mini_qwen.plan_memory import GIB, Params, Setup, activation_bytes, meta_model, training_state
 
 # The GPU figures of bench/RESULTS.md 4.1 ("One GPU, measured", one H200, 2026-11-30): the 1b preset,
@@ -212,16 +222,197 @@ def test_the_demo_recipes_fit_a_t4(tmp_path, stage):
     assert result["model"]["parameters"]["value"] < 0.7e9
 
 
+# ---------------------------------------------------------------- LoRA (--use_peft): the adapter and its memory
+
+def lora_flags(rank=None, targets=None, dropout=None) -> LoraArguments:
+    return LoraArguments(use_peft=True, lora_r=rank, lora_target_modules=targets, lora_dropout=dropout)
+
+
+def lora_setup_like(flags: LoraArguments, model):
+    """The stage's LoraConfig (mini_qwen.lora.lora_setup) for a model that has no checkpoint folder."""
+    return peft_config(flags, block_linear_names(model), "the model")
+
+
+def two_layer_1b_config():
+    return build_config(PresetArguments(model_preset="1b", num_hidden_layers=2))
+
+
+@pytest.mark.parametrize("rank, targets", [(None, None), (8, ["q_proj", "v_proj"]), (4, ["down_proj"])])
+def test_planned_adapter_is_the_stages_real_peft_adapter(tiny_checkpoint, rank, targets):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    flags = lora_flags(rank, targets)
+    # tiny: the stage's own path, a saved checkpoint loaded and wrapped with lora_setup's config
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_checkpoint), lora_setup(flags, tiny_checkpoint))
+    real = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    planned = lora_adapter(flags, model.config)
+    assert planned.trainable == real > 0
+    assert planned.rank == (rank or 16) and planned.dropout
+    assert planned.targets == set(targets or block_linear_names(checkpoint_meta_model(tiny_checkpoint)))
+    # 1b width, 2 layers: a real model on CPU (values unset: only shapes count)
+    config = two_layer_1b_config()
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model = get_peft_model(model.to_empty(device="cpu"), peft_config(flags, block_linear_names(model), "1b"))
+    assert lora_adapter(flags, config).trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("gpu", ["H100", "T4"])  # the frozen model in bf16 under --bf16, in fp32 on a T4
+def test_lora_training_state_is_the_real_frozen_model_adapter_and_optimizer(gpu):
+    from peft import get_peft_model
+
+    roles = mini_qwen_plan.stage_arguments("sft")
+    parsed = parse_args((*roles.values(), mini_qwen_plan.PlanArguments),
+                        ["--gpu", gpu, "--model_preset", "1b", "--use_peft", "true"], gpu_flag="gpu")
+    args = dict(zip(roles, parsed))
+    config = build_config(args["preset"])
+    adapter = lora_adapter(args["lora"], config)
+    setup = build_setup("sft", args, config, Params.of(meta_model(config)), 1, None, {"trained share": 1.0,
+                        "longest": {"value": 1024}}, adapter)
+    planned = training_state(setup)
+
+    # As the stage loads it (mini_qwen.model.load_model, frozen) and peft wraps it, on the meta device.
+    model = meta_model(config, model_dtype(args["training"], frozen=True, on_gpu=True))
+    model = get_peft_model(model, lora_setup_like(args["lora"], model))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    for p in trained:
+        p.grad = torch.zeros_like(p)
+    optimizer = torch.optim.AdamW(trained, lr=1e-4, foreach=False)
+    optimizer.step()
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.dim() > 0)
+    assert {p.dtype for p in trained} == {torch.float32}  # peft keeps the adapter in fp32 over a bf16 model
+    assert planned["weights"] == sum(p.numel() * p.element_size() for p in model.parameters())
+    assert planned["frozen weights"] == sum(p.numel() * p.element_size() for p in model.parameters()
+                                            if not p.requires_grad)
+    assert planned["gradients"] == sum(p.grad.numel() * p.grad.element_size() for p in trained)
+    assert planned["optimizer state"] == state
+
+
+@pytest.fixture(scope="module")
+def cpu_lora_models():
+    """Real peft models on CPU, one per (shape, attention, precision, LoRA flags), reused."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    cache = {}
+
+    def get(shape: str, attention: str, base: torch.dtype, flags: LoraArguments):
+        key = (shape, attention, base, flags.lora_r, tuple(flags.lora_target_modules or ()), flags.lora_dropout)
+        if key not in cache:
+            config = build_config(PresetArguments(model_preset="tiny")) if shape == "tiny" else two_layer_1b_config()
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+            params = Params.of(model)
+            model = model.to_empty(device="cpu")
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(0.01)
+            model = get_peft_model(model.to(base), lora_setup_like(flags, model))  # adapters in fp32, as on a GPU
+            cache[key] = model.train(), params, lora_adapter(flags, config)
+        return cache[key]
+
+    return get
+
+
+# fp32 on both models, eager and SDPA, checkpointing on and off, the stages' default LoRA (rank 16, dropout 0.05,
+# every block linear); the GPU recipes' dtypes on the 1b-width model (bf16 frozen model + bf16 autocast as under
+# --bf16; fp32 frozen model + autocast as on a T4, bf16 standing in for fp16 on CPU); other targets and no dropout.
+LORA_CASES = [(shape, attention, checkpointing, "fp32", None, None)
+              for shape in ("tiny", "1b-width, 2 layers") for attention in ("sdpa", "eager")
+              for checkpointing in (False, True)]
+LORA_CASES += [("1b-width, 2 layers", "sdpa", checkpointing, precision, None, None)
+               for precision in ("bf16 + autocast", "fp32 + autocast") for checkpointing in (False, True)]
+LORA_CASES += [("tiny", "sdpa", False, "bf16 + autocast", ["q_proj", "v_proj"], 0.05),
+               ("tiny", "eager", False, "fp32", ["o_proj", "down_proj"], 0.0)]
+
+
+@pytest.mark.parametrize("shape, attention, checkpointing, precision, targets, dropout", LORA_CASES)
+def test_lora_activation_bytes_match_what_autograd_saves(cpu_lora_models, shape, attention, checkpointing, precision,
+                                                         targets, dropout):
+    flags = lora_flags(targets=targets, dropout=dropout)
+    base = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    model, params, adapter = cpu_lora_models(shape, attention, base, flags)
+    base_model = model.get_base_model()
+    if checkpointing:  # as Trainer turns it on (transformers also makes the embeddings' output need a gradient)
+        base_model.gradient_checkpointing_enable()
+    block = 128
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (1, block))
+    positions = torch.arange(block)[None]
+    positions[:, block // 3:] -= block // 3  # two packed documents: a dense mask under SDPA
+    try:
+        body, total = saved_bytes(model, ids, positions, autocast="autocast" in precision)
+    finally:
+        base_model.gradient_checkpointing_disable()
+        base_model.disable_input_require_grads()
+
+    setup = Setup(base_model.config, params, weights="bf16" if base == torch.bfloat16 else "fp32",
+                  autocast="bf16" if "autocast" in precision else None, batch=1, seq_len=block, mask="rows",
+                  attention=attention, checkpointing=checkpointing, adapter=adapter, device="cpu")
+    parts = activation_bytes(setup)
+    planned_total = sum(parts.values())
+    planned_body = planned_total - parts["loss"]
+    assert abs(planned_body / body - 1) < 0.15, (planned_body, body)
+    assert abs(planned_total / total - 1) < 0.15, (planned_total, total)
+
+
+def test_1b_sft_on_a_t4_suggests_lora_and_the_lora_plan_fits(tmp_path):
+    data = ["--data_dir", str(REPO_ROOT / "mini_data" / "sft"), "--model_name_or_path", str(tmp_path / "no_pt_yet")]
+    full = plan(tmp_path, "sft", "--gpu", "T4", *data)
+    assert not full["memory"]["fits"]
+    assert full["memory"]["what fits"]["training state"]  # every weight does not fit at any batch
+    suggestion = full["memory"]["what fits"]["adapter"]["flags"]
+    assert suggestion[0] == "--use_peft true"
+    lora = plan(tmp_path, "sft", "--gpu", "T4", *data, *[w for flag in suggestion for w in flag.split()])
+    assert lora["memory"]["fits"]
+    assert lora["model"]["trained parameters"]["value"] == lora_adapter(LoraArguments(use_peft=True),
+                                                                        build_config(PresetArguments())).trainable
+    assert lora["disk"]["final model"]["value"] == 4 * lora["model"]["trained parameters"]["value"]  # fp32 adapter
+    assert lora["time"]["work share"]["value"] == round(4 / 6, 4)
+
+
+def test_lora_dpo_keeps_no_reference_and_qlora_plans_without_bitsandbytes_here(tmp_path):
+    data = ["--data_dir", str(REPO_ROOT / "mini_data" / "dpo"), "--model_name_or_path", str(tmp_path / "no_sft_yet")]
+    full = plan(tmp_path, "dpo", "--gpu", "H100", *data)
+    lora = plan(tmp_path, "dpo", "--gpu", "H100", *data, "--use_peft", "true")
+    qlora = plan(tmp_path, "dpo", "--gpu", "H100", *data, "--use_peft", "true", "--load_in_4bit", "true")
+    assert "reference model" in full["memory"]["per GPU"] and "reference model" not in lora["memory"]["per GPU"]
+    assert "NF4" in qlora["model"]["precision"] and qlora["model"]["adapter"].startswith("QLoRA rank 16")
+    frozen = {name: p["memory"]["per GPU"]["frozen weights"]["value"] for name, p in (("lora", lora),
+                                                                                       ("qlora", qlora))}
+    # 1b: 843.1M block-linear weights in NF4 (0.5 byte + an fp32 absmax per 64) and 155.7M others in fp32,
+    # against 998.8M in bf16
+    assert frozen["lora"] == 2 * full["model"]["parameters"]["value"]
+    assert 0.5 < frozen["qlora"] / frozen["lora"] < 0.6
+    assert lora["memory"]["total"]["value"] < full["memory"]["total"]["value"]
+
+
+def test_4bit_is_refused_for_a_planned_gpu_bitsandbytes_does_not_support():
+    from dataclasses import replace
+
+    old = replace(find_gpu("T4"), name="K80", capability=(3, 7))
+    check_lora_args(LoraArguments(use_peft=True, load_in_4bit=True), cuda=False, planned_gpu=find_gpu("T4"))
+    with pytest.raises(MiniQwenError, match="compute capability 6.0 or newer, and the K80 has 3.7"):
+        check_lora_args(LoraArguments(use_peft=True, load_in_4bit=True), cuda=False, planned_gpu=old)
+
+
 # ---------------------------------------------------------------- bad input: one line
 
 @pytest.mark.parametrize("flags, expected", [
     (["--gpu", "B9000"], "error: unknown GPU 'B9000' for --gpu: known GPUs are H200, H100"),
     (["--gpu", "H100", "--num_gpus", "0"], "error: --num_gpus 0 is out of range: allowed at least 1."),
     (["--gpu", "H100", "--data_dir", "no/such/folder"], "error: PT data folder 'no/such/folder' does not exist"),
+    (["sft", "--gpu", "T4", "--data_dir", str(REPO_ROOT / "mini_data" / "sft"), "--use_peft", "true",
+      "--lora_target_modules", "qkv"], "error: --lora_target_modules: 'qkv' is not a linear layer of the planned"),
+    (["sft", "--gpu", "T4", "--data_dir", str(REPO_ROOT / "mini_data" / "sft"), "--lora_r", "8"],
+     "error: --lora_r only apply to LoRA training: add --use_peft true"),
 ])
 def test_bad_input_is_one_error_line(capsys, flags, expected):
+    stage = flags.pop(0) if flags[0] in mini_qwen_plan.STAGES else "pt"
     with pytest.raises(SystemExit) as exit_:
-        run_main(mini_qwen_plan.main, ["pt", *flags])
+        run_main(mini_qwen_plan.main, [stage, *flags])
     assert exit_.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(expected), lines
