@@ -18,7 +18,6 @@ Several GPUs plan the launch `run.sh <stage> multi` makes: accelerate_config.yam
 
 import json
 import sys
-import warnings
 from dataclasses import dataclass, field
 
 from mini_qwen.cli import parse_args
@@ -77,8 +76,6 @@ def main(argv=None):
                             f"[flags of that stage] (got {argv[0] if argv else 'nothing'!r}).")
     stage, argv = argv[0], argv[1:]
     roles = stage_arguments(stage)
-    # transformers 5 renames the stages' `gradient_checkpointing` field; its notice says nothing about the plan.
-    warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
     # The stage's flags are checked as the stage checks them, with precision following the planned GPU.
     parsed = parse_args((*roles.values(), PlanArguments), argv, gpu_flag="gpu")
     args = dict(zip(roles, parsed))

@@ -69,7 +69,8 @@ def check_lora_args(args: LoraArguments, cuda: bool, planned_gpu=None) -> None:
     if not args.use_peft:
         given = [f"--{name}" for name in LORA_ONLY if getattr(args, name) not in (None, False)]
         if given:
-            raise MiniQwenError(f"{', '.join(given)} only apply to LoRA training: add --use_peft true, or drop them "
+            verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+            raise MiniQwenError(f"{', '.join(given)} only {verb} to LoRA training: add --use_peft true, or drop {them} "
                                 f"to fine-tune every weight.")
         return
     if not args.load_in_4bit:

@@ -174,3 +174,17 @@ def test_pad_to_multiple_of_takes_a_positive_int_or_a_word(stage):
     for good, parsed in (("64", 64), ("none", None)):
         *_, args = parse_args(types, ["--output_dir", "/tmp/x", "--pad_to_multiple_of", good])
         assert args.pad_to_multiple_of == parsed
+
+
+@pytest.mark.parametrize("stage", ["pt", "sft", "dpo"])
+def test_gradient_checkpointing_starts_without_a_deprecation_notice(stage):
+    """The original recipe's `--gradient_checkpointing` reaches transformers' `activation_checkpointing`, and no
+    FutureWarning about the name greets the user at each start (TRL's configs give the old name a default)."""
+    import warnings
+
+    for value in ("false", "true"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            *_, training = parse_args(stage_types(stage), ["--output_dir", "unused", "--gradient_checkpointing", value])
+        assert training.activation_checkpointing is (value == "true")
+        assert not [w for w in seen if "checkpointing" in str(w.message)], [str(w.message) for w in seen]

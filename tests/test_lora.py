@@ -282,7 +282,7 @@ def test_a_missing_base_is_one_message(sft_adapter, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--lora_r", "8"], "--lora_r only apply to LoRA training: add --use_peft true"),
+    (["--lora_r", "8"], "--lora_r only applies to LoRA training: add --use_peft true"),
     (["--lora_target_modules", "q_proj", "--lora_dropout", "0.1"],
      "--lora_dropout, --lora_target_modules only apply to LoRA training"),
     (["--use_peft", "true", "--lora_r", "0"], "--lora_r 0 is out of range: allowed at least 1"),

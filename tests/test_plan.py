@@ -407,7 +407,7 @@ def test_4bit_is_refused_for_a_planned_gpu_bitsandbytes_does_not_support():
     (["sft", "--gpu", "T4", "--data_dir", str(REPO_ROOT / "mini_data" / "sft"), "--use_peft", "true",
       "--lora_target_modules", "qkv"], "error: --lora_target_modules: 'qkv' is not a linear layer of the planned"),
     (["sft", "--gpu", "T4", "--data_dir", str(REPO_ROOT / "mini_data" / "sft"), "--lora_r", "8"],
-     "error: --lora_r only apply to LoRA training: add --use_peft true"),
+     "error: --lora_r only applies to LoRA training: add --use_peft true"),
 ])
 def test_bad_input_is_one_error_line(capsys, flags, expected):
     stage = flags.pop(0) if flags[0] in mini_qwen_plan.STAGES else "pt"
