@@ -185,9 +185,10 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None, gpu_fl
     and checks follow that GPU, not this machine."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # `--gradient_checkpointing` is the original recipe's flag and TRL's; transformers 5 maps it onto
-    # `activation_checkpointing` and warns on every SFT / DPO start (TRL's configs give it a default). The pinned
-    # transformers keeps the alias, so the notice tells a user nothing they can act on.
-    warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
+    # `activation_checkpointing` and warns on every SFT / DPO start (TRL's configs give it a default), and again
+    # when the pinned TRL reads `model.is_gradient_checkpointing` in DPO. The pinned transformers keeps both
+    # aliases, so the notices tell a user nothing they can act on.
+    warnings.filterwarnings("ignore", message="`(is_)?gradient_checkpointing", category=FutureWarning)
     parser = TrlParser(dataclass_types, allow_abbrev=False)  # `--learning_rat` must not pass for a real flag
     parser.error = _raise
     words = []

@@ -182,9 +182,14 @@ def test_gradient_checkpointing_starts_without_a_deprecation_notice(stage):
     FutureWarning about the name greets the user at each start (TRL's configs give the old name a default)."""
     import warnings
 
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tiny = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1))
     for value in ("false", "true"):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             *_, training = parse_args(stage_types(stage), ["--output_dir", "unused", "--gradient_checkpointing", value])
+            assert tiny.is_gradient_checkpointing is False  # the pinned TRL reads this alias during DPO
         assert training.activation_checkpointing is (value == "true")
         assert not [w for w in seen if "checkpointing" in str(w.message)], [str(w.message) for w in seen]
