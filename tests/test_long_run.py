@@ -144,6 +144,19 @@ class WeightWatch(TrainerCallback):
     def __init__(self):
         self.before, self.changed = None, {}
 
+    @classmethod
+    def on_every(cls, monkeypatch, trainer_class=Trainer) -> "WeightWatch":
+        """A watch that every `trainer_class` built during the test adds as a callback."""
+        watch = cls()
+        original_init = trainer_class.__init__
+
+        def init(self, *args, **kwargs):
+            original_init(self, *args, **kwargs)
+            self.add_callback(watch)
+
+        monkeypatch.setattr(trainer_class, "__init__", init)
+        return watch
+
     @staticmethod
     def snapshot(model, optimizer):
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -164,14 +177,7 @@ def test_nan_batch_and_spike_are_skipped_without_touching_the_weights(pt_base, t
 
     # Step 3: a NaN in the second micro-batch of the accumulation; step 8: a x100 loss (first micro-batch).
     inject(monkeypatch, {3: (float("nan"), 1), 8: (100.0, 0)})
-    watch = WeightWatch()
-    original_init = Trainer.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.add_callback(watch)
-
-    monkeypatch.setattr(Trainer, "__init__", init)
+    watch = WeightWatch.on_every(monkeypatch)
     out = tmp_path / "run"
     mini_qwen_pt.main([*pt_base, "--max_steps", "9", "--gradient_accumulation_steps", "2", "--save_strategy", "no",
                        "--warmup_steps", "0", "--loss_spike_window", "4", "--output_dir", str(out)])

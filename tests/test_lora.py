@@ -166,14 +166,7 @@ def test_a_nan_step_leaves_the_adapter_untouched(tiny_checkpoint, tmp_path, monk
     from mini_qwen.long_run import LongRunMixin
 
     inject(monkeypatch, {3: (float("nan"), 0)})
-    watch = WeightWatch()
-    original_init = LongRunMixin.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.add_callback(watch)
-
-    monkeypatch.setattr(LongRunMixin, "__init__", init)
+    watch = WeightWatch.on_every(monkeypatch, LongRunMixin)
     out = tmp_path / "run"
     mini_qwen_sft.main(sft_lora_argv(tiny_checkpoint, "--max_steps", "4", "--save_strategy", "no",
                                      "--output_dir", str(out)))
