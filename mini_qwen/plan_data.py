@@ -22,14 +22,6 @@ def figure(value, unit: str, basis: str, source: str = "") -> dict:
     return {"value": value, "unit": unit, "basis": basis, "source": source}
 
 
-def _text_bytes(path: Path, column: str) -> int:
-    import pyarrow.parquet as pq
-
-    meta = pq.ParquetFile(path).metadata
-    return sum(meta.row_group(g).column(c).total_uncompressed_size for g in range(meta.num_row_groups)
-               for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema == column)
-
-
 def _rows(files) -> int:
     import pyarrow.parquet as pq
 
@@ -39,6 +31,7 @@ def _rows(files) -> int:
 def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
     """PT documents and tokens: the token cache's counts, else the files' text bytes at PT_BYTES_PER_TOKEN."""
     from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.common import footer_bytes
     from mini_qwen.data.packing import BYTES_PER_TOKEN
     from mini_qwen.data.pt import data_cache
 
@@ -53,8 +46,9 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
         files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
         out["files"] = figure(len(files), "files", "measured", data_args.data_dir)
         out["file bytes"] = figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes")
-        cache = data_cache(files, tokenizer, data_args.cache_dir, data_args.text_column).folder
-        if (cache / "meta.json").is_file():
+        token_cache = data_cache(files, tokenizer, data_args.cache_dir, data_args.text_column)
+        cache = token_cache.folder
+        if token_cache.ready():
             meta = json.loads((cache / "meta.json").read_text())
             out["documents"] = figure(meta["documents"], "documents", "measured", f"token cache {cache}")
             out["tokens"] = figure(meta["tokens"], "tokens", "measured", f"token cache {cache}")
@@ -63,7 +57,7 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
             tokens = 0.0
             for f in files:
                 language = next((p for p in f.parts if p in PT_BYTES_PER_TOKEN), None)
-                tokens += _text_bytes(f, data_args.text_column) / PT_BYTES_PER_TOKEN[language]
+                tokens += footer_bytes(f, {data_args.text_column}) / PT_BYTES_PER_TOKEN[language]
             out["tokens"] = figure(round(tokens), "tokens", "estimated",
                                    f"text bytes in the parquet footers / {PT_BYTES_SOURCE} (no token cache yet)")
     tokens = out["tokens"]["value"]

@@ -47,6 +47,18 @@ def read_schema(path: Path) -> pa.Schema:
                             f"Re-download it or remove it.") from None
 
 
+def footer_bytes(path: Path, columns) -> int:
+    """Uncompressed bytes of `columns` in a parquet file, from its footer alone (no data read); a nested
+    column's leaves (`conversations.list.element.value`) count towards their top-level column."""
+    meta = pq.ParquetFile(path).metadata
+    total = 0
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        total += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
+                     if group.column(c).path_in_schema.split(".")[0] in columns)
+    return total
+
+
 def require_columns(path: Path, schema: pa.Schema, columns: dict[str, str]) -> None:
     """`columns` maps a required column name to a short description of what it should hold."""
     names = schema.names

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from mini_qwen.data.common import part_tmp, remove_stale_tmp
+from mini_qwen.data.common import footer_bytes, part_tmp, remove_stale_tmp
 from mini_qwen.errors import MiniQwenError
 
 # Preparation speed of one process, in bytes of the columns a stage reads (parquet's uncompressed size), set well
@@ -143,13 +143,7 @@ class DataCache:
     def estimate_seconds(self, num_proc: int = 1) -> float:
         """Rough preparation time from the parquet footers (uncompressed size of the columns read)."""
         columns = set(self.module.columns(self.settings.get("text_column", "text")))
-        total = 0
-        for path in self.files:
-            meta = pq.ParquetFile(path).metadata
-            for g in range(meta.num_row_groups):
-                group = meta.row_group(g)
-                total += sum(group.column(c).total_uncompressed_size for c in range(group.num_columns)
-                             if group.column(c).path_in_schema.split(".")[0] in columns)
+        total = sum(footer_bytes(path, columns) for path in self.files)
         return total / (BYTES_PER_SECOND[self.stage] * max(1, num_proc))
 
     # -- preparing -------------------------------------------------------------------------------------------
