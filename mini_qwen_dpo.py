@@ -114,9 +114,12 @@ class TokenizedDPOTrainer(DPOTrainer):
             self._signature_columns = [*self._signature_columns, self.args.length_column_name]
 
 
+# The flags by role, in the order main parses them (the planner and tests read this, as TRL scripts' make_parser).
+ARGUMENTS = {"data": DPODataArguments, "model": DPOModelArguments, "lora": LoraArguments, "training": MiniDPOConfig}
+
+
 def main(argv=None):
-    data_args, model_args, lora_args, training_args = parse_args(
-        (DPODataArguments, DPOModelArguments, LoraArguments, MiniDPOConfig), argv)
+    data_args, model_args, lora_args, training_args = parse_args(tuple(ARGUMENTS.values()), argv)
     if not training_args.max_length:
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     if training_args.sync_ref_model and training_args.precompute_ref_log_probs:

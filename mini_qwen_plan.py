@@ -20,13 +20,12 @@ import json
 import sys
 from dataclasses import dataclass, field
 
+from mini_qwen import stages
 from mini_qwen.cli import parse_args
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.hardware import GPUS, find_gpu
-from mini_qwen.model import ModelArguments, PresetArguments
+from mini_qwen.model import PresetArguments
 from mini_qwen.plan import plan_run, render
-
-STAGES = ("pt", "sft", "dpo")
 
 
 @dataclass
@@ -52,27 +51,15 @@ class PlanArguments:
 
 def stage_arguments(stage: str) -> dict:
     """The stage's own argument dataclasses by role (the same classes its script parses)."""
-    if stage == "pt":
-        import mini_qwen_pt as m
-
-        return {"data": m.PTDataArguments, "preset": PresetArguments, "model": ModelArguments,
-                "training": m.PTTrainingArguments}
-    if stage == "sft":
-        import mini_qwen_sft as m
-
-        return {"data": m.SFTDataArguments, "model": m.SFTModelArguments, "lora": m.LoraArguments,
-                "training": m.MiniSFTConfig,
-                "preset": PresetArguments}  # SFT / DPO before the model they start from exists: its preset
-    import mini_qwen_dpo as m
-
-    return {"data": m.DPODataArguments, "model": m.DPOModelArguments, "lora": m.LoraArguments,
-            "training": m.MiniDPOConfig, "preset": PresetArguments}
+    # A stage that starts from another's model is planned from the preset before that model exists.
+    return {"preset": PresetArguments, **stages.stage(stage).arguments()}
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in STAGES:
-        raise MiniQwenError(f"name the stage to plan first: python mini_qwen_plan.py {'|'.join(STAGES)} --gpu NAME "
+    if not argv or argv[0] not in stages.BY_NAME:
+        raise MiniQwenError(f"name the stage to plan first: python mini_qwen_plan.py {'|'.join(stages.names())} "
+                            f"--gpu NAME "
                             f"[flags of that stage] (got {argv[0] if argv else 'nothing'!r}).")
     stage, argv = argv[0], argv[1:]
     roles = stage_arguments(stage)

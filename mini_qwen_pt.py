@@ -74,9 +74,13 @@ class PTTrainingArguments(LongRunArguments, TrainingArguments):
                 "so the full logits are never held (mini_qwen/memory.py); same loss, less memory."})
 
 
+# The flags by role, in the order main parses them (the planner and tests read this, as TRL scripts' make_parser).
+ARGUMENTS = {"data": PTDataArguments, "preset": PresetArguments, "model": ModelArguments,
+             "training": PTTrainingArguments}
+
+
 def main(argv=None):
-    data_args, preset_args, model_args, training_args = parse_args(
-        (PTDataArguments, PresetArguments, ModelArguments, PTTrainingArguments), argv)
+    data_args, preset_args, model_args, training_args = parse_args(tuple(ARGUMENTS.values()), argv)
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once, before the model is built; the builder below trusts this list.

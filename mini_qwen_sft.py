@@ -108,9 +108,12 @@ class AnswerLossSFTTrainer(SFTTrainer):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
 
+# The flags by role, in the order main parses them (the planner and tests read this, as TRL scripts' make_parser).
+ARGUMENTS = {"data": SFTDataArguments, "model": SFTModelArguments, "lora": LoraArguments, "training": MiniSFTConfig}
+
+
 def main(argv=None):
-    data_args, model_args, lora_args, training_args = parse_args(
-        (SFTDataArguments, SFTModelArguments, LoraArguments, MiniSFTConfig), argv)
+    data_args, model_args, lora_args, training_args = parse_args(tuple(ARGUMENTS.values()), argv)
     if not training_args.max_length:
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     set_seed(training_args.seed)

@@ -6,7 +6,7 @@
 #   bash run.sh pt multi         ->  accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py
 #   bash run.sh pt background    ->  nohup accelerate launch --config_file accelerate_config.yaml mini_qwen_pt.py \
 #                                        > logs/output_pt.log 2>&1 &
-#   (stages: pt, sft, dpo; the same modes for each)
+#   (every stage of mini_qwen/stages.py: python -m mini_qwen.stages names; the same modes for each)
 #   bash run.sh pt plan --gpu H100 --num_gpus 8  ->  python mini_qwen_plan.py pt ...: memory, time, cost, disk first
 #
 #   # several machines: the same line on every node, only NODE_RANK differs (README "Several nodes"; under
@@ -19,9 +19,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 stage="${1:-}"; mode="${2:-single}"
-case "$stage" in pt|sft|dpo) ;; *) echo "usage: bash run.sh pt|sft|dpo [single|multi|background|nodes|plan] [flags...]" >&2; exit 2 ;; esac
-shift; [ $# -gt 0 ] && shift
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+stages="$("$PY" -m mini_qwen.stages names)"  # the table of stages, mini_qwen/stages.py
+case " $stages " in *" $stage "*) [ -n "$stage" ] ;; *) false ;; esac || {
+  echo "usage: bash run.sh ${stages// /|} [single|multi|background|nodes|plan] [flags...]" >&2; exit 2; }
+shift; [ $# -gt 0 ] && shift
 config="${ACCELERATE_CONFIG:-accelerate_config.yaml}"
 script="mini_qwen_${stage}.py"
 launch=("$PY" -m accelerate.commands.launch --config_file "$config" "$script")

@@ -1,10 +1,10 @@
-"""The whole demo pipeline in one command: PT -> SFT -> DPO -> side-by-side report of the three models.
+"""The whole demo pipeline in one command: every stage of mini_qwen/stages.py in order, then their models side by side.
 
 Run as:
     python demo/demo_all.py            # tiny model on CPU (a few minutes on 2 cores), 1b on a GPU
     bash setup.sh                      # the same, after installing everything on a fresh machine
 
-Each stage is the real stage script with its demo recipe (demo/pt.yaml, sft.yaml, dpo.yaml);
+Each stage (PT -> SFT -> DPO -> GRPO) is the real stage script with its demo recipe (demo/<stage>.yaml);
 the report lands in results/demo/eval/report.md, the loss curves next to each model.
 """
 
@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-import mini_qwen_dpo
 import mini_qwen_eval
-import mini_qwen_pt
-import mini_qwen_sft
+from mini_qwen import stages
 from mini_qwen.demo import demo_argv
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.trainlog import REWARD_KEYS, run_summary
@@ -37,27 +35,29 @@ def main(argv=None):
     argv = list(argv or [])
     start = time.time()
     timings = {}
-    stages = [("pt", mini_qwen_pt.main, True), ("sft", mini_qwen_sft.main, False), ("dpo", mini_qwen_dpo.main, False)]
-    for name, stage_main, pick_preset in stages:
-        print(f"\n========== {name.upper()} ==========", flush=True)
+    names = stages.names()
+    for stage in stages.STAGES:
+        print(f"\n========== {stage.name.upper()} ==========", flush=True)
         t0 = time.time()
-        stage_main(demo_argv(name, argv if name == "pt" else [], pick_preset=pick_preset))
-        timings[name] = round(time.time() - t0, 1)
+        # The user's flags go to the stage that builds the model (its preset, its size)
+        stage.main()(demo_argv(stage.name, argv if stage.demo_picks_preset else [],
+                               pick_preset=stage.demo_picks_preset))
+        timings[stage.name] = round(time.time() - t0, 1)
         gc.collect()
 
     print("\n========== EVAL ==========", flush=True)
     t0 = time.time()
     # mini_ceval: the project's offline 20-question task, so the demo's report has a benchmark table too
-    mini_qwen_eval.main(["--checkpoints", f"pt={OUT / 'pt'}", f"sft={OUT / 'sft'}", f"dpo={OUT / 'dpo'}",
+    mini_qwen_eval.main(["--checkpoints", *(f"{name}={OUT / name}" for name in names),
                          "--mode", "batch", "--max_new_tokens", "48", "--benchmarks", "mini_ceval",
                          "--report_dir", str(OUT / "eval")])
     timings["eval"] = round(time.time() - t0, 1)
     timings["total"] = round(time.time() - start, 1)
 
-    summary = {"seconds": timings, **{name: final_logs(OUT / name) for name in ("pt", "sft", "dpo")}}
+    summary = {"seconds": timings, **{name: final_logs(OUT / name) for name in names}}
     (OUT / "summary.json").write_text(json.dumps(summary, indent=1))
     print("\n========== SUMMARY ==========")
-    for name in ("pt", "sft", "dpo"):
+    for name in names:
         s = summary[name]
         extra = "".join(f", {k} {s[k]:.3f}" for k in REWARD_KEYS if k in s)
         print(f"{name:>4}: loss {s['first_loss']:.3f} -> {s['last_loss']:.3f} in {s['steps']} steps, "

@@ -37,9 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mini_qwen import stages
 from mini_qwen.errors import MiniQwenError, run_main
 
-STAGES = ("pt", "sft", "dpo")
 LAUNCHERS = ("accelerate", "torchrun")
 
 
@@ -311,7 +311,7 @@ def node_checkin(spec: NodeSpec, info: dict, log=print) -> None:
 
 def launcher_command(spec: NodeSpec, stage: str, argv: list[str], python: str = sys.executable) -> list[str]:
     """The accelerate or torchrun command of this node: NNODES machines x GPUS_PER_NODE processes, ZeRO-2."""
-    script = f"mini_qwen_{stage}.py"
+    script = stages.stage(stage).script_file
     if spec.launcher == "torchrun":
         deepspeed = [] if any(a.split("=")[0] == "--deepspeed" for a in argv) else ["--deepspeed", "ds_zero2.json"]
         return [python, "-m", "torch.distributed.run", "--nnodes", str(spec.nnodes), "--node_rank",
@@ -327,8 +327,8 @@ def launcher_command(spec: NodeSpec, stage: str, argv: list[str], python: str = 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in STAGES:
-        raise MiniQwenError(f"usage: bash run.sh {{{'|'.join(STAGES)}}} nodes [stage flags...] with NNODES, "
+    if not argv or argv[0] not in stages.BY_NAME:
+        raise MiniQwenError(f"usage: bash run.sh {{{'|'.join(stages.names())}}} nodes [stage flags...] with NNODES, "
                             f"NODE_RANK and MASTER_ADDR set (see README, \"Several nodes\").")
     stage, stage_argv = argv[0], argv[1:]
     spec = node_spec()

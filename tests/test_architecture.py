@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+from mini_qwen import stages
 from mini_qwen.errors import MiniQwenError
 
 MINI = REPO_ROOT / "mini_data"
@@ -81,7 +82,7 @@ def test_no_import_cycle_in_the_package_or_the_stage_scripts():
         allowed = {"mini_qwen_pt", "mini_qwen_sft", "mini_qwen_dpo"} if script == "mini_qwen_plan" else set()
         assert not {d for d in graph[script] if d.startswith("mini_qwen_")} - allowed, script
     # The stage data modules do not import the checks that loop over them.
-    for stage_module in ("mini_qwen.data.pt", "mini_qwen.data.sft", "mini_qwen.data.dpo", "mini_qwen.data.packing"):
+    for stage_module in (*(s.data for s in stages.STAGES), "mini_qwen.data.packing"):
         assert "mini_qwen.data.checks" not in graph[stage_module], stage_module
 
 
@@ -125,7 +126,7 @@ FACE = ("NAME", "WHAT", "FILES_MERGED", "columns", "check_schema", "row_problems
 def test_every_stage_data_module_has_the_same_face():
     from mini_qwen.data.checks import STAGES
 
-    assert list(STAGES) == ["pt", "sft", "dpo"]
+    assert list(STAGES) == stages.names()  # the table of stages, in its order
     shapes = {}
     for stage, module in STAGES.items():
         missing = [name for name in FACE if not hasattr(module, name)]
@@ -135,7 +136,7 @@ def test_every_stage_data_module_has_the_same_face():
                          for name in ("columns", "check_schema", "row_problems", "overlong_rows")}
         build = list(inspect.signature(module.build_dataset).parameters)
         assert build[:2] == ["files", "tokenizer"] and {"on_bad_rows", "source", "log"} <= set(build), build
-    assert shapes["pt"] == shapes["sft"] == shapes["dpo"]
+    assert len({str(shape) for shape in shapes.values()}) == 1, shapes
     # checks.py loops over the table: no function there switches on a stage name.
     source = (REPO_ROOT / "mini_qwen" / "data" / "checks.py").read_text()
     assert not re.search(r"""stage\s*[!=]=\s*["'](pt|sft|dpo)["']""", source)
@@ -253,3 +254,120 @@ def test_argparse_actions_list():
     parser = argparse.ArgumentParser()
     parser.add_argument("--flag", choices=["a", "b"])
     assert [a.dest for a in parser._actions] == ["help", "flag"]
+
+
+# --------------------------------------------------------------------------- one table of stages
+# mini_qwen/stages.py is the only list of stages. A stage's OWN files may spell its name: its script
+# mini_qwen_<s>.py, its data module mini_qwen/data/<s>.py, its demo demo/demo_<s>[_*].py + demo/<s>[_*].yaml and
+# its tests tests/test_<s>.py. Everything else of the project's code (the package, the top-level scripts, utils/,
+# demo/, run.sh, slurm/) holds no LIST of stages (a literal tuple / list / set / dict of two or more stage names,
+# or a shell `a|b` of them), and the DISPATCHERS below (which launch, plan, prepare, check or demo any stage) spell
+# no stage name at all. Not covered: tests/ and bench/ (they name the stage they test or measure), and the data
+# downloaders (prepare.sh, utils/prepare_select.py, utils/make_mini_data.py), whose names are the upstream data
+# sets' folders, not stages: a new stage touches none of them.
+DISPATCHERS = ("run.sh", "slurm/mini_qwen.sbatch", "mini_qwen/nodes.py", "mini_qwen_plan.py", "utils/prepare_data.py",
+               "utils/check_data.py", "mini_qwen/data/checks.py", "mini_qwen/data/prepare.py", "demo/demo_all.py",
+               "mini_qwen/demo.py")
+DATA_DOWNLOADERS = ("prepare.sh", "utils/prepare_select.py", "utils/make_mini_data.py")
+
+
+def _own_files(name: str) -> set[str]:
+    own = {f"mini_qwen_{name}.py", f"mini_qwen/data/{name}.py", f"demo/demo_{name}.py", f"demo/{name}.yaml",
+           f"tests/test_{name}.py"}
+    own |= {str(p.relative_to(REPO_ROOT)) for pattern in (f"demo/demo_{name}_*.py", f"demo/{name}_*.yaml")
+            for p in REPO_ROOT.glob(pattern)}
+    return own
+
+
+def _code_files() -> list[Path]:
+    files = [*(REPO_ROOT / "mini_qwen").rglob("*.py"), *REPO_ROOT.glob("mini_qwen_*.py"),
+             *(REPO_ROOT / "utils").glob("*.py"), *(REPO_ROOT / "demo").glob("*.py"), *REPO_ROOT.glob("*.sh"),
+             *(REPO_ROOT / "slurm").glob("*")]
+    return sorted(p for p in files if p.is_file())
+
+
+def _stage_lists(path: Path, names: set[str]) -> list[str]:
+    """Places in `path` that list two or more stage names."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".py":
+        alternation = r"\b({0})\s*\|\s*({0})\b".format("|".join(names))
+        listing = r"\b({0})\s*,\s*({0})\b".format("|".join(names))
+        return [f"line {text[:m.start()].count(chr(10)) + 1}: {m.group(0)}"
+                for pattern in (alternation, listing) for m in re.finditer(pattern, text)]
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)) and items:
+            spelled = [i.value for i in items if isinstance(i, ast.Constant) and i.value in names]
+            if len(spelled) >= 2:
+                found.append(f"line {node.lineno}: {spelled}")
+    return found
+
+
+def _spelled_names(path: Path, names: set[str]) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".py":
+        code = "\n".join(line.split("#")[0] for line in text.splitlines())  # comments may give examples
+        return [m.group(0) for m in re.finditer(r"(?<![\w./-])({})(?![\w/-])".format("|".join(names)), code)]
+    spelled = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            words = [node.value]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):  # import mini_qwen_pt / from mini_qwen.data import pt
+            words = [a.name for a in node.names] + ([node.module] if getattr(node, "module", None) else [])
+        elif isinstance(node, ast.Name):
+            words = [node.id]
+        else:
+            continue
+        for word in words:  # a module name (mini_qwen_pt, mini_qwen.data.sft) spells the stage in it
+            parts = re.split(r"[._]", word) if re.fullmatch(r"mini_qwen[\w.]*", word) else [word]
+            spelled += [w for w in parts if w in names]
+    return spelled
+
+
+def test_the_table_of_stages_matches_the_files_on_disk():
+    names = stages.names()
+    assert len(names) == len(set(names)) >= 4
+    for position, stage in enumerate(stages.STAGES):
+        for own in ("mini_qwen_{}.py", "mini_qwen/data/{}.py", "demo/demo_{}.py", "demo/{}.yaml", "tests/test_{}.py"):
+            path = own.format(stage.name)
+            assert (REPO_ROOT / path).is_file(), f"stage {stage.name}: {path} missing"
+        arguments = stage.arguments()
+        assert {"data", "model", "training"} <= set(arguments), (stage.name, arguments)
+        assert all(inspect.isclass(c) and hasattr(c, "__dataclass_fields__") for c in arguments.values())
+        assert callable(stage.main()) and stage.data_module().NAME == stage.name
+        assert stage.guard in stages.GUARDS and stage.plan in stages.PLAN_KINDS
+        # a stage starts from an earlier stage's model, or builds one (and then picks the demo's preset)
+        assert stage.starts_from in names[:position] if stage.starts_from else stage.demo_picks_preset
+        assert f"output_dir: {stage.output}" in (REPO_ROOT / stage.demo_recipe).read_text()
+    # every stage-shaped script (it exports its flags by role) is in the table
+    scripts = {p.stem for p in REPO_ROOT.glob("mini_qwen_*.py") if "\nARGUMENTS = " in p.read_text()}
+    assert scripts == {s.script for s in stages.STAGES}
+
+
+def test_only_the_table_lists_the_stages():
+    names = set(stages.names())
+    own = {f for n in names for f in _own_files(n)}
+    assert set(DISPATCHERS) <= {str(p.relative_to(REPO_ROOT)) for p in _code_files()}
+    lists, spelled = {}, {}
+    for path in _code_files():
+        rel = str(path.relative_to(REPO_ROOT))
+        if rel == "mini_qwen/stages.py" or rel in own or rel in DATA_DOWNLOADERS:
+            continue
+        if found := _stage_lists(path, names):
+            lists[rel] = found
+        if rel in DISPATCHERS and (found := _spelled_names(path, names)):
+            spelled[rel] = found
+    assert not lists, f"stage names listed outside mini_qwen/stages.py (read the table instead): {lists}"
+    assert not spelled, f"a stage name spelled in a dispatcher (read mini_qwen/stages.py instead): {spelled}"
+
+
+def test_the_checks_of_this_file_find_what_they_forbid(tmp_path):
+    names = set(stages.names())
+    py = tmp_path / "x.py"
+    py.write_text('S = ("pt", "sft")\nif stage == "dpo":\n    import mini_qwen_grpo\n')
+    assert _stage_lists(py, names) == ["line 1: ['pt', 'sft']"]
+    assert sorted(_spelled_names(py, names)) == ["dpo", "grpo", "pt", "sft"]
+    sh = tmp_path / "x.sh"
+    sh.write_text('case "$s" in pt|sft) ;; esac  # e.g. bash run.sh grpo\nls results/pt\n')
+    assert _stage_lists(sh, names) == ["line 1: pt|sft"] and _spelled_names(sh, names) == ["pt", "sft"]

@@ -13,26 +13,15 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
+from mini_qwen import stages
 from mini_qwen.cli import parse_args
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.ranges import RANGES, UNCHECKED
 
 
 def stage_types(stage: str) -> tuple:
-    from mini_qwen.model import ModelArguments, PresetArguments
-
-    if stage == "pt":
-        import mini_qwen_pt as m
-
-        return m.PTDataArguments, PresetArguments, ModelArguments, m.PTTrainingArguments
-    if stage == "sft":
-        import mini_qwen_sft as m
-
-        return m.SFTDataArguments, m.SFTModelArguments, m.LoraArguments, m.MiniSFTConfig
-    if stage == "dpo":
-        import mini_qwen_dpo as m
-
-        return m.DPODataArguments, m.DPOModelArguments, m.LoraArguments, m.MiniDPOConfig
+    if stage in stages.BY_NAME:  # the stage script's own dataclasses, as its main parses them
+        return tuple(stages.stage(stage).arguments().values())
     if stage == "eval":
         import mini_qwen_eval as m
 
@@ -42,9 +31,9 @@ def stage_types(stage: str) -> tuple:
     return (m.ServeArguments,)
 
 
-STAGES = ("pt", "sft", "dpo")
+STAGES = tuple(stages.names())
 SCRIPTS = (*STAGES, "eval", "serve")
-MIN_CHECKED = {"pt": 25, "sft": 25, "dpo": 25, "eval": 9, "serve": 6}
+MIN_CHECKED = {**dict.fromkeys(STAGES, 25), "eval": 9, "serve": 6}
 
 
 def required(stage: str) -> list[str]:
@@ -176,7 +165,7 @@ def test_pad_to_multiple_of_takes_a_positive_int_or_a_word(stage):
         assert args.pad_to_multiple_of == parsed
 
 
-@pytest.mark.parametrize("stage", ["pt", "sft", "dpo"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_gradient_checkpointing_starts_without_a_deprecation_notice(stage):
     """The original recipe's `--gradient_checkpointing` reaches transformers' `activation_checkpointing`, and no
     FutureWarning about the name greets the user at each start (TRL's configs give the old name a default)."""

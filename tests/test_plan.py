@@ -15,6 +15,7 @@ import torch
 from conftest import REPO_ROOT
 
 import mini_qwen_plan
+from mini_qwen import stages
 from mini_qwen.cli import parse_args
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.hardware import GPUS, find_gpu
@@ -410,7 +411,7 @@ def test_4bit_is_refused_for_a_planned_gpu_bitsandbytes_does_not_support():
      "error: --lora_r only applies to LoRA training: add --use_peft true"),
 ])
 def test_bad_input_is_one_error_line(capsys, flags, expected):
-    stage = flags.pop(0) if flags[0] in mini_qwen_plan.STAGES else "pt"
+    stage = flags.pop(0) if flags[0] in stages.BY_NAME else "pt"
     with pytest.raises(SystemExit) as exit_:
         run_main(mini_qwen_plan.main, [stage, *flags])
     assert exit_.value.code == 2

@@ -20,9 +20,9 @@ that were not finished; a progress bar with an ETA; then the cache folder appear
 
 import sys
 
+from mini_qwen import stages
 from mini_qwen.errors import MiniQwenError, run_main
 
-STAGES = ("pt", "sft", "dpo")
 OWN_FLAGS = {"--num_proc": "--dataset_num_proc", "--shard": "--prepare_shard"}
 
 
@@ -32,9 +32,10 @@ def stage_argv(argv: list[str]) -> tuple[str, list[str]]:
         print(__doc__)
         raise SystemExit(0)
     stage, rest = argv[0], []
-    if stage not in STAGES:
-        raise MiniQwenError(f"unknown stage '{stage}': use one of {', '.join(STAGES)} "
-                            f"(python utils/prepare_data.py pt --data_dir data/pt).")
+    if stage not in stages.BY_NAME or stages.stage(stage).prepare_bytes_per_second is None:
+        prepared = [s.name for s in stages.STAGES if s.prepare_bytes_per_second is not None]
+        raise MiniQwenError(f"stage '{stage}' has no token cache to prepare: use one of {', '.join(prepared)} "
+                            f"(python utils/prepare_data.py {prepared[0]} --data_dir data/{prepared[0]}).")
     for arg in argv[1:]:
         flag, equals, value = arg.partition("=")
         rest.append(OWN_FLAGS.get(flag, flag) + equals + value)
@@ -45,13 +46,7 @@ def stage_argv(argv: list[str]) -> tuple[str, list[str]]:
 
 def main(argv=None):
     stage, args = stage_argv(list(sys.argv[1:] if argv is None else argv))
-    if stage == "pt":
-        from mini_qwen_pt import main as stage_main
-    elif stage == "sft":
-        from mini_qwen_sft import main as stage_main
-    else:
-        from mini_qwen_dpo import main as stage_main
-    return stage_main(args)
+    return stages.stage(stage).main()(args)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mini_qwen.data import dpo, pt, sft
+from mini_qwen import stages
 from mini_qwen.data.common import column_types, describe_clash, find_parquet_files, fold_digits, read_schema
 from mini_qwen.errors import MiniQwenError
 
-STAGES = {module.NAME: module for module in (pt, sft, dpo)}
+STAGES = {s.name: s.data_module() for s in stages.STAGES}  # the table of stages, in its order
 
 
 def stage_data(stage: str):

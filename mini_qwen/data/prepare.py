@@ -39,14 +39,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from mini_qwen import stages
 from mini_qwen.data.common import footer_bytes, part_tmp, remove_stale_tmp
 from mini_qwen.errors import MiniQwenError
 
-# Preparation speed of one process, in bytes of the columns a stage reads (parquet's uncompressed size), set well
-# below what one process did on the shared 2-core VM (bench/prepare_parallel.py: PT ~3.6 MB/s, SFT ~3.3 MB/s), so
-# that a slow or busy machine still finishes within the estimate. `prepared_first` uses it to tell whether rank 0
-# can prepare the data within the process group's timeout.
-BYTES_PER_SECOND = {"pt": 1.0e6, "sft": 0.5e6, "dpo": 0.5e6}
+# Preparation speed of one process: the table of stages' prepare_bytes_per_second (mini_qwen/stages.py).
 WAIT_POLL_SECONDS = 2.0
 
 
@@ -144,7 +141,7 @@ class DataCache:
         """Rough preparation time from the parquet footers (uncompressed size of the columns read)."""
         columns = set(self.module.columns(self.settings.get("text_column", "text")))
         total = sum(footer_bytes(path, columns) for path in self.files)
-        return total / (BYTES_PER_SECOND[self.stage] * max(1, num_proc))
+        return total / (stages.stage(self.stage).prepare_bytes_per_second * max(1, num_proc))
 
     # -- preparing -------------------------------------------------------------------------------------------
     def prepare(self, num_proc: int | None = 1, shard: str | None = None, on_bad_rows: str = "skip",
