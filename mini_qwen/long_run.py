@@ -17,7 +17,11 @@ failed saves reported. One shape for all three stages: the stage's TrainingArgum
   uses the loss of the whole optimizer step (all micro-batches of the accumulation, averaged over
   processes, so every process decides alike). Under DeepSpeed the engine steps inside backward, before
   the loss of the step is known: there bad steps are only counted and stop the run; DeepSpeed's fp16
-  loss scaler skips overflowing steps itself.
+  loss scaler skips overflowing steps itself. What the guard watches is the stage's policy (mini_qwen/stages.py
+  `guard`, passed to `with_long_run`): "loss" for PT / SFT / DPO; "kl" for GRPO, whose loss sits near zero or
+  below by design: a step is bad when its loss, reward or KL is not finite, or when its KL to the reference
+  exceeds the factor x median AND KL_SPIKE_FLOOR (KL starts at 0 and grows as the policy learns, so a ratio alone
+  would call normal early growth a spike).
 - **A failed save** (disk full, permission denied) stops the run with one message naming the folder and
   the free space, after removing the half-written checkpoint-N so resume never takes it for complete.
 - **Several processes / nodes.** Process 0 writes trainer_state.json, the mark of a complete checkpoint, only
@@ -48,6 +52,7 @@ from mini_qwen.errors import MiniQwenError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 MIN_SPIKE_HISTORY = 10  # good steps before spike detection starts (fewer if --loss_spike_window is smaller)
+KL_SPIKE_FLOOR = 0.05  # nats a token: a KL below this is never a spike (healthy GRPO runs stay around 1e-3..1e-2)
 
 
 @dataclass
@@ -152,8 +157,10 @@ class _StopSignals:
 class BadStepGuard:
     """Decides, once per optimizer step and alike on every process, whether the step is bad."""
 
-    def __init__(self, factor: float, window: int, max_consecutive: int):
+    def __init__(self, factor: float, window: int, max_consecutive: int, what: str = "loss",
+                 floor: float = -math.inf):
         self.factor, self.max_consecutive = factor, max_consecutive
+        self.what, self.floor = what, floor  # the watched value's name; below `floor` it is never a spike
         self.history = deque(maxlen=window)
         self.min_history = min(MIN_SPIKE_HISTORY, window)
         self.window_loss = 0.0
@@ -168,10 +175,10 @@ class BadStepGuard:
         """`loss`: the step's loss, the same number on every process. True when the step is to be skipped."""
         self.window_loss = 0.0
         if not math.isfinite(loss):
-            self.last_reason = f"loss {loss}"
-        elif self.factor > 0 and len(self.history) >= self.min_history and \
+            self.last_reason = f"{self.what} {loss}"
+        elif self.factor > 0 and len(self.history) >= self.min_history and loss > self.floor and \
                 loss > self.factor * (median := statistics.median(self.history)):
-            self.last_reason = f"loss {loss:.4g} > {self.factor:g} x median {median:.4g} of the last " \
+            self.last_reason = f"{self.what} {loss:.4g} > {self.factor:g} x median {median:.4g} of the last " \
                                f"{len(self.history)} good steps"
         else:
             self.history.append(loss)
@@ -210,15 +217,37 @@ class _LongRunCallback(TrainerCallback):
                 state.log_history[-1]["bad_steps_skipped"] = guard.total
 
 
+def _step_kl(trainer, loss: torch.Tensor) -> torch.Tensor:
+    """GRPO's guard value of one micro-batch: its KL to the reference (0 with --beta 0, where TRL computes none),
+    or NaN when the loss or the latest mean reward is not finite. Read from TRL's GRPOTrainer `_metrics`, where its
+    training step has just appended them (trl 1.16; tests/test_grpo.py pins the names)."""
+    metrics = trainer._metrics["train"]
+    reward = metrics["reward"][-1] if metrics.get("reward") else 0.0
+    if not (torch.isfinite(loss.detach()).all() and math.isfinite(reward)):
+        return torch.tensor(math.nan)
+    return torch.tensor(float(metrics["kl"][-1]) if metrics.get("kl") else 0.0)
+
+
+# The bad-step guard's policies (mini_qwen/stages.py GUARDS says what each watches):
+# name -> (the value a micro-batch adds, its name in messages, the floor below which it is never a spike).
+GUARD_POLICIES = {
+    "loss": (lambda trainer, loss: loss, "loss", -math.inf),
+    "kl": (_step_kl, "KL", KL_SPIKE_FLOOR),
+}
+
+
 class LongRunMixin:
     """Mixed into a transformers / TRL trainer class before it: `class T(LongRunMixin, SFTTrainer)`."""
+
+    guard = "loss"  # the stage's bad-step policy, a key of GUARD_POLICIES (set by with_long_run)
 
     def __init__(self, *args, **kwargs):
         check_long_run_args(kwargs.get("args"))
         super().__init__(*args, **kwargs)
         a = self.args
+        _, what, floor = GUARD_POLICIES[self.guard]
         self._bad_steps = BadStepGuard(getattr(a, "loss_spike_factor", 3.0), getattr(a, "loss_spike_window", 100),
-                                       getattr(a, "max_consecutive_bad_steps", 20))
+                                       getattr(a, "max_consecutive_bad_steps", 20), what, floor)
         self._signals = _StopSignals()
         self._last_save_time = time.monotonic()
         self.stopped_by_signal: int | None = None
@@ -243,7 +272,7 @@ class LongRunMixin:
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self._bad_steps.add_micro_batch(loss)
+        self._bad_steps.add_micro_batch(GUARD_POLICIES[self.guard][0](self, loss))
         return loss
 
     def _check_step_loss(self):
@@ -382,14 +411,15 @@ def resume_command(argv: list[str] | None = None) -> str:
     return " ".join(["python", argv[0] if argv else "<stage script>", *out, "--resume_from_checkpoint", "auto"])
 
 
-_CLASSES: dict[type, type] = {}
+_CLASSES: dict[tuple[type, str], type] = {}
 
 
-def with_long_run(trainer_class: type) -> type:
-    """`trainer_class` with LongRunMixin in front (one class per base, so isinstance checks stay simple)."""
+def with_long_run(trainer_class: type, guard: str = "loss") -> type:
+    """`trainer_class` with LongRunMixin in front (one class per base and guard policy, so isinstance checks stay
+    simple). `guard`: what the bad-step guard watches, the stage's `guard` in mini_qwen/stages.py."""
     if issubclass(trainer_class, LongRunMixin):
         return trainer_class
-    if trainer_class not in _CLASSES:
-        _CLASSES[trainer_class] = type(f"LongRun{trainer_class.__name__}", (LongRunMixin, trainer_class),
-                                       {"__doc__": trainer_class.__doc__})
-    return _CLASSES[trainer_class]
+    if (trainer_class, guard) not in _CLASSES:
+        _CLASSES[trainer_class, guard] = type(f"LongRun{trainer_class.__name__}", (LongRunMixin, trainer_class),
+                                              {"__doc__": trainer_class.__doc__, "guard": guard})
+    return _CLASSES[trainer_class, guard]

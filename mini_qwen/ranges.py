@@ -73,7 +73,16 @@ RANGES: dict[str, Range] = {
     # DPO
     "beta": Range(0, None, low_open=True), "label_smoothing": Range(0, 0.5), "ref_model_sync_steps": POSITIVE,
     "ref_model_mixup_alpha": Range(0, 1), "discopop_tau": Range(0, None, low_open=True), "ld_alpha": Range(0, 1),
-    # LoRA (SFT, DPO)
+    # GRPO: a group needs two answers at least to compare
+    "max_prompts": POSITIVE, "filter_samples": POSITIVE, "num_generations": Range(2, None),
+    "num_generations_eval": Range(2, None), "max_completion_length": POSITIVE, "generation_batch_size": POSITIVE,
+    "steps_per_generation": POSITIVE, "top_k": Range(0, None), "min_p": Range(0, 1), "num_iterations": POSITIVE,
+    "epsilon": Range(0, 1, low_open=True), "epsilon_high": Range(0, None, low_open=True),
+    "delta": Range(1, None, low_open=True), "top_entropy_quantile": Range(0, 1), "entropy_coef": Range(0, None),
+    "entropy_coef_min": Range(0, None), "entropy_coef_max": Range(0, None), "entropy_coef_delta": Range(0, None),
+    "entropy_target": Range(0, None), "num_completions_to_print": POSITIVE, "max_tool_calling_iterations": POSITIVE,
+    "off_policy_mask_threshold": Range(0, None, low_open=True),
+    # LoRA (SFT, DPO, GRPO)
     "lora_r": POSITIVE, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 1, high_open=True),
     # logging, saving, long runs
     "logging_steps": STEPS, "save_steps": STEPS, "eval_steps": STEPS, "eval_delay": Range(0, None),
@@ -99,6 +108,12 @@ UNCHECKED = {
     "pad_to_multiple_of": "a positive int or a word: INT_OR_WORDS below",
     "router_aux_loss_coef": "MoE models only",
     "f_alpha_divergence_coef": "any real value is a valid divergence parameter",
+    **dict.fromkeys(("vllm_server_port", "vllm_server_timeout", "vllm_group_port", "vllm_gpu_memory_utilization",
+                     "vllm_max_model_length", "vllm_tensor_parallel_size", "vllm_importance_sampling_clip_max",
+                     "vllm_importance_sampling_clip_min", "vllm_importance_sampling_cap"),
+                    "GRPO with vLLM only; this project generates with transformers"),
+    **dict.fromkeys(("sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
+                     "vespo_lambda_neg"), "parameters of TRL's sapo / vespo GRPO losses, checked by TRL"),
 }
 
 

@@ -6,17 +6,17 @@ from mini_qwen.rewards.numbers import numbers, parse_number
 from mini_qwen.rewards.registry import reward
 
 # Where an answer states its final result: "答案：42", "答案是 42", "Answer: 42", "the answer is 42", \boxed{42}.
-ANSWER_MARK = re.compile(r"\\boxed\{(?P<boxed>[^{}]*)\}|(?:答案|answer)\s*(?:是|为|is)?\s*[:：]?\s*(?P<after>.*)",
-                         re.IGNORECASE | re.DOTALL)
+ANSWER_MARK = re.compile(r"\\boxed\{(?P<boxed>[^{}]*)\}|(?:答案|answer)\s*(?:是|为|is)?\s*[:：]?", re.IGNORECASE)
 
 
 def stated_answer(completion: str) -> str | None:
-    """The text after the last answer mark ("答案：", "Answer:", \\boxed{...}), or None when there is none."""
+    """The text the last answer mark states ("答案：", "Answer:" up to the end, or inside \\boxed{...}), or None
+    when there is no mark."""
     found = list(ANSWER_MARK.finditer(completion))
     if not found:
         return None
     last = found[-1]
-    return last["boxed"] if last["boxed"] is not None else last["after"]
+    return last["boxed"] if last["boxed"] is not None else completion[last.end():]
 
 
 def final_number(completion: str):
