@@ -34,10 +34,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mini_qwen import stages
 from mini_qwen.cli import parse_args
 from mini_qwen.errors import MiniQwenError, run_main
 
-STAGE_OUTPUTS = ["results/pt", "results/sft", "results/dpo"]
+STAGE_OUTPUTS = [f"results/{name}" for name in stages.names()]
 EMPTY_HINT = "（请输入问题；输入 exit 退出）(type a question, or exit to quit)"
 
 
@@ -45,7 +46,7 @@ EMPTY_HINT = "（请输入问题；输入 exit 退出）(type a question, or exi
 class EvalArguments:
     checkpoints: list[str] = field(default_factory=list, metadata={
         "help": "Checkpoint folders, each `path` or `label=path` (also accepted as positional arguments). "
-                "Default: whichever of results/pt, results/sft, results/dpo exist.", "action": "extend"})
+                "Default: whichever stage outputs exist (results/<stage>).", "action": "extend"})
     mode: str = field(default="auto", metadata={
         "help": "interactive, batch, or auto (interactive for one checkpoint without --prompts/--prompts_file).",
         "choices": ["auto", "interactive", "batch"]})
@@ -79,6 +80,10 @@ class EvalArguments:
     heldout_data: str = field(default="mini_data/pt", metadata={
         "help": "PT parquet folder whose last documents are used when there is no held-out file."})
     heldout_docs: int = field(default=32, metadata={"help": "At most this many held-out texts."})
+    verifiable: str | None = field(default=None, metadata={
+        "help": "Held-out prompts with reference answers (.jsonl / .parquet, prompt + answer; e.g. "
+                "mini_data/grpo/heldout.jsonl): each chat checkpoint answers them greedily and the report shows "
+                "exact-match accuracy and the mean GRPO reward (math + format)."})
     ppl_max_length: int = field(default=512, metadata={"help": "Perplexity window in tokens (longer texts are "
                                                                  "split into windows)."})
     ppl_batch_size: int = field(default=4, metadata={"help": "Windows per forward pass for perplexity."})

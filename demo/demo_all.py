@@ -50,7 +50,7 @@ def main(argv=None):
     # mini_ceval: the project's offline 20-question task, so the demo's report has a benchmark table too
     mini_qwen_eval.main(["--checkpoints", *(f"{name}={OUT / name}" for name in names),
                          "--mode", "batch", "--max_new_tokens", "48", "--benchmarks", "mini_ceval",
-                         "--report_dir", str(OUT / "eval")])
+                         "--report_dir", str(OUT / "eval"), *(f for s in stages.STAGES for f in s.demo_eval)])
     timings["eval"] = round(time.time() - t0, 1)
     timings["total"] = round(time.time() - start, 1)
 

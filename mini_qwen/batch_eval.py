@@ -77,7 +77,7 @@ def _run_benchmarks(model, tokenizer, ckpt: Checkpoint, suite, args) -> list[dic
 
 
 def evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str] | None,
-                         args, do_sample: bool, seed: int, suite=None) -> dict:
+                         args, do_sample: bool, seed: int, suite=None, verifiable: list[dict] | None = None) -> dict:
     import torch
 
     from mini_qwen.generate import heldout_nll, load_for_inference
@@ -105,6 +105,12 @@ def evaluate_checkpoint(ckpt: Checkpoint, prompts: list[str], heldout: list[str]
         total, count = heldout_nll(model, tokenizer, heldout, args.ppl_max_length, args.ppl_batch_size)
         if count:
             result.update(perplexity=round(math.exp(total / count), 3), heldout_tokens=count)
+    if verifiable and ckpt.template == "chat":
+        from mini_qwen.rewards.evaluate import score_verifiable
+
+        result["verifiable"] = score_verifiable(model, tokenizer, verifiable, args.max_new_tokens)
+        print(f"[{ckpt.label}] verifiable prompts: accuracy {result['verifiable']['accuracy']:.3f}, mean reward "
+              f"{result['verifiable']['mean_reward']:.3f} (greedy, {len(verifiable)} prompts)", flush=True)
     if suite is not None:
         start = time.perf_counter()
         result["benchmarks"] = _run_benchmarks(model, tokenizer, ckpt, suite, args)
@@ -150,7 +156,13 @@ def run_batch(checkpoints: list[Checkpoint], prompts: list[str], args, do_sample
     heldout, heldout_source = load_heldout(args.heldout, args.heldout_data, args.heldout_docs)
     print(f"held-out text: {heldout_source}", flush=True)
     seed = args.seed if args.seed is not None else 42
-    results = [evaluate_checkpoint(c, prompts, heldout, args, do_sample, seed, suite) for c in checkpoints]
+    verifiable = None
+    if getattr(args, "verifiable", None):
+        from mini_qwen.rewards.evaluate import load_verifiable
+
+        verifiable = load_verifiable(args.verifiable)
+    results = [evaluate_checkpoint(c, prompts, heldout, args, do_sample, seed, suite, verifiable)
+               for c in checkpoints]
     print_summary(prompts, results)
 
     decodings = {"greedy": {}, "sampled": {"temperature": args.temperature, "top_p": args.top_p, "seed": seed}}
@@ -159,7 +171,7 @@ def run_batch(checkpoints: list[Checkpoint], prompts: list[str], args, do_sample
                              "temperature": args.temperature, "top_p": args.top_p,
                              "repetition_penalty": args.repetition_penalty, "seed": seed, "system": args.system},
               "decodings": decodings, "heldout": heldout_source, "prompts": prompts, "checkpoints": results,
-              "benchmarks": None}
+              "benchmarks": None, "verifiable": getattr(args, "verifiable", None)}
     if suite is not None:
         import lm_eval
 

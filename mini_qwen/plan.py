@@ -21,6 +21,7 @@ from itertools import combinations
 from pathlib import Path
 from types import SimpleNamespace
 
+from mini_qwen import stages
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.plan_data import dpo_data, figure, pt_data, sft_data
 from mini_qwen.plan_memory import (
@@ -189,14 +190,21 @@ def build_setup(stage: str, args: dict, config, params: Params, world: int, zero
                  attention=attention, checkpointing=bool(training.gradient_checkpointing),
                  grad_accum=training.gradient_accumulation_steps, trained_share=data["trained share"],
                  adapter=adapter)
-    if stage == "pt":
+    kind = stages.stage(stage).plan
+    if kind == "tokens":
         loss = "liger" if training.use_liger_kernel else "chunked" if training.chunked_loss else "full"
         masked = args["data"].packing == "documents" or attention == "eager"
         return Setup(**setup, seq_len=args["data"].block_size, mask="rows" if masked else None, loss=loss)
+    if kind == "rollouts":  # prompt + answer rows, full length; the KV reference at --beta > 0
+        reference = None
+        if training.beta > 0 and adapter is None:
+            reference = half if zero is not None and half else (
+                "bf16" if str(model_dtype(training, True, on_gpu=True)) == "torch.bfloat16" else "fp32")
+        return Setup(**setup, seq_len=data["longest"]["value"], mask="rows", loss="full", reference=reference)
     flattened = bool(getattr(training, "padding_free", False))
     mask = "flattened" if flattened else "rows"  # packed rows, padding masks: a dense mask under SDPA
     longest = padded_length(data["longest"]["value"], training.max_length, training.pad_to_multiple_of)
-    if stage == "sft":
+    if kind == "rows":
         fused = args["data"].fused_lm_head
         fused = fused if fused is not None else True  # the stage's default on a GPU
         return Setup(**setup, seq_len=training.max_length if training.packing else longest, mask=mask,
@@ -338,8 +346,11 @@ def mfu_for(stage: str, s: Setup, gpu, asked: float | None) -> dict:
     if (kind, launch) in MEASURED_MFU:
         value, on, count, source = MEASURED_MFU[(kind, launch)]
     else:  # the closest measured case, times a measured ratio
-        base = kind if (kind, ONE_GPU) in MEASURED_MFU else "pt"
+        like = stages.BY_NAME[kind].mfu_like if kind in stages.BY_NAME else None
+        base = kind if (kind, ONE_GPU) in MEASURED_MFU else like or "pt"
         value, on, count, source = MEASURED_MFU[(base, ONE_GPU)]
+        if base != kind and kind in stages.BY_NAME:
+            notes.append(f"not measured for {kind}: {base}'s figure ({stages.stage(kind).summary})")
         if launch != ONE_GPU:
             pt_launch = MEASURED_MFU[("pt", launch)][0] / MEASURED_MFU[("pt", ONE_GPU)][0]
             value *= pt_launch
@@ -457,14 +468,15 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
     preset, training); `plan_args`: mini_qwen_plan.py's own flags."""
     from mini_qwen.model import load_stage_tokenizer
 
+    kind = stages.stage(stage).plan  # how this stage's work is counted (an unknown stage stops here, no fallback)
     data_args, model_args, training = args["data"], args["model"], args["training"]
     world = plan_args.num_gpus * plan_args.num_nodes
-    if stage != "pt" and plan_args.dataset_tokens:
-        raise MiniQwenError("--dataset_tokens is for PT; SFT and DPO count their rows in the files.")
-    if stage != "pt" and not training.max_length:
+    if kind != "tokens" and plan_args.dataset_tokens:
+        raise MiniQwenError("--dataset_tokens is for PT; the other stages count their rows in the files.")
+    if kind in ("rows", "pairs") and not training.max_length:
         raise MiniQwenError("--max_length must be set (the original run used 1024).")
     config, model_source = model_config(model_args, args["preset"])
-    if stage == "pt" and data_args.block_size > config.max_position_embeddings:
+    if kind == "tokens" and data_args.block_size > config.max_position_embeddings:
         raise MiniQwenError(f"--block_size {data_args.block_size} exceeds the model's max_position_embeddings "
                             f"{config.max_position_embeddings}: lower it or pick another preset.")
     ds, ds_source = deepspeed_source(training, plan_args.accelerate_config, world)
@@ -475,25 +487,45 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
         raise MiniQwenError(KAHAN_UNDER_DEEPSPEED)
     checkpoint = model_args.model_name_or_path if model_source.startswith("checkpoint") else None
     # The tokenizer names PT's token cache and measures SFT / DPO lengths; a PT plan from --dataset_tokens needs none.
-    tokenizer = None if stage == "pt" and plan_args.dataset_tokens else load_stage_tokenizer(model_args, checkpoint)
-    if stage == "pt":
+    tokenizer = None if kind == "tokens" and plan_args.dataset_tokens else load_stage_tokenizer(model_args, checkpoint)
+    if kind == "tokens":
         data = pt_data(data_args, tokenizer, plan_args.dataset_tokens)
-    elif stage == "sft":
+    elif kind == "rows":
         data = sft_data(data_args, training, tokenizer, plan_args.sample_rows)
-    else:
+    elif kind == "pairs":
         data = dpo_data(data_args, training, tokenizer, plan_args.sample_rows)
+    else:
+        from mini_qwen.plan_grpo import grpo_data
+
+        data = grpo_data(data_args, training, tokenizer, plan_args.sample_rows)
 
     params = Params.of(meta_model(config))
     lora_args = args.get("lora")
     adapter = lora_adapter(lora_args, config) if lora_args is not None and lora_args.use_peft else None
     setup = build_setup(stage, args, config, params, world, zero, data, adapter)
     memory = memory_parts(setup)
+    if kind == "rollouts":  # generation's KV cache, counted on top of the training peak (conservative)
+        from mini_qwen.plan_grpo import kv_cache_bytes
+
+        memory["parts"]["generation KV cache"] = kv = kv_cache_bytes(setup, training, data)
+        memory["tensors"] += kv
     overhead, total = total_with_overhead(memory["tensors"])
     ok = total <= gpu.memory_gib * GIB
     run = steps_and_tokens(data, setup, training)
     mfu = mfu_for(stage, setup, gpu, plan_args.mfu)
     timing = time_and_cost(stage, setup, gpu, run, mfu, plan_args.price_per_gpu_hour, plan_args.num_nodes,
-                           data_args.block_size if stage == "pt" else None)
+                           data_args.block_size if kind == "tokens" else None)
+    if kind == "rollouts":  # answers are generated before they are trained on: add that time
+        from mini_qwen.plan_grpo import generation_time
+
+        timing["generation"] = generation_time(setup, training, gpu, run, data, mfu["value"])
+        timing["training hours"] = timing["hours"]
+        total_hours = round(timing["hours"]["value"] + timing["generation"]["hours"]["value"], 2)
+        timing["hours"] = figure(total_hours, "hours", "estimated", "training passes + generation")
+        if "cost" in timing:
+            timing["cost"] = figure(round(total_hours * world * plan_args.price_per_gpu_hour, 2), "per GPU-hour "
+                                    "price", "estimated", f"{total_hours:.1f} h x {world} GPUs x "
+                                    f"{plan_args.price_per_gpu_hour:g} an hour")
     memory_figures = {name: figure(value, "bytes", "estimated", "memory model (mini_qwen/plan_memory.py)")
                       for name, value in memory["parts"].items() if value}
     memory_figures["framework overhead"] = figure(overhead, "bytes", "estimated",
@@ -525,7 +557,7 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
         plan["memory"]["host RAM per GPU"] = figure(memory["host"], "bytes", "estimated", "ZeRO offload")
     if not ok:
         adapters = []
-        if stage != "pt" and adapter is None:  # SFT / DPO of every weight: would an adapter fit?
+        if kind != "tokens" and adapter is None:  # a stage from a checkpoint, every weight: would an adapter fit?
             from mini_qwen.lora import LoraArguments, qlora_supported
 
             lora = build_setup(stage, args, config, params, world, zero, data,
@@ -535,7 +567,7 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
                 qlora = build_setup(stage, args, config, params, world, zero, data,
                                     lora_adapter(LoraArguments(use_peft=True, load_in_4bit=True), config))
                 adapters.append((["--use_peft true", "--load_in_4bit true"], qlora))
-        plan["memory"]["what fits"] = what_fits(stage, setup, gpu, stage == "pt" and not checkpoint, adapters)
+        plan["memory"]["what fits"] = what_fits(stage, setup, gpu, kind == "tokens" and not checkpoint, adapters)
     return plan
 
 
@@ -588,8 +620,8 @@ def render(plan: dict) -> str:
                          f"({_gib(w['adapter']['total'])} in all)")
     d, r, t = plan["data"], plan["run"], plan["time"]
     lines += ["", "tokens and steps"]
-    for key in ("files", "rows", "documents", "conversations", "conversations per row", "pairs", "mean length",
-                "tokens"):
+    for key in ("files", "rows", "documents", "conversations", "conversations per row", "pairs", "prompts",
+                "mean length", "tokens"):
         f = d.get(key)
         if f:
             lines.append(f"  {key:22s} {_count(f['value']):>11s}  {f['basis']}: {f['source']}")
@@ -604,6 +636,10 @@ def render(plan: dict) -> str:
                  f"{_count(t['flops per token']['value'])} FLOPs a token (the log's count)"
                  f"{' x 4/6 ' + t['work share']['source'] if t['work share']['value'] != 1 else ''}, peak "
                  f"{t['peak']['value'] / 1e12:g} TFLOP/s a GPU")
+    if "generation" in t:
+        gen = t["generation"]
+        lines.append(f"  {'of which generation':22s} {gen['hours']['value'] * 60:>7.1f} min  estimated: "
+                     f"{gen['seconds per step']['value']:g} s a step, {gen['seconds per step']['source']}")
     if "cost" in t:
         lines.append(f"  {'cost':22s} {t['cost']['value']:>11,.0f}  estimated: {t['cost']['source']}")
     if "interconnect" in t:

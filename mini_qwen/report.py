@@ -145,6 +145,24 @@ def _degeneration_section(report: dict) -> list[str]:
     return lines
 
 
+def _verifiable_section(report: dict) -> list[str]:
+    ckpts = [c for c in report["checkpoints"] if c.get("verifiable")]
+    if not ckpts:
+        return []
+    names = list(ckpts[0]["verifiable"]["rewards"])
+    lines = ["", "## Verifiable prompts", "",
+             f"{ckpts[0]['verifiable']['n']} held-out prompts with reference answers ({_cell(report['verifiable'])}), "
+             f"answered greedily (max_new_tokens {ckpts[0]['verifiable']['max_new_tokens']}): accuracy is exact "
+             f"match of the final number; mean reward is the sum of the GRPO rewards {', '.join(names)}.", "",
+             "| checkpoint | accuracy | mean reward | " + " | ".join(names) + " |",
+             "|---|---:|---:|" + "---:|" * len(names)]
+    for c in ckpts:
+        v = c["verifiable"]
+        lines.append(f"| {_cell(c['label'])} | {_fmt(v['accuracy'])} | {_fmt(v['mean_reward'])} | "
+                     + " | ".join(_fmt(v["rewards"][n]) for n in names) + " |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     g = report["generation"]
     decoding = (f"sampling (temperature {g['temperature']}, top_p {g['top_p']}, seed {g['seed']})"
@@ -171,6 +189,7 @@ def render_markdown(report: dict) -> str:
               "unique / all token bigrams; both averaged over the answers. Perplexity: exp(mean next-token loss) "
               "on the held-out text."]
     lines += _benchmark_section(report)
+    lines += _verifiable_section(report)
     lines += _degeneration_section(report)
     lines += ["", "## Answers"]
     for i, prompt in enumerate(report["prompts"]):

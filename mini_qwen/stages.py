@@ -43,6 +43,8 @@ class Stage:
     plan: str                        # how the planner counts the work: a key of PLAN_KINDS
     demo_picks_preset: bool = False  # the demo picks the model preset (only a stage that builds a new model)
     chat: bool = True                # trains and is evaluated in the chat format (needs a chat template)
+    demo_eval: tuple[str, ...] = ()  # flags demo_all adds to the eval for this stage (its own held-out measure)
+    mfu_like: str | None = None      # planner: the measured stage whose MFU it borrows until it is measured itself
 
     @property
     def script(self) -> str:
@@ -95,7 +97,7 @@ STAGES = (
     Stage("dpo", "direct preference optimisation: prefer the chosen answer of each pair", "sft", 0.5e6, "loss",
           "pairs"),
     Stage("grpo", "reinforcement learning with verifiable rewards: answers scored by Python rewards", "sft", None,
-          "kl", "rollouts"),
+          "kl", "rollouts", demo_eval=("--verifiable", "mini_data/grpo/heldout.jsonl"), mfu_like="dpo"),
 )
 BY_NAME = {s.name: s for s in STAGES}
 

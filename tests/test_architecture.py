@@ -343,6 +343,8 @@ def test_the_table_of_stages_matches_the_files_on_disk():
     # every stage-shaped script (it exports its flags by role) is in the table
     scripts = {p.stem for p in REPO_ROOT.glob("mini_qwen_*.py") if "\nARGUMENTS = " in p.read_text()}
     assert scripts == {s.script for s in stages.STAGES}
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert all(f'"{s}"' in pyproject.split("py-modules")[1].split("\n")[0] for s in scripts), "py-modules"
 
 
 def test_only_the_table_lists_the_stages():

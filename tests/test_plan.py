@@ -207,7 +207,7 @@ def test_1b_pt_does_not_fit_a_t4_and_the_suggested_flags_do(tmp_path):
     assert plan(tmp_path, "pt", "--gpu", "T4", *data, *flags)["memory"]["fits"]
 
 
-@pytest.mark.parametrize("stage", ["pt", "sft", "dpo"])
+@pytest.mark.parametrize("stage", stages.names())
 def test_the_demo_recipes_fit_a_t4(tmp_path, stage):
     from mini_qwen.demo import demo_layers
 
@@ -216,7 +216,7 @@ def test_the_demo_recipes_fit_a_t4(tmp_path, stage):
                          config=build_config(PresetArguments(model_preset="1b")))
     flags = ["--config", str(REPO_ROOT / "demo" / f"{stage}.yaml"), "--gpu", "T4", "--num_hidden_layers", str(layers),
              "--data_dir", str(REPO_ROOT / "mini_data" / stage)]
-    if stage != "pt":  # the previous demo stage's output, not trained here: planned from the preset
+    if stages.stage(stage).starts_from:  # the previous demo stage's output, not trained here: planned from the preset
         flags += ["--model_name_or_path", str(tmp_path / "not_trained_yet"), "--model_preset", "1b"]
     result = plan(tmp_path, stage, *flags)
     assert result["memory"]["fits"], result["memory"]
@@ -428,3 +428,33 @@ def test_run_sh_plan_mode_reaches_the_planner():
     assert done.returncode == 2
     assert [line for line in done.stderr.splitlines() if line.strip()] == [
         f"error: unknown GPU 'nope' for --gpu: known GPUs are {', '.join(g.name for g in GPUS)}."]
+
+
+def test_a_grpo_plan_counts_generation_time_and_memory_and_says_it_is_estimated(tmp_path):
+    data = ["--data_dir", str(REPO_ROOT / "mini_data" / "grpo" / "train.jsonl"), "--model_name_or_path",
+            str(tmp_path / "no_sft_yet"), "--model_preset", "1b", "--gpu", "H100"]
+    short = plan(tmp_path, "grpo", *data, "--max_completion_length", "64")
+    long = plan(tmp_path, "grpo", *data, "--max_completion_length", "512")
+    assert short["data"]["prompts"]["value"] == 240 and short["data"]["unit"] == "answers"
+    for result in (short, long):
+        gen = result["time"]["generation"]
+        assert gen["hours"]["basis"] == "estimated" and "decode steps" in gen["seconds per step"]["source"]
+        assert result["time"]["hours"]["value"] == pytest.approx(
+            result["time"]["training hours"]["value"] + gen["hours"]["value"], abs=0.011)
+        assert "not measured for grpo: dpo's figure" in result["time"]["mfu"]["source"]  # never PT's by default
+    # answers 8x longer: 8x the decode steps and a larger KV cache
+    ratio = long["time"]["generation"]["hours"]["value"] / short["time"]["generation"]["hours"]["value"]
+    assert 6 < ratio < 9
+    assert long["memory"]["per GPU"]["generation KV cache"]["value"] > \
+        short["memory"]["per GPU"]["generation KV cache"]["value"] > 0
+    assert short["memory"]["per GPU"]["reference model"]["value"] > 0  # --beta 0.04: a frozen reference
+
+
+def test_an_unknown_stage_is_refused_not_planned_as_another():
+    with pytest.raises(MiniQwenError, match=r"^name the stage to plan first: python mini_qwen_plan.py "
+                                            r"pt\|sft\|dpo\|grpo .*got 'ppo'"):
+        mini_qwen_plan.main(["ppo", "--gpu", "H100"])
+    from mini_qwen.plan import plan_run
+
+    with pytest.raises(MiniQwenError, match=r"^unknown stage 'ppo': use one of pt, sft, dpo, grpo\."):
+        plan_run("ppo", {"data": None, "model": None, "training": None}, None, None)

@@ -53,7 +53,8 @@ def test_final_number_prefers_the_last_answer_mark():
 def test_format_reward_and_length_penalty():
     assert format_reward("答案：5", "5") == 1.0
     assert format_reward("Answer: five", "5") == 0.5  # the mark without a number
-    assert format_reward("5", "5") == 0.0
+    assert format_reward("5", "5") == 0.25  # a number, but not where the answer is stated
+    assert format_reward("no number", "5") == 0.0
     assert format_reward("\\boxed{7}", "7") == 1.0
     assert length_penalty("x", "1", completion_ids=[0] * 4, max_completion_length=16) == 0.0
     assert length_penalty("x", "1", completion_ids=[0] * 12, max_completion_length=16) == pytest.approx(-0.5)

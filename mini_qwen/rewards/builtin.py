@@ -38,10 +38,12 @@ def math_reward(completion: str, answer: str, **_) -> float:
 
 @reward("format")
 def format_reward(completion: str, answer: str, **_) -> float:
-    """1 when a number follows an answer mark ("答案：N", "Answer: N", \\boxed{N}), 0.5 for the mark alone."""
+    """Graded answer shape: 1 for a number after an answer mark ("答案：N", "Answer: N", \\boxed{N}), 0.5 for the mark
+    without a number, 0.25 for a number without a mark, else 0. The steps give a small model that has never seen
+    the mark a gradient towards it (a group all at 0 teaches nothing)."""
     stated = stated_answer(completion)
     if stated is None:
-        return 0.0
+        return 0.25 if numbers(completion) else 0.0
     return 1.0 if numbers(stated) else 0.5
 
 
