@@ -138,8 +138,10 @@ def test_prepare_data_tool_and_prepare_only(tmp_path, tiny_checkpoint, capsys):
 
     with pytest.raises(MiniQwenError, match=r"--prepare_shard 0/2 only applies with --prepare_only true"):
         mini_qwen_pt.main(["--data_dir", str(MINI / "pt"), "--prepare_shard", "0/2", "--output_dir", "x"])
-    with pytest.raises(MiniQwenError, match="unknown stage 'ppt'"):
+    with pytest.raises(MiniQwenError, match="'ppt' is an unknown stage: use one of pt, sft, dpo "):
         tool.main(["ppt"])
+    with pytest.raises(MiniQwenError, match="'grpo' has no token cache to prepare"):  # the table says so
+        tool.main(["grpo"])
 
     # PT with two processes: the cache appears, no model, no run folder
     tool.main(["pt", "--data_dir", str(MINI / "pt"), "--cache_dir", str(tmp_path / "cache"), "--num_proc", "2",

@@ -32,9 +32,10 @@ def stage_argv(argv: list[str]) -> tuple[str, list[str]]:
         print(__doc__)
         raise SystemExit(0)
     stage, rest = argv[0], []
-    if stage not in stages.BY_NAME or stages.stage(stage).prepare_bytes_per_second is None:
-        prepared = [s.name for s in stages.STAGES if s.prepare_bytes_per_second is not None]
-        raise MiniQwenError(f"stage '{stage}' has no token cache to prepare: use one of {', '.join(prepared)} "
+    prepared = [s.name for s in stages.STAGES if s.prepare_bytes_per_second is not None]
+    if stage not in prepared:
+        what = "has no token cache to prepare" if stage in stages.BY_NAME else "is an unknown stage"
+        raise MiniQwenError(f"'{stage}' {what}: use one of {', '.join(prepared)} "
                             f"(python utils/prepare_data.py {prepared[0]} --data_dir data/{prepared[0]}).")
     for arg in argv[1:]:
         flag, equals, value = arg.partition("=")
