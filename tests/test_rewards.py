@@ -16,6 +16,7 @@ from mini_qwen.rewards.numbers import chinese_integer, numbers, parse_number
     ("二〇二六年", 2026), ("负三", -3), ("四分之三", Fraction(3, 4)), ("负二分之一", Fraction(-1, 2)),
     ("二点五", Fraction(5, 2)), ("1,234元", 1234), ("12,345,678 people", 12345678), ("-3/4", Fraction(-3, 4)),
     ("3.50 dollars", Fraction(7, 2)), ("−7 °C", -7), ("5 apples", 5), ("0.5", Fraction(1, 2)),
+    ("Seven apples", 7), ("twenty-one", 21), ("ninety nine", 99), ("minus three", -3), ("thirteen", 13),
 ])
 def test_numbers_from_tricky_answers(text, expected):
     assert numbers(text) == [Fraction(expected)]
@@ -23,7 +24,8 @@ def test_numbers_from_tricky_answers(text, expected):
 
 def test_numbers_in_order_and_nothing_from_non_numbers():
     assert numbers("共有 12 apples, 3 left, 1/0 is no number") == [12, 3]
-    assert numbers("no digits here") == [] and parse_number("abc") is None
+    assert numbers("no digits here, someone said") == [] and parse_number("abc") is None  # no "one" in "someone"
+    assert numbers("a small trained three three") == [3, 3]
     assert chinese_integer("三五") == 35  # digit by digit, as a year or a code
 
 
@@ -52,7 +54,8 @@ def test_final_number_prefers_the_last_answer_mark():
 
 def test_format_reward_and_length_penalty():
     assert format_reward("答案：5", "5") == 1.0
-    assert format_reward("Answer: five", "5") == 0.5  # the mark without a number
+    assert format_reward("Answer: five", "5") == 1.0 and math_reward("Answer: five", "5") == 1.0
+    assert format_reward("Answer: I do not know", "5") == 0.5  # the mark without a number
     assert format_reward("5", "5") == 0.25  # a number, but not where the answer is stated
     assert format_reward("no number", "5") == 0.0
     assert format_reward("\\boxed{7}", "7") == 1.0

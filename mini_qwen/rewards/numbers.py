@@ -1,5 +1,6 @@
-"""Numbers out of free text, the way a grader reads an answer: Arabic or Chinese numerals, thousands commas,
-units after the number, fractions (3/4, 四分之三), decimals, negative numbers (-3, −3, 负三).
+"""Numbers out of free text, the way a grader reads an answer: Arabic or Chinese numerals, English number words up
+to ninety-nine, thousands commas, units after the number, fractions (3/4, 四分之三), decimals, negative numbers
+(-3, −3, 负三, minus three).
 
 Every number is returned as an exact `Fraction`, so 0.5 == 1/2 == 二分之一 and 3.0 == 3 compare equal.
 """
@@ -13,12 +14,18 @@ CN_BIG_UNITS = {"万": 10_000, "亿": 100_000_000}
 _CN_INT = "[零〇一二两三四五六七八九十百千万亿]+"
 _CN_NUM = rf"负?{_CN_INT}(?:点[零〇一二两三四五六七八九]+)?"
 _AR_NUM = r"[-−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+EN_UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+            "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+EN_TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_EN_NUM = (rf"(?i:\b(?:minus |negative )?(?:(?:{'|'.join(EN_TENS)})(?:[- ](?:{'|'.join(EN_UNITS[1:10])}))?"
+           rf"|{'|'.join(reversed(EN_UNITS))})\b)")
 # One pattern, longest forms first: a fraction before the plain number it starts with.
 NUMBER = re.compile(
     rf"(?P<frac>{_AR_NUM})\s*/\s*(?P<den>\d+(?:\.\d+)?)"
     rf"|(?P<cnden>{_CN_NUM})分之(?P<cnnum>{_CN_NUM})"
     rf"|(?P<ar>{_AR_NUM})"
-    rf"|(?P<cn>{_CN_NUM})")
+    rf"|(?P<cn>{_CN_NUM})"
+    rf"|(?P<en>{_EN_NUM})")
 
 
 def chinese_integer(text: str) -> int:
@@ -47,6 +54,15 @@ def chinese_number(text: str) -> Fraction:
     return -value if negative else value
 
 
+def english_number(text: str) -> Fraction:
+    """"twenty-one" -> 21, "minus three" -> -3 (words up to ninety-nine)."""
+    words = text.lower().replace("-", " ").split()
+    negative = words[0] in ("minus", "negative")
+    words = words[1:] if negative else words
+    value = sum(EN_UNITS.index(w) if w in EN_UNITS else 20 + 10 * EN_TENS.index(w) for w in words)
+    return Fraction(-value if negative else value)
+
+
 def arabic_number(text: str) -> Fraction:
     return Fraction(text.replace(",", "").replace("−", "-"))
 
@@ -65,8 +81,10 @@ def numbers(text: str) -> list[Fraction]:
                 out.append(chinese_number(m["cnnum"]) / den)
         elif m["ar"] is not None:
             out.append(arabic_number(m["ar"]))
-        else:
+        elif m["cn"] is not None:
             out.append(chinese_number(m["cn"]))
+        else:
+            out.append(english_number(m["en"]))
     return out
 
 
