@@ -174,3 +174,18 @@ def test_bad_input_is_one_line_naming_the_flag_or_row(case, grpo_base, tiny_chec
     finally:
         if case == "reward raises":
             REWARDS.pop("test_raises")
+
+
+def test_the_eval_report_shows_held_out_verifiable_accuracy(tiny_checkpoint, tmp_path, one_thread):
+    import mini_qwen_eval
+    from mini_qwen.rewards.evaluate import load_verifiable
+
+    heldout = _jsonl(tmp_path / "heldout.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?", "answer": ""},
+                                                  {"prompt": "三加四？", "answer": "七"}])
+    assert [r["row"] for r in load_verifiable(str(heldout))] == [f"{heldout}:1", f"{heldout}:3"]  # no answer: left out
+    report = mini_qwen_eval.main([f"sft={tiny_checkpoint}", "--prompts", "hi", "--max_new_tokens", "2",
+                                  "--heldout", "none", "--verifiable", str(heldout), "--report_dir", str(tmp_path)])
+    scores = report["checkpoints"][0]["verifiable"]
+    assert scores["n"] == 2 and 0 <= scores["accuracy"] <= 1 and set(scores["rewards"]) == {"math", "format"}
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Verifiable prompts" in markdown and "| sft | " in markdown.split("## Verifiable prompts")[1]
