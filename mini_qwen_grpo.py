@@ -226,6 +226,19 @@ def difficulty_filter(dataset, model, tokenizer, data_args, training_args, log=p
     return dataset
 
 
+def check_enough_prompts(prompts: int, training_args) -> None:
+    """TRL draws whole groups: a generation batch takes batch x processes x steps_per_generation / num_generations
+    distinct prompts and drops a smaller remainder, so with fewer prompts than that the run would train 0 steps."""
+    per_batch = training_args.generation_batch_size // training_args.num_generations
+    if prompts < per_batch:
+        a = training_args
+        raise MiniQwenError(f"only {prompts} prompt(s) to train on, fewer than the {per_batch} distinct prompts one "
+                            f"generation batch draws (--per_device_train_batch_size {a.per_device_train_batch_size} x "
+                            f"{a.world_size} process(es) x {a.steps_per_generation} steps per generation / "
+                            f"--num_generations {a.num_generations}): add prompts (or keep more with the difficulty "
+                            f"filter), or lower --per_device_train_batch_size.")
+
+
 def main(argv=None):
     data_args, model_args, lora_args, training_args = parse_args(tuple(ARGUMENTS.values()), argv)
     rewards = check_args(data_args, model_args, training_args)
@@ -245,6 +258,7 @@ def main(argv=None):
     print(describe(model))
     if data_args.difficulty_filter:
         dataset = difficulty_filter(dataset, model, tokenizer, data_args, training_args)
+    check_enough_prompts(len(dataset), training_args)
     if peft_config is not None:
         with_base_path(model, model_args.model_name_or_path)  # adapter_config.json records where the base is
         # TRL scores the KL reference with the adapter disabled: the starting model itself, no second copy.

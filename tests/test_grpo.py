@@ -101,6 +101,11 @@ def test_difficulty_filter_keeps_prompts_sometimes_right(tmp_path, monkeypatch, 
     # none kept: one message saying why and what to do
     training.resume_from_checkpoint, training.output_dir = None, str(tmp_path / "other")
     monkeypatch.setattr(mini_qwen_grpo, "sample_answers", lambda m, t, prompts, *a: [["x"] * 3 for _ in prompts])
+    too_few = SimpleNamespace(generation_batch_size=8, num_generations=2, per_device_train_batch_size=4, world_size=2,
+                              steps_per_generation=1)
+    mini_qwen_grpo.check_enough_prompts(4, too_few)
+    with pytest.raises(MiniQwenError, match=r"^only 3 prompt\(s\) to train on, fewer than the 4 distinct prompts"):
+        mini_qwen_grpo.check_enough_prompts(3, too_few)  # TRL would train 0 steps and save the start as a result
     with pytest.raises(MiniQwenError, match=r"^difficulty filter: no prompt kept: the starting model never answers "
                                             r"them right by 'math' in 3 samples.*--difficulty_filter false"):
         mini_qwen_grpo.difficulty_filter(_rows(4), None, None, data, training)
