@@ -31,16 +31,19 @@ def grpo_base(tiny_checkpoint):
             "--report_to", "none", "--reward_funcs", "math", "format", "length"]
 
 
-def test_one_step_on_cpu_logs_rewards_and_kl(grpo_base, tmp_path, one_thread):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_one_step_on_cpu_logs_rewards_and_kl(grpo_base, tmp_path, one_thread, lora):
     out = tmp_path / "grpo"
-    mini_qwen_grpo.main([*grpo_base, "--max_steps", "1", "--output_dir", str(out), "--save_strategy", "no"])
+    mini_qwen_grpo.main([*grpo_base, "--max_steps", "1", "--output_dir", str(out), "--save_strategy", "no",
+                         *(["--use_peft", "true"] if lora else [])])
     logged = json.loads((out / "trainer_state.json").read_text())["log_history"][0]
     # what TRL 1.16 logs and the KL guard / demo / report read (long_run._step_kl reads "kl" and "reward")
     for key in ("loss", "reward", "reward_std", "kl", "rewards/math/mean", "rewards/format/mean",
                 "rewards/length/mean", "bad_steps_skipped"):
         assert key in logged, (key, sorted(logged))
     assert logged["rewards/length/mean"] == -1.0  # every 4-token answer hit the 4-token limit
-    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    weights = "adapter_model.safetensors" if lora else "model.safetensors"  # LoRA: the KL reference is the base
+    assert (out / weights).is_file() and (out / "tokenizer.json").is_file()
     assert json.loads((out / "run_config.json").read_text())["stage"] == "grpo"
 
 
