@@ -159,19 +159,27 @@ def segments(position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
     return out
 
 
-def assert_documents_isolated(model, batch, atol):
-    """Each sequence's logits inside the packed batch equal its logits alone; the model's loss is that of the
-    isolated logits (the labels line up)."""
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def isolation_error(model, batch) -> tuple[float, float]:
+    """The largest |logit| difference between a sequence inside the packed batch and the sequence alone, and the
+    difference between the model's loss and the loss of the isolated logits (do the labels line up)."""
     with torch.no_grad():
         packed = model(**batch, use_cache=False)
         logits = torch.empty_like(packed.logits)
         for r, a, b in segments(batch["position_ids"]):
-            alone = model(input_ids=batch["input_ids"][r:r + 1, a:b], use_cache=False).logits[0]
-            worst = (packed.logits[r, a:b] - alone).abs().max().item()
-            assert worst <= atol, f"row {r} tokens {a}:{b} differ by {worst:.3g} from the document alone"
-            logits[r, a:b] = alone
+            logits[r, a:b] = model(input_ids=batch["input_ids"][r:r + 1, a:b], use_cache=False).logits[0]
         isolated = model.loss_function(logits, batch["labels"], model.config.vocab_size)
-        assert abs(packed.loss.item() - isolated.item()) <= atol
+    return (packed.logits - logits).abs().max().item(), abs(packed.loss.item() - isolated.item())
+
+
+def assert_documents_isolated(model, batch, atol):
+    logits_error, loss_error = isolation_error(model, batch)
+    assert logits_error <= atol and loss_error <= atol, (logits_error, loss_error)
+    if batch["input_ids"].shape[0] > 1:  # without the varlen keys, flash attends across documents: this can fail
+        logits_error, _ = isolation_error(model, {k: v for k, v in batch.items() if k not in VARLEN_KEYS})
+        assert logits_error > 0.1, logits_error
 
 
 # ---------------------------------------------------------------- CPU: the stand-in kernels
@@ -261,12 +269,12 @@ def test_real_flash_attn_isolates_packed_documents(layout, tmp_path, monkeypatch
 
     monkeypatch.setattr(fa, "_lazy_imports", lazy_imports)
     _reset_loaded_kernels(monkeypatch, fa)
-    model = tiny_model(dtype=torch.bfloat16, attn_implementation="flash_attention_2").cuda().eval()
+    model = tiny_model(dtype=torch.float16, attn_implementation="flash_attention_2").cuda().eval()
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in layout_batch(layout, 12, tmp_path).items()}
     calls.clear()
     with torch.no_grad():
         model(**batch, use_cache=False)
     assert set(calls) == {"flash_attn_varlen_func"}, calls
-    # bf16 logits: rounding differs between one packed kernel call and one call per document, crossed documents
-    # (the defect) were off by ~1.
-    assert_documents_isolated(model, batch, atol=0.05)
+    # fp16 (flash-attn has no fp32): rounding differs between one packed call and one call per document; crossed
+    # documents (the defect) were off by ~0.6-0.9.
+    assert_documents_isolated(model, batch, atol=1e-2)
