@@ -24,7 +24,9 @@ does not: transformers 5.24 infers documents from position ids only for a batch 
 (`_is_packed_sequence`) and otherwise runs one causal kernel over each whole row, across
 documents. So every batch also carries flash-attention's variable-length kwargs
 (`varlen_kwargs`: `cu_seq_lens_q/k`, `max_length_q/k` over the flattened batch), which make
-transformers call the varlen kernel at any batch size; the other attentions ignore them.
+transformers call the varlen kernel at any batch size; the other attentions ignore them, so
+they go in every batch whatever the attention: ~0.1 ms of collation for 12 rows, the same SDPA
+losses, no extra torch.compile graph. tests/test_flash_varlen.py runs the flash path on CPU.
 """
 
 import itertools
