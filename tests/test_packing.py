@@ -11,7 +11,15 @@ from conftest import BAAI_SAMPLES
 
 from mini_qwen.data.checks import check_stage_files
 from mini_qwen.data.common import find_parquet_files
-from mini_qwen.data.packing import BYTES_PER_TOKEN, PackedBlocks, collate_blocks, decode_u24, encode_u24, tokenize_batch
+from mini_qwen.data.packing import (
+    BYTES_PER_TOKEN,
+    PackedBlocks,
+    collate_blocks,
+    decode_u24,
+    encode_u24,
+    tokenize_batch,
+    varlen_kwargs,
+)
 from mini_qwen.data.pt import iter_text_batches, prepare_token_cache
 from mini_qwen.errors import MiniQwenError
 
@@ -110,6 +118,9 @@ def test_packed_documents_do_not_attend_to_each_other(tmp_path, tokenizer):
     assert "attention_mask" not in batch
     _, starts = blocks.block(0)
     assert len(starts) >= 2, "the block must hold several documents"
+    # flash-attention's document boundaries (tests/test_flash_varlen.py runs them through the flash path)
+    assert batch["cu_seq_lens_q"].tolist() == [*starts.tolist(), 64]
+    assert batch["max_length_q"] == max(np.diff([*starts.tolist(), 64]))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(build_config(PresetArguments(model_preset="tiny")),
                                              attn_implementation="sdpa").eval()
@@ -124,6 +135,16 @@ def test_packed_documents_do_not_attend_to_each_other(tmp_path, tokenizer):
         a, b = bounds[1], bounds[2]
         alone = model(input_ids=batch["input_ids"][:, a:b], use_cache=False).logits[0]
         assert not torch.allclose(mixed[a:b], alone, atol=1e-3)
+
+
+def test_varlen_kwargs_cut_the_flattened_batch_at_every_sequence_start():
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2],
+                                 [3, 4, 0, 1, 2, 3, 0, 1]])  # the second row starts inside a sequence
+    kwargs = varlen_kwargs(position_ids)
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 8, 10, 14, 16]  # offsets into rows x length tokens
+    assert kwargs["cu_seq_lens_q"].dtype == torch.int32 and kwargs["cu_seq_lens_k"] is kwargs["cu_seq_lens_q"]
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == 4
+    assert position_ids[1, 0] == 3  # the batch's own position ids untouched
 
 
 def test_loader_errors_name_the_problem(tmp_path, tokenizer):
