@@ -26,6 +26,7 @@ failed saves reported. One shape for all three stages: the stage's TrainingArgum
   `--lost_rank_timeout` seconds, with one message naming it (mini_qwen/nodes.py RankWatch).
 
 Written against transformers 5.24 / accelerate 1.15: it overrides Trainer's private `_save_checkpoint` and
+`_run_epoch` (no step past max_steps when resumed from the last checkpoint) and
 relies on the order of its training loop (callback `on_pre_optimizer_step` before `optimizer.step()`, the
 optimizer created before accelerate wraps it); tests/test_long_run.py pins these details.
 """
@@ -292,6 +293,15 @@ class LongRunMixin:
         if received:
             control.should_training_stop = True
             self.stopped_by_signal = received
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the run's last checkpoint (its final save failed, or never came): Trainer's loop checks
+        # max_steps only after a step, so it would train one step past the end and save checkpoint-<max+1>.
+        # Nothing to train; the stage then saves the final model from the restored weights.
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def train(self, *args, **kwargs):
         from mini_qwen.nodes import RankWatch
