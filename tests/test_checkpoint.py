@@ -247,6 +247,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["pt", "sft"])
 def test_resuming_a_finished_run_trains_and_writes_nothing(stage, tmp_path, built_tokenizer_dir, tiny_checkpoint,
                                                            capsys, one_thread):

@@ -103,6 +103,7 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_resume_matches(pt_base, tmp_path
         assert ref[n]["learning_rate"] == pytest.approx(res[n]["learning_rate"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_ctrl_c_through_tee_still_saves(pt_base, tmp_path):
     """`python mini_qwen_pt.py ... | tee log` and Ctrl-C: the terminal sends SIGINT to the whole pipeline, tee dies,
     and every later print of the stage hits a closed pipe (BrokenPipeError): the step still finishes, the checkpoint
@@ -118,7 +119,7 @@ def test_ctrl_c_through_tee_still_saves(pt_base, tmp_path):
     deadline = time.monotonic() + 600
     try:
         while shell.poll() is None and time.monotonic() < deadline:
-            if log.is_file() and log.read_text(errors="replace").count("'loss'") >= 3:
+            if log.is_file() and "'loss'" in log.read_text(errors="replace"):  # training has begun
                 os.killpg(shell.pid, signal.SIGINT)
                 break
             time.sleep(0.05)
@@ -130,7 +131,7 @@ def test_ctrl_c_through_tee_still_saves(pt_base, tmp_path):
     printed = (tmp_path / "stderr.log").read_text(errors="replace")[-3000:]
     assert (tmp_path / "rc").read_text().strip() == "0", printed
     saved = complete_checkpoints(str(run))
-    assert len(saved) == 1 and 3 <= int(saved[0].name.split("-")[1]) < 1000, printed
+    assert len(saved) == 1 and 1 <= int(saved[0].name.split("-")[1]) < 1000, printed
     assert not (run / "model.safetensors").exists()
 
 
