@@ -38,9 +38,11 @@ def format_messages(messages: list[dict], add_generation_prompt: bool = True) ->
 
 
 # The same format as a Jinja chat template, for runtimes that render prompts themselves from the template a
-# model file carries (llama.cpp, LM Studio: the exported GGUF embeds this one). Unlike the official Qwen2.5
-# template it adds no default system prompt: SFT data without a system turn was trained without one.
-# With add_generation_prompt false every turn is closed, as in training (the Hugging Face convention).
+# model carries: every tokenizer load_tokenizer loads gets it, so every saved checkpoint's chat_template.jinja is
+# this one (transformers' apply_chat_template, vLLM, lm-eval's chat mode), and the exported GGUF embeds it
+# (llama.cpp, LM Studio). Unlike the official Qwen2.5 template it adds no default system prompt: SFT data without
+# a system turn was trained without one; a system message is rendered as the first turn, as SFT, DPO and serve
+# encode it. With add_generation_prompt false every turn is closed, as in training (the Hugging Face convention).
 CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"

@@ -10,10 +10,12 @@
   the same prompts: greedy token ids and the NMSE of next-token log-probabilities (llama.cpp's own measure in
   examples/model-conversion: mean squared error over the reference's variance).
 
-Why the template is replaced: the tokenizer's own chat template is the official Qwen2.5 one, which adds a
-default system prompt ("You are Qwen, ...") when a conversation has none. SFT here trains conversations as the
-data has them (mini_qwen/chat.py), so a runtime using that template would prompt the model with a turn it never
-saw. Peers' "merged model -> GGUF -> Ollama answers garbage" reports mostly come from that kind of mismatch.
+Why the template is written even though every checkpoint saved now carries it (mini_qwen/tokenizer.py sets it on
+every tokenizer it loads): a checkpoint saved before, or a tokenizer folder given with --tokenizer_path, may carry
+the official Qwen2.5 one, which adds a default system prompt ("You are Qwen, ...") when a conversation has none.
+SFT here trains conversations as the data has them (mini_qwen/chat.py), so a runtime using that template would
+prompt the model with a turn it never saw. Peers' "merged model -> GGUF -> Ollama answers garbage" reports mostly
+come from that kind of mismatch.
 """
 
 from __future__ import annotations

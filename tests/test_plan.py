@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, cli_error
 
 import mini_qwen_plan
 from mini_qwen.cli import parse_args
@@ -427,3 +427,21 @@ def test_run_sh_plan_mode_reaches_the_planner():
     assert done.returncode == 2
     assert [line for line in done.stderr.splitlines() if line.strip()] == [
         f"error: unknown GPU 'nope' for --gpu: known GPUs are {', '.join(g.name for g in GPUS)}."]
+
+
+def test_plan_json_goes_beside_the_run_or_where_out_says(tmp_path, monkeypatch, capsys):
+    """Not into the current folder (the repository root, where it is not git-ignored): --output_dir's plan.json,
+    or --out (a .json file, or a folder); an --out that cannot be written is one error line."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["pt", "--gpu", "H100", "--model_preset", "tiny", "--dataset_tokens", "1000000"]
+    run = tmp_path / "results" / "tiny_pt"
+    result = mini_qwen_plan.main([*flags, "--output_dir", str(run)])
+    assert json.loads((run / "plan.json").read_text()) == json.loads(json.dumps(result))
+    assert f"plan written to {run / 'plan.json'}" in capsys.readouterr().out
+    mini_qwen_plan.main([*flags, "--out", "plans"])
+    mini_qwen_plan.main([*flags, "--out", "plans/tiny.json"])
+    assert sorted(p.name for p in (tmp_path / "plans").iterdir()) == ["plan.json", "tiny.json"]
+    assert not (tmp_path / "plan.json").exists()
+    (tmp_path / "a_file").write_text("")
+    err = cli_error(mini_qwen_plan.main, [*flags, "--out", "a_file/plan.json"], capsys)
+    assert err.strip().startswith("error: cannot write the plan to a_file/plan.json")
