@@ -22,6 +22,7 @@ question and the assistant header stay), then each answer's tail so prompt + ans
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
@@ -36,7 +37,15 @@ from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.lora import LoraArguments, describe_adapter, lora_setup, quantization_config, with_base_path
+from mini_qwen.lora import (
+    DPO_LEARNING_RATE,
+    LoraArguments,
+    describe_adapter,
+    keep_adapters_fp32,
+    lora_setup,
+    quantization_config,
+    with_base_path,
+)
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.speed import kahan_adamw
@@ -67,8 +76,11 @@ class DPOModelArguments(ModelArguments):
 class MiniDPOConfig(LongRunArguments, DPOConfig):
     # The original run's values (6 x H800, ZeRO-2, Infinity-Preference, 3 epochs from the SFT checkpoint).
     output_dir: str = field(default="results/dpo", metadata={"help": "Checkpoints, final model, loss plot."})
-    learning_rate: float = field(default=5e-7, metadata={"help": "The original final run's value; 1e-6 overfitted "
-                                                                 "(staircase loss), 1e-7 barely moved the loss."})
+    learning_rate: float = field(default=5e-7, metadata={
+        "help": f"The original final run's value; 1e-6 overfitted (staircase loss), 1e-7 barely moved the loss. With "
+                f"--use_peft true and this flag not given: {DPO_LEARNING_RATE:g}, LoRA's own default (see "
+                f"mini_qwen/lora.py)."})
+    lora_learning_rate: ClassVar[float] = DPO_LEARNING_RATE  # --learning_rate's default under --use_peft true
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = field(default=0.1, metadata={"help": "A float below 1 is a fraction of all steps."})
     num_train_epochs: float = 3.0
@@ -129,7 +141,7 @@ def main(argv=None):
     check_launch(training_args)
     # Found and checked once, before the models are loaded; the builder below trusts this list.
     files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
-    peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    peft_config = lora_setup(lora_args, model_args.model_name_or_path, training_args.learning_rate)  # None: no LoRA
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.max_prompt_length)
     if data_args.prepare_only:  # utils/prepare_data.py: the tokenized pairs, then exit before any model is loaded
@@ -183,8 +195,8 @@ def main(argv=None):
         callbacks=[LossPlotCallback("DPO loss", metrics=("loss", "rewards/accuracies", "rewards/margins"))],
         peft_config=peft_config,  # TRL wraps the model in the adapter (peft) and trains only that
     )
-    if peft_config is not None:
-        print(describe_adapter(trainer.model))
+    if peft_config is not None:  # fp32 adapters also where TRL cast them to bf16 (4-bit base)
+        print(describe_adapter(keep_adapters_fp32(trainer.model), lora_args, training_args.learning_rate))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     resume = resume_checkpoint(training_args)

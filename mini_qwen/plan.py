@@ -384,9 +384,11 @@ def network_bytes_per_step(s: Setup) -> float:
     half = DTYPE_BYTES[s.trained_dtype]
     if s.zero is None:
         return 2 * P * half * share
-    micro = {0: 0, 1: 0, 2: 1, 3: 3}[min(s.zero.stage, 3)]  # tensors of P sent per micro-batch
-    once = {0: 2, 1: 2, 2: 1, 3: 0}[min(s.zero.stage, 3)]  # and once per step
-    return (micro * s.grad_accum + once) * P * half * share
+    grads = DTYPE_BYTES[s.zero.communication(s.trained_dtype)]  # ds_zero2.json: fp32, twice bf16's bytes
+    stage = min(s.zero.stage, 3)
+    reduced = {0: 1, 1: 1, 2: s.grad_accum, 3: s.grad_accum}[stage]  # gradient reductions a step
+    gathered = {0: 1, 1: 1, 2: 1, 3: 2 * s.grad_accum}[stage]  # weight gathers a step (ZeRO-3: forward and backward)
+    return (reduced * grads + gathered * half) * P * share
 
 
 def time_and_cost(stage: str, s: Setup, gpu, run: dict, mfu: dict, price: float | None, nodes: int,
