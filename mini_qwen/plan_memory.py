@@ -394,8 +394,11 @@ def _gradient_bytes(s: Setup) -> dict[str, float]:
     if z is None:
         full = P * half
         return {"full": full, "persistent": full if N > 1 else 0}  # DDP's buckets: a second copy of each gradient
-    comm = DTYPE_BYTES[z.communication(s.trained_dtype)]
-    buckets = (2 if z.overlap_comm else 1) * z.reduce_bucket * comm if z.contiguous_gradients else 0
+    # ZeRO-2 stages gradients in buckets of the model's dtype and casts a bucket to the communication dtype as it
+    # reduces it (stage_1_and_2.py setup_buckets, gradient_reduction_w_predivide): ds_zero2.json's fp32 a copy more.
+    comm = z.communication(s.trained_dtype)
+    buckets = (2 if z.overlap_comm else 1) * z.reduce_bucket * half if z.contiguous_gradients else 0
+    buckets += z.reduce_bucket * DTYPE_BYTES[comm] if comm != s.trained_dtype else 0
     if z.stage >= 2:  # each GPU sums its partition over micro-batches (on the CPU with offload), freed after the step
         accumulated = DTYPE_BYTES[z.accumulation(s.trained_dtype)]
         return {"full": 0 if z.offload_optimizer else P * accumulated / N, "persistent": buckets}
