@@ -14,7 +14,8 @@ the reference is the same model with the adapter disabled (TRL's peft path): no 
 
 Learning rate: the original project's final run used 5e-7 for 3 epochs from the 2-epoch SFT
 checkpoint. Its earlier tries: 1e-6 overfitted (the loss fell in a staircase, a drop at each
-new epoch, i.e. the model memorised pairs it had seen), 1e-7 barely moved the loss.
+new epoch, i.e. the model memorised pairs it had seen), 1e-7 barely moved the loss. With
+`--use_peft true` and no `--learning_rate`, 5e-6 (LoRA's default; mini_qwen/lora.py says why).
 
 Prompts are cut to `--max_prompt_length` tokens from the head of the question (the end of the
 question and the assistant header stay), then each answer's tail so prompt + answer fits
@@ -196,7 +197,7 @@ def main(argv=None):
         peft_config=peft_config,  # TRL wraps the model in the adapter (peft) and trains only that
     )
     if peft_config is not None:  # fp32 adapters also where TRL cast them to bf16 (4-bit base)
-        print(describe_adapter(keep_adapters_fp32(trainer.model), lora_args, training_args.learning_rate))
+        print(describe_adapter(keep_adapters_fp32(trainer), lora_args, training_args.learning_rate))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     resume = resume_checkpoint(training_args)

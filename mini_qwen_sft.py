@@ -173,7 +173,7 @@ def main(argv=None):
         peft_config=peft_config,  # TRL wraps the model in the adapter (peft) and trains only that
     )
     if peft_config is not None:  # fp32 adapters also where TRL cast them to bf16 (4-bit base)
-        print(describe_adapter(keep_adapters_fp32(trainer.model), lora_args, training_args.learning_rate))
+        print(describe_adapter(keep_adapters_fp32(trainer), lora_args, training_args.learning_rate))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     resume = resume_checkpoint(training_args)

@@ -4,7 +4,8 @@ Typed dataclasses parsed by TRL's `TrlParser` (an `HfArgumentParser` that also r
 `--config recipe.yaml`): recipe values replace the defaults, command-line flags win
 over both. Every flag is checked here, before anything loads: choices, the numeric ranges
 of mini_qwen/ranges.py, precision against the hardware (defaults from it too), the long-run
-flags, the speed levers (mini_qwen/speed.py), the LoRA flags (mini_qwen/lora.py) and the trackers
+flags, the speed levers (mini_qwen/speed.py), the LoRA flags (mini_qwen/lora.py, with LoRA's own
+--learning_rate default) and the trackers
 of --report_to (mini_qwen/tracking.py). Eval and serve also take bare words
 (checkpoint folders) anywhere among their flags.
 """

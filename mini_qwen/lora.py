@@ -7,7 +7,12 @@
   adapter, and for DPO scores the reference with the adapter disabled (the base model: no second
   copy in memory).
 - `check_lora_args` (in mini_qwen.cli.parse_args): LoRA flags without `--use_peft true` are refused,
-  as is `--load_in_4bit` without CUDA or bitsandbytes.
+  as is `--load_in_4bit` without CUDA or bitsandbytes. `learning_rate_default` (also in parse_args): with
+  `--use_peft true` and no `--learning_rate`, the stage's LoRA rate (SFT 1e-4, DPO 5e-6), and why, for the
+  start line.
+- Precision: the adapters, their gradients and AdamW moments stay fp32 (`keep_adapters_fp32` undoes TRL's
+  bf16 cast of a 4-bit model's adapters); `lora_setup` refuses a learning rate whose steps the fp32 adapters
+  would round away (`smallest_learning_rate`).
 - `lora_setup`: the checked peft config for a checkpoint, before anything is written: target module
   names are compared with the linear layers of that model's blocks (built on the meta device from
   its config.json, so nothing is loaded). `peft_config` is the same for any model (the run planner
@@ -189,15 +194,20 @@ def lora_setup(args: LoraArguments, checkpoint: str | Path, learning_rate: float
     return lora
 
 
-def keep_adapters_fp32(model):
-    """Cast the adapter's trainable parameters back to fp32 after the trainer is built; returns `model`.
+def keep_adapters_fp32(trainer):
+    """Cast the adapter's trainable parameters back to fp32 once `trainer` is built; returns its model.
 
     TRL 1.16 casts them to bf16 when the base is 4-bit (SFTTrainer / DPOTrainer __init__, after get_peft_model:
     the QLoRA paper's recipe), where peft's own get_peft_model keeps them fp32 (autocast_adapter_dtype). In bf16 an
     AdamW step under ~|w| / 512 rounds away (smallest_learning_rate): at 1e-5 most lora_A entries never move. The
     matmuls still run in the compute dtype under autocast (peft's bnb layers cast the input to the adapter's
     dtype, then autocast casts both to bf16); fp32 costs 2 more bytes a trainable parameter (and fp32 AdamW
-    moments), a few MB for a rank-16 adapter. Call before the optimizer is created (Trainer.train builds it)."""
+    moments), a few MB for a rank-16 adapter. Call before the optimizer is created (Trainer.train builds it).
+    Under DeepSpeed nothing is cast: its engine casts the whole module to bf16 and keeps fp32 masters itself, and
+    under ZeRO-3 TRL keeps the adapters in the base's dtype on purpose (mixed dtypes break its all-gather)."""
+    model = trainer.model
+    if trainer.is_deepspeed_enabled:
+        return model
     for param in model.parameters():
         if param.requires_grad and param.dtype != ADAPTER_DTYPE:
             param.data = param.data.to(ADAPTER_DTYPE)
