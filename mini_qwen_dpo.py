@@ -94,7 +94,7 @@ class MiniDPOConfig(LongRunArguments, DPOConfig):
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
     pad_to_multiple_of: int | str | None = field(default=64, metadata={
         "help": "Pad each batch's sequences to a multiple of this many tokens: at most max_length / 64 = 16 "
-                "shapes at 1024, so after the first few no step meets a new sequence length (about 3% more "
+                "shapes at 1024, so after the first few no step meets a new sequence length (about 3 percent more "
                 "computed tokens on real pairs). none: pad to the longest only (TRL's default on a GPU)."})
 
 

@@ -133,3 +133,18 @@ def test_lora_learning_rate_default_explicit_and_too_small(tiny_checkpoint, tmp_
     fp32, bf16 = (smallest_learning_rate(checkpoint_meta_model(tiny_checkpoint), ALL_LINEAR, dtype)
                   for dtype in (torch.float32, torch.bfloat16))
     assert fp32 < 1e-8 and bf16 > 1e-5  # bf16 lora_A entries would not move at the full-training default
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_help_names_loras_learning_rate(stage, capsys):
+    from mini_qwen.cli import parse_args
+
+    module = importlib.import_module(f"mini_qwen_{stage}")
+    name = stage.upper()
+    types = (getattr(module, f"{name}DataArguments"), getattr(module, f"{name}ModelArguments"), LoraArguments,
+             getattr(module, f"Mini{name}Config"))
+    with pytest.raises(SystemExit) as exc:  # argparse %-formats every help string: a bare "%" breaks --help
+        parse_args(types, ["--help"])
+    assert exc.value.code == 0
+    rate = {"sft": SFT_LEARNING_RATE, "dpo": DPO_LEARNING_RATE}[stage]
+    assert f"not given: {rate:g}, LoRA's own default" in " ".join(capsys.readouterr().out.split())
