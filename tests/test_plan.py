@@ -191,6 +191,9 @@ def test_the_original_recipe_fits_six_80gb_gpus_with_zero2(tmp_path):
                   "--accelerate_config", str(REPO_ROOT / "accelerate_config.yaml"), "--price_per_gpu_hour", "2")
     assert result["memory"]["fits"]
     assert "ZeRO-2" in result["model"]["precision"]
+    numerics = result["model"]["numerics"]  # ds_zero2.json's data_types and communication_data_type
+    assert numerics["accumulation"] == "fp32" and numerics["communication"].startswith("fp32 (gradient")
+    assert numerics["gradients"] == "bf16 per micro-batch" and numerics["weights"].startswith("bf16 in the module")
     assert (result["batch"]["per device"], result["batch"]["sequence"]) == (12, 1024)
     assert result["run"]["per step"]["value"] == 12 * 16 * 6
     assert result["time"]["cost"]["value"] > 0 and result["time"]["hours"]["basis"] == "estimated"
@@ -387,6 +390,13 @@ def test_lora_dpo_keeps_no_reference_and_qlora_plans_without_bitsandbytes_here(t
     assert frozen["lora"] == 2 * full["model"]["parameters"]["value"]
     assert 0.5 < frozen["qlora"] / frozen["lora"] < 0.6
     assert lora["memory"]["total"]["value"] < full["memory"]["total"]["value"]
+    # The reference is loaded as the fp32-master policy is; the QLoRA adapter stays fp32 (TRL's bf16 cast undone)
+    params = full["model"]["parameters"]["value"]
+    assert full["memory"]["per GPU"]["reference model"]["value"] == 4 * params
+    assert full["model"]["numerics"]["reference"].startswith("fp32 frozen copy")
+    assert qlora["model"]["numerics"]["weights"].endswith("fp32 adapter")
+    assert qlora["disk"]["final model"]["value"] == 4 * qlora["model"]["trained parameters"]["value"]
+    assert lora["model"]["numerics"]["reference"] == "the frozen model itself, adapter disabled"
 
 
 def test_4bit_is_refused_for_a_planned_gpu_bitsandbytes_does_not_support():
