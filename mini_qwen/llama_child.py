@@ -106,9 +106,10 @@ def _load_array(obj: dict, folder: Path):
     return obj
 
 
-def load_llama(gguf: str | os.PathLike, n_ctx: int = 512):
-    """The GGUF in llama-cpp-python's `Llama`, every position's logits kept, weights not repacked (see the module
-    docstring). Call .close() on it. Meant for the child process: in-process, a llama.cpp crash ends the caller."""
+def load_llama(gguf: str | os.PathLike, n_ctx: int = 512, logits_all: bool = True):
+    """The GGUF in llama-cpp-python's `Llama`, weights not repacked (see the module docstring); `logits_all` keeps
+    every position's logits (the check's log-probabilities; n_ctx x vocabulary floats). Call .close() on it. The
+    checks call it in the child process: in-process, a llama.cpp crash ends the caller."""
     try:
         import llama_cpp
         from llama_cpp import llama_cpp as c_api
@@ -126,7 +127,7 @@ def load_llama(gguf: str | os.PathLike, n_ctx: int = 512):
 
     c_api.llama_model_default_params = params_without_extra_bufts
     try:
-        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=True, n_threads=os.cpu_count() or 1,
+        llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=logits_all, n_threads=os.cpu_count() or 1,
                               seed=0, verbose=False)
     finally:
         c_api.llama_model_default_params = default_params
