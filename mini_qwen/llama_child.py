@@ -63,8 +63,11 @@ def _signal_name(returncode: int) -> str:
 
 
 def _output_tail(text: str, lines: int = 8) -> str:
+    """The end of the child's output; from a crash, faulthandler's report: its first line and the innermost frames
+    (the frames are printed most recent first)."""
     kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
+    crash = next((i for i, line in enumerate(kept) if line.startswith("Fatal Python error")), None)
+    return "\n".join(kept[crash:crash + lines] if crash is not None else kept[-lines:])
 
 
 def run_llama_cpp(target: str, gguf: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT_S, **kwargs):

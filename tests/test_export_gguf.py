@@ -199,7 +199,8 @@ def test_a_crash_in_llama_cpp_is_one_error_and_the_caller_lives_on(exported, tra
         run_main(lambda _: _verify(str(trained_checkpoint), gguf, None, 4))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
     assert re.fullmatch(rf"error: llama.cpp crashed with SIGSEGV \(signal 11\) while running greedy and logits on "
                         rf"{re.escape(str(gguf))}; it ran in a child process, .* What to do: README.md, 'Run it "
                         rf"elsewhere' \(a crash in llama.cpp on CPUs with AMX\)\. Its last output:", lines[0]), err
