@@ -305,13 +305,15 @@ def test_asking_fp16_switches_off_the_bf16_default(monkeypatch):
 
 def test_id_type_clash_between_7m_and_gen_is_not_an_error():
     """7M has an int64 `id`, Gen a string one; SFT never reads `id`, so they load together."""
-    from mini_qwen.data.common import find_data_files, load_column_dataset
+    from mini_qwen.data import sft
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.common import read_schema
 
-    files = find_data_files(str(MINI / "sft"))
+    files = find_stage_files("sft", str(MINI / "sft"), log=lambda *_: None)
     types = {str(pq.read_schema(f).field("id").type) for f in files}
     assert types == {"int64", "string"}
-    dataset = load_column_dataset(files, ["conversations"])
-    assert len(dataset) == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    rows = sum(len(batch["conversations"]) for f in files for batch in sft.check_schema(f, read_schema(f)).batches(f))
+    assert rows == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 # --------------------------------------------------------------------------- utils/check_data.py

@@ -201,23 +201,6 @@ def check_string_column(path: Path, schema: pa.Schema, name: str) -> None:
         raise MiniQwenError(f"{path}: column '{name}' must hold text but has type {kind}.")
 
 
-def load_column_dataset(files: list[Path], columns: list[str], cache_dir: str | None = None):
-    """A `datasets.Dataset` of only `columns` from all files: the columns whose types clash
-    between files (7M's int64 `id` vs Gen's string one, `label`) are never read."""
-    import datasets
-    from datasets.exceptions import DatasetGenerationError
-
-    # The stage script has run checks.check_stage_files (one type per column in all files) already.
-    try:
-        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], columns=columns,
-                                     split="train", cache_dir=cache_dir)
-    except (ValueError, TypeError, pa.ArrowException, DatasetGenerationError) as err:
-        cause = err.__cause__ if isinstance(err, DatasetGenerationError) and err.__cause__ else err
-        detail = " ".join(str(cause).split())
-        raise MiniQwenError(f"cannot load {columns} from the {len(files)} files under {files[0].parent}: {detail}. "
-                            f"Run `python utils/check_data.py` on the folder to find the file.") from None
-
-
 def type_name(kind: pa.DataType) -> str:
     """A column type as text, with large_string / large_list spelled as string / list (they load alike)."""
     return str(kind).replace("large_string", "string").replace("large_list", "list")
