@@ -1,5 +1,7 @@
-"""What every stage's data module shares: finding parquet files, reading schemas and columns, row
-bookkeeping. Each stage's own columns and rules live in pt.py, sft.py and dpo.py.
+"""What every stage's data module shares: the schemas a stage accepts and their detection (RowSchema, Layout,
+detect_layout: one message naming the columns found, the schemas accepted and the flag that maps a column), row
+bookkeeping, SFT / DPO parts. Files are read by files.py; each stage's own schemas and rules live in pt.py,
+sft.py and dpo.py.
 
 The real files disagree with each other (IndustryCorpus2 zh has 13 columns and en 9;
 Infinity-Instruct 7M has an int64 `id` and Gen a string one; some 7M files have a

@@ -59,7 +59,7 @@ def _accepted(path: Path) -> bool:
         file_format(path)
     except MiniQwenError:
         return False
-    return not (path.name in ARROW_SIDECARS and any(path.parent.glob("*.arrow")))
+    return not (path.name == "dataset_dict.json" or path.name in ARROW_SIDECARS and any(path.parent.glob("*.arrow")))
 
 
 def find_data_files(data_dir: str, pattern: str | None = DEFAULT_GLOB, what: str = "data") -> list[Path]:
@@ -73,7 +73,8 @@ def find_data_files(data_dir: str, pattern: str | None = DEFAULT_GLOB, what: str
     if root.is_file():
         file_format(root)
         return [root]
-    matched = sorted(p for p in root.glob(pattern) if p.is_file() and not p.name.startswith("."))
+    matched = sorted(p for p in root.glob(pattern)  # hidden files and folders (.git, .cache) hold no data
+                     if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
     files = [p for p in matched if _accepted(p)]
     if files:
         return files
