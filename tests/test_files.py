@@ -351,3 +351,27 @@ def test_every_dpo_schema_trains_on_the_same_tokens(tmp_path, tokenizer):
         got[case] = _encoded(dpo, dpo.build_dataset, folder, tokenizer, None, 64, 32)
     first = next(iter(got.values()))
     assert len(first["chosen_ids"]) == 2 and all(value == first for value in got.values()), list(got)
+
+
+def test_the_planner_sizes_every_format_through_the_reader_layer(tmp_path, tokenizer):
+    """Rows counted and PT tokens estimated (text bytes / bytes per token) for jsonl.gz, csv and txt as for parquet;
+    SFT rows from a jsonl."""
+    from types import SimpleNamespace
+
+    from mini_qwen import plan_data
+
+    docs = [doc * 20 for doc in DOCS]  # long enough that the bytes-per-token estimate means something
+    folder = tmp_path / "pt"
+    write_jsonl(folder / "a.jsonl.gz", [{"text": d} for d in docs], gzip.open)
+    write_csv(folder / "b.csv", [{"text": d} for d in docs])
+    args = SimpleNamespace(data_dir=str(folder), data_glob="**/*", text_column=None, cache_dir=str(tmp_path / "c"),
+                           block_size=16)
+    plan = plan_data.pt_data(args, tokenizer, None)
+    assert plan["documents"]["value"] == 2 * len(docs) and plan["files"]["value"] == 2
+    true_tokens = 2 * sum(len(tokenizer(d)["input_ids"]) + 1 for d in docs)
+    assert 0.5 < plan["tokens"]["value"] / true_tokens < 2, (plan["tokens"], true_tokens)
+    write_jsonl(tmp_path / "sft" / "a.jsonl", [SFT_CASES["openai messages"][1]] * 5)
+    sft_args = SimpleNamespace(data_dir=str(tmp_path / "sft"), data_glob="**/*", first_turn_only=False,
+                               messages_column=None)
+    sft_plan = plan_data.sft_data(sft_args, SimpleNamespace(max_length=128, packing=False), tokenizer, 10)
+    assert sft_plan["rows"]["value"] == 5 and sft_plan["conversations"]["value"] == 5

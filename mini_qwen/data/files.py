@@ -133,7 +133,7 @@ def _json_records(path: Path, stream, on_bad_rows: str, stats: dict | None):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            _bad(path, f"line {number}", f"not valid JSON ({err.msg} at column {err.colno})",
+            _bad(path, f"line {number}", f"not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno})",
                  "Fix or remove the line", on_bad_rows, stats)
             continue
         if not isinstance(record, dict):
@@ -155,7 +155,8 @@ def _json_array(path: Path, stream, on_bad_rows: str, stats: dict | None):
         raise MiniQwenError(f"{path}: byte offset {err.start}: not UTF-8 text ({err.reason}). Convert the file to "
                             f"UTF-8 (e.g. `iconv -f GBK -t UTF-8`).") from None
     except json.JSONDecodeError as err:
-        raise MiniQwenError(f"{path}: line {err.lineno}: not valid JSON ({err.msg} at column {err.colno}). Fix it, "
+        raise MiniQwenError(f"{path}: line {err.lineno}: not valid JSON ({err.msg.removesuffix(' at')} at column "
+                            f"{err.colno}). Fix it, "
                             f"or write the records one a line as .jsonl (a bad line can then be skipped).") from None
     for i, record in enumerate(records):
         if isinstance(record, dict):
