@@ -59,7 +59,8 @@ def _accepted(path: Path) -> bool:
         file_format(path)
     except MiniQwenError:
         return False
-    return not (path.name == "dataset_dict.json" or path.name in ARROW_SIDECARS and any(path.parent.glob("*.arrow")))
+    return not (path.name == "dataset_dict.json"
+                or (path.name in ARROW_SIDECARS and any(path.parent.glob("*.arrow"))))
 
 
 def find_data_files(data_dir: str, pattern: str | None = DEFAULT_GLOB, what: str = "data") -> list[Path]:
