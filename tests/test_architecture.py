@@ -145,11 +145,13 @@ def test_files_are_read_for_their_schema_once_per_run(tmp_path, tokenizer, monke
     """The stage finds and checks its files once; the builder trusts the list and reads each schema no more."""
     import pyarrow.parquet as pq
 
+    from mini_qwen.data import files as data_files
     from mini_qwen.data import pt as pt_data
     from mini_qwen.data.checks import find_stage_files
 
     calls = []
     real = pq.read_schema
+    monkeypatch.setattr(data_files, "_SCHEMAS", {})  # a fresh run: nothing read yet in this process
     monkeypatch.setattr(pq, "read_schema", lambda path, *a, **k: calls.append(Path(path)) or real(path, *a, **k))
     files = find_stage_files("pt", str(MINI / "pt"))
     dataset, meta = pt_data.build_dataset(files, tokenizer, 64, cache_dir=str(tmp_path), log=lambda *_: None)
