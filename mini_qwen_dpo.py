@@ -32,8 +32,9 @@ from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
-from mini_qwen.data.common import ON_BAD_ROWS
+from mini_qwen.data.common import ON_BAD_ROWS, data_options
 from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, data_cache, with_lengths
+from mini_qwen.data.files import DEFAULT_GLOB
 from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
@@ -58,7 +59,9 @@ from mini_qwen.trainlog import first_and_last_loss, last_metric
 class DPODataArguments(CacheArguments):
     data_dir: str = field(default="data/dpo", metadata={"help": "Folder of Infinity-Preference parquet files; "
                                                               "train and test files are mixed, as originally."})
-    data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
+    data_glob: str = field(default=DEFAULT_GLOB, metadata={
+        "help": "Which files under data_dir to use (default: every file of a format mini_qwen reads: parquet, "
+                "jsonl/json, csv/tsv, txt, their .gz/.zst, a datasets save_to_disk folder)."})
     max_prompt_length: int = field(default=512, metadata={"help": "Prompt budget in tokens (chat headers included): "
                                                                   "the head of longer questions is cut."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad pairs.",
@@ -141,10 +144,11 @@ def main(argv=None):
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once, before the models are loaded; the builder below trusts this list.
-    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
+    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob, data_options(data_args))
     peft_config = lora_setup(lora_args, model_args.model_name_or_path, training_args.learning_rate)  # None: no LoRA
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
-    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.max_prompt_length)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.max_prompt_length,
+                       data_options(data_args))
     if data_args.prepare_only:  # utils/prepare_data.py: the tokenized pairs, then exit before any model is loaded
         return prepare_only(cache, training_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     run_config = record_run("dpo", (data_args, model_args, lora_args, training_args), files, training_args)
@@ -179,7 +183,7 @@ def main(argv=None):
     with prepared_first(training_args, cache, "tokenizing preference pairs", training_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, training_args.max_length, data_args.max_prompt_length,
                                    data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir,
-                                   cache_dir=data_args.cache_dir)
+                                   cache_dir=data_args.cache_dir, options=data_options(data_args))
         if data_args.max_pairs is not None and data_args.max_pairs < len(dataset):
             dataset = dataset.select(range(data_args.max_pairs))
             print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")

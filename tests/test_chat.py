@@ -118,8 +118,8 @@ def test_bad_rows_skipped_and_counted_or_named(tmp_path, tokenizer):
     with pytest.raises(MiniQwenError, match=r"a\.parquet: row 1: empty conversation"):
         build_dataset(find_stage_files("sft", str(folder), "*.parquet"), tokenizer, 128, on_bad_rows="error",
                       log=lambda *_: None)
-    pq.write_table(pa.table({"messages": [good]}), folder / "b.parquet")
-    with pytest.raises(MiniQwenError, match=r"b\.parquet: missing column 'conversations'"):
+    pq.write_table(pa.table({"dialog": [good]}), folder / "b.parquet")
+    with pytest.raises(MiniQwenError, match=r"b\.parquet: missing column 'conversations'.*map a column with"):
         find_stage_files("sft", str(folder), "*.parquet")  # the stage's one check, before any row is read
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import BAAI_SAMPLES
 
 from mini_qwen.data.checks import check_stage_files
-from mini_qwen.data.common import find_parquet_files
+from mini_qwen.data.common import find_data_files
 from mini_qwen.data.packing import (
     BYTES_PER_TOKEN,
     PackedBlocks,
@@ -36,7 +36,7 @@ def test_u24_roundtrip():
 
 
 def test_real_pt_samples_load_through_the_loader():
-    files = find_parquet_files(BAAI_SAMPLES / "pt")
+    files = find_data_files(BAAI_SAMPLES / "pt")
     widths = sorted(pq.read_schema(f).names.__len__() for f in files)
     assert widths == [9, 13]  # en and zh IndustryCorpus2 files differ; only `text` is read
     stats = {}
@@ -45,7 +45,7 @@ def test_real_pt_samples_load_through_the_loader():
 
 
 def _sample_texts():
-    files = find_parquet_files(BAAI_SAMPLES / "pt")
+    files = find_data_files(BAAI_SAMPLES / "pt")
     texts = [t for batch in iter_text_batches(files) for t in batch]
     return texts + ["", "12345 digits", "混合 English 和中文。\r\n  spaces", "<|im_end|> inside text"]
 
@@ -149,10 +149,10 @@ def test_varlen_kwargs_cut_the_flattened_batch_at_every_sequence_start():
 
 def test_loader_errors_name_the_problem(tmp_path, tokenizer):
     with pytest.raises(MiniQwenError, match="does not exist"):
-        find_parquet_files(tmp_path / "nowhere")
+        find_data_files(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MiniQwenError, match="no parquet files"):
-        find_parquet_files(tmp_path / "empty")
+    with pytest.raises(MiniQwenError, match="no data files"):
+        find_data_files(tmp_path / "empty")
     bad = tmp_path / "bad" / "x.parquet"
     bad.parent.mkdir()
     pq.write_table(pa.table({"txt": ["hello"]}), bad)
