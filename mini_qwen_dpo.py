@@ -14,14 +14,16 @@ the reference is the same model with the adapter disabled (TRL's peft path): no 
 
 Learning rate: the original project's final run used 5e-7 for 3 epochs from the 2-epoch SFT
 checkpoint. Its earlier tries: 1e-6 overfitted (the loss fell in a staircase, a drop at each
-new epoch, i.e. the model memorised pairs it had seen), 1e-7 barely moved the loss.
+new epoch, i.e. the model memorised pairs it had seen), 1e-7 barely moved the loss. With
+`--use_peft true` and no `--learning_rate`, 5e-6 (LoRA's default; mini_qwen/lora.py says why).
 
 Prompts are cut to `--max_prompt_length` tokens from the head of the question (the end of the
 question and the assistant header stay), then each answer's tail so prompt + answer fits
 `--max_length`; see mini_qwen/data/dpo.py.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
@@ -30,13 +32,22 @@ from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
-from mini_qwen.data.common import ON_BAD_ROWS
+from mini_qwen.data.common import ON_BAD_ROWS, data_options
 from mini_qwen.data.dpo import ID_COLUMNS, LENGTH_SAMPLERS, build_dataset, data_cache, with_lengths
+from mini_qwen.data.files import DEFAULT_GLOB
 from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.lora import LoraArguments, describe_adapter, lora_setup, quantization_config, with_base_path
+from mini_qwen.lora import (
+    DPO_LEARNING_RATE,
+    LoraArguments,
+    describe_adapter,
+    keep_adapters_fp32,
+    lora_setup,
+    quantization_config,
+    with_base_path,
+)
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
 from mini_qwen.speed import kahan_adamw
@@ -48,7 +59,9 @@ from mini_qwen.trainlog import first_and_last_loss, last_metric
 class DPODataArguments(CacheArguments):
     data_dir: str = field(default="data/dpo", metadata={"help": "Folder of Infinity-Preference parquet files; "
                                                               "train and test files are mixed, as originally."})
-    data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
+    data_glob: str = field(default=DEFAULT_GLOB, metadata={
+        "help": "Which files under data_dir to use (default: every file of a format mini_qwen reads: parquet, "
+                "jsonl/json, csv/tsv, txt, their .gz/.zst, a datasets save_to_disk folder)."})
     max_prompt_length: int = field(default=512, metadata={"help": "Prompt budget in tokens (chat headers included): "
                                                                   "the head of longer questions is cut."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad pairs.",
@@ -67,8 +80,11 @@ class DPOModelArguments(ModelArguments):
 class MiniDPOConfig(LongRunArguments, DPOConfig):
     # The original run's values (6 x H800, ZeRO-2, Infinity-Preference, 3 epochs from the SFT checkpoint).
     output_dir: str = field(default="results/dpo", metadata={"help": "Checkpoints, final model, loss plot."})
-    learning_rate: float = field(default=5e-7, metadata={"help": "The original final run's value; 1e-6 overfitted "
-                                                                 "(staircase loss), 1e-7 barely moved the loss."})
+    learning_rate: float = field(default=5e-7, metadata={
+        "help": f"The original final run's value; 1e-6 overfitted (staircase loss), 1e-7 barely moved the loss. With "
+                f"--use_peft true and this flag not given: {DPO_LEARNING_RATE:g}, LoRA's own default (see "
+                f"mini_qwen/lora.py)."})
+    lora_learning_rate: ClassVar[float] = DPO_LEARNING_RATE  # --learning_rate's default under --use_peft true
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = field(default=0.1, metadata={"help": "A float below 1 is a fraction of all steps."})
     num_train_epochs: float = 3.0
@@ -81,7 +97,7 @@ class MiniDPOConfig(LongRunArguments, DPOConfig):
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
     pad_to_multiple_of: int | str | None = field(default=64, metadata={
         "help": "Pad each batch's sequences to a multiple of this many tokens: at most max_length / 64 = 16 "
-                "shapes at 1024, so after the first few no step meets a new sequence length (about 3% more "
+                "shapes at 1024, so after the first few no step meets a new sequence length (about 3 percent more "
                 "computed tokens on real pairs). none: pad to the longest only (TRL's default on a GPU)."})
 
 
@@ -131,10 +147,11 @@ def main(argv=None):
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once, before the models are loaded; the builder below trusts this list.
-    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
-    peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob, data_options(data_args))
+    peft_config = lora_setup(lora_args, model_args.model_name_or_path, training_args.learning_rate)  # None: no LoRA
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
-    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.max_prompt_length)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.max_prompt_length,
+                       data_options(data_args))
     if data_args.prepare_only:  # utils/prepare_data.py: the tokenized pairs, then exit before any model is loaded
         return prepare_only(cache, training_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     run_config = record_run("dpo", (data_args, model_args, lora_args, training_args), files, training_args)
@@ -154,10 +171,14 @@ def main(argv=None):
         ref_model = None
         print(f"reference: log-probs of {model_args.model_name_or_path} precomputed before training")
     else:
-        # Explicit, so TRL never reloads the reference from `config._name_or_path` itself. Frozen, so it needs no
-        # fp32 master copy: bf16 weights under --bf16 on a GPU (half the memory; its matmuls run in bf16 under
-        # autocast either way), fp32 elsewhere.
-        ref_model = load_model(model_args.model_name_or_path, replace(model_args, pure_bf16=True), training_args)
+        # Explicit, so TRL never reloads the reference from `config._name_or_path` itself. Loaded exactly as the
+        # policy is (fp32 under bf16 autocast, bf16 with --pure_bf16, fp32 on CPU), so both compute the same
+        # function and the log-ratio is 0 at step 0. A bf16 copy next to an fp32-master policy would round its
+        # matmul weights as autocast does, but run its embeddings, norms and residual stream in bf16 where the
+        # policy runs them in fp32: 0.01-0.04 nats per 250 tokens of spurious reward before the first update.
+        # Cost: 4 bytes a parameter instead of 2 (the 1b preset: ~2 GB more); --precompute_ref_log_probs true
+        # keeps no reference at all. Under DeepSpeed, TRL's prepare_deepspeed casts it to bf16 with the policy.
+        ref_model = load_model(model_args.model_name_or_path, model_args, training_args)
         ref_model.requires_grad_(False)
         ref_model.eval()
         print(f"reference: a frozen copy of {model_args.model_name_or_path}")
@@ -165,7 +186,7 @@ def main(argv=None):
     with prepared_first(training_args, cache, "tokenizing preference pairs", training_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, training_args.max_length, data_args.max_prompt_length,
                                    data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir,
-                                   cache_dir=data_args.cache_dir)
+                                   cache_dir=data_args.cache_dir, options=data_options(data_args))
         if data_args.max_pairs is not None and data_args.max_pairs < len(dataset):
             dataset = dataset.select(range(data_args.max_pairs))
             print(f"data: training on the first {len(dataset)} pairs (--max_pairs)")
@@ -182,8 +203,8 @@ def main(argv=None):
         callbacks=[LossPlotCallback("DPO loss", metrics=("loss", "rewards/accuracies", "rewards/margins"))],
         peft_config=peft_config,  # TRL wraps the model in the adapter (peft) and trains only that
     )
-    if peft_config is not None:
-        print(describe_adapter(trainer.model))
+    if peft_config is not None:  # fp32 adapters also where TRL cast them to bf16 (4-bit base)
+        print(describe_adapter(keep_adapters_fp32(trainer), lora_args, training_args.learning_rate))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     resume = resume_checkpoint(training_args)

@@ -24,6 +24,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer
@@ -32,12 +33,21 @@ from mini_qwen import stages
 from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
-from mini_qwen.data.common import ON_BAD_ROWS
-from mini_qwen.data.grpo import build_dataset, find_files
+from mini_qwen.data.checks import find_stage_files
+from mini_qwen.data.common import ON_BAD_ROWS, data_options
+from mini_qwen.data.files import DEFAULT_GLOB
+from mini_qwen.data.grpo import build_dataset
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.lora import LoraArguments, describe_adapter, lora_setup, quantization_config, with_base_path
+from mini_qwen.lora import (
+    LoraArguments,
+    describe_adapter,
+    keep_adapters_fp32,
+    lora_setup,
+    quantization_config,
+    with_base_path,
+)
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.rewards import known, reward_funcs
 from mini_qwen.run_config import record_run
@@ -51,10 +61,13 @@ FILTER_FILE = "difficulty_filter.json"  # in output_dir: the prompts kept, reuse
 
 @dataclass
 class GRPODataArguments:
-    data_dir: str = field(default="data/grpo", metadata={"help": "Folder (or one file) of .jsonl / .parquet "
-                                                                 "prompts with columns prompt + answer."})
-    data_glob: str = field(default="**/*", metadata={"help": "Which files under data_dir to use (.jsonl, "
-                                                             ".parquet)."})
+    data_dir: str = field(default="data/grpo", metadata={"help": "Folder (or one file) of prompts with columns "
+                                                                 "prompt + answer, in any format of the reader layer "
+                                                                 "(jsonl, parquet, csv, ...)."})
+    data_glob: str = field(default=DEFAULT_GLOB, metadata={"help": "Which files under data_dir to use."})
+    columns: str | None = field(default=None, metadata={
+        "help": "Map the file's column names to GRPO's: NAME=COLUMN pairs separated by commas, e.g. "
+                "--columns prompt=question,answer=final."})
     max_prompt_length: int = field(default=256, metadata={"help": "Longest prompt in tokens (chat headers "
                                                                   "included); longer ones are skipped, not cut."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad prompts (no "
@@ -84,6 +97,8 @@ class MiniGRPOConfig(LongRunArguments, GRPOConfig):
     # KL 0.04), TRL's loss.
     output_dir: str = field(default="results/grpo", metadata={"help": "Checkpoints, final model, reward plot."})
     learning_rate: float = field(default=1e-6, metadata={"help": "DeepSeekMath's GRPO value."})
+    # --learning_rate's default under --use_peft true: 10x the full rate, as for SFT and DPO (mini_qwen/lora.py)
+    lora_learning_rate: ClassVar[float] = 1e-5
     lr_scheduler_type: str = "constant"
     warmup_steps: float = field(default=0, metadata={"help": "A float below 1 is a fraction of all steps."})
     num_train_epochs: float = 1.0
@@ -136,7 +151,13 @@ def check_start(model_path: str, tokenizer, max_length: int) -> None:
             raise MiniQwenError(f"--model_name_or_path {model_path} is a {started.upper()} model (its run_config.json "
                                 f"says stage {started!r}): it has never seen the chat format the prompts use. Start "
                                 f"GRPO from an SFT or DPO output (e.g. results/sft).")
-    if not getattr(tokenizer, "chat_template", None):
+    # The loaded tokenizer always carries the training template (mini_qwen.tokenizer.load_tokenizer sets it), so the
+    # folder itself says whether the model was saved as a chat model: a checkpoint from elsewhere without run_config
+    # and without any template on disk is a base (PT) model.
+    saved = Path(model_path)
+    config = saved / "tokenizer_config.json"
+    if not config_file.is_file() and not (saved / "chat_template.jinja").is_file() and not (
+            config.is_file() and json.loads(config.read_text()).get("chat_template")):
         raise MiniQwenError(f"--model_name_or_path {model_path}: its tokenizer has no chat template, so it is not a "
                             f"chat model. Start GRPO from an SFT or DPO output (e.g. results/sft).")
     from transformers import AutoConfig
@@ -244,13 +265,14 @@ def main(argv=None):
     rewards = check_args(data_args, model_args, training_args)
     set_seed(training_args.seed)
     check_launch(training_args)
-    files = find_files(data_args.data_dir, data_args.data_glob)  # found and their schemas checked once
-    peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    options = data_options(data_args)
+    files = find_stage_files(STAGE.name, data_args.data_dir, data_args.data_glob, options)  # checked once
+    peft_config = lora_setup(lora_args, model_args.model_name_or_path, training_args.learning_rate)  # None: no LoRA
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
     check_start(model_args.model_name_or_path, tokenizer,
                 data_args.max_prompt_length + training_args.max_completion_length)
     dataset, _ = build_dataset(files, tokenizer, data_args.max_prompt_length, data_args.on_bad_rows,
-                               source=data_args.data_dir, max_prompts=data_args.max_prompts)
+                               source=data_args.data_dir, max_prompts=data_args.max_prompts, options=options)
     run_config = record_run(STAGE.name, (data_args, model_args, lora_args, training_args), files, training_args)
 
     model = load_model(model_args.model_name_or_path, model_args, training_args,
@@ -280,7 +302,7 @@ def main(argv=None):
         peft_config=peft_config,
     )
     if peft_config is not None:
-        print(describe_adapter(trainer.model))
+        print(describe_adapter(keep_adapters_fp32(trainer), lora_args, training_args.learning_rate))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     resume = resume_checkpoint(training_args)

@@ -13,12 +13,14 @@ The first word is the stage; every flag of that stage works as it does there (`-
 own below. Nothing is trained and no weights are loaded (the model is built on the meta device), so it runs
 on a laptop: it reads the data's files (footers and a sample of rows) and the token cache if there is one.
 Several GPUs plan the launch `run.sh <stage> multi` makes: accelerate_config.yaml's DeepSpeed config
-(ds_zero2.json: ZeRO-2), unless --deepspeed names another. The plan is printed and written to --out.
+(ds_zero2.json: ZeRO-2), unless --deepspeed names another. The plan is printed and written to --out (default:
+plan.json in the stage's --output_dir, beside the run it plans).
 """
 
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mini_qwen import stages
 from mini_qwen.cli import parse_args
@@ -46,7 +48,9 @@ class PlanArguments:
         "help": "PT: plan for this many tokens instead of reading --data_dir (e.g. before downloading the data)."})
     sample_rows: int = field(default=256, metadata={
         "help": "SFT / DPO: rows read (the first of each file) to measure lengths and the share kept."})
-    out: str = field(default="plan.json", metadata={"help": "Where to write the plan as JSON."})
+    out: str | None = field(default=None, metadata={
+        "help": "Where to write the plan as JSON: a .json file, or a folder to hold plan.json. Default: plan.json in "
+                "the stage's --output_dir, beside the run it plans (results/pt/plan.json for PT's default)."})
 
 
 def stage_arguments(stage: str) -> dict:
@@ -69,10 +73,23 @@ def main(argv=None):
     plan_args = parsed[-1]
     plan = plan_run(stage, args, find_gpu(plan_args.gpu), plan_args)
     print(render(plan))
-    with open(plan_args.out, "w", encoding="utf-8") as f:
-        json.dump(plan, f, indent=1, ensure_ascii=False)
-    print(f"\nplan written to {plan_args.out}")
+    out = write_plan(plan, plan_args.out or Path(args["training"].output_dir))
+    print(f"\nplan written to {out}")
     return plan
+
+
+def write_plan(plan: dict, where: str | Path) -> Path:
+    """`where` when it names a .json file, else plan.json in the folder `where` (made if missing)."""
+    out = Path(where)
+    if out.is_dir() or out.suffix != ".json":
+        out = out / "plan.json"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(plan, indent=1, ensure_ascii=False), encoding="utf-8")
+    except OSError as err:
+        raise MiniQwenError(f"cannot write the plan to {out}: {err.strerror or err}. Pass --out with a writable "
+                            f"file or folder.") from None
+    return out
 
 
 if __name__ == "__main__":

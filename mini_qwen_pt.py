@@ -23,7 +23,8 @@ from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
-from mini_qwen.data.common import ON_BAD_ROWS
+from mini_qwen.data.common import ON_BAD_ROWS, data_options
+from mini_qwen.data.files import DEFAULT_GLOB, TXT_SPLITS
 from mini_qwen.data.packing import PACKING, collate_blocks
 from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.data.pt import build_dataset, data_cache
@@ -42,8 +43,14 @@ from mini_qwen.trainlog import first_and_last_loss
 class PTDataArguments(CacheArguments):
     data_dir: str = field(default="data/pt", metadata={"help": "Folder of IndustryCorpus2 parquet files "
                                                              "(<industry>/<language>/high/*.parquet)."})
-    data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
-    text_column: str = field(default="text", metadata={"help": "Column holding the document text."})
+    data_glob: str = field(default=DEFAULT_GLOB, metadata={
+        "help": "Which files under data_dir to use (default: every file of a format mini_qwen reads: parquet, "
+                "jsonl/json, csv/tsv, txt, their .gz/.zst, a datasets save_to_disk folder)."})
+    text_column: str | None = field(default=None, metadata={
+        "help": "Column holding the document text (default: the one of text / content / raw_content a file has)."})
+    txt_split: str = field(default="file", metadata={
+        "help": "A .txt file is one document (file) or one per blank-line-separated block (blank_lines).",
+        "choices": list(TXT_SPLITS)})
     block_size: int = field(default=1024, metadata={"help": "Tokens per training block."})
     packing: str = field(default="documents", metadata={
         "help": "documents: attention never crosses documents (position ids restart at each one); "
@@ -84,10 +91,10 @@ def main(argv=None):
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once, before the model is built; the builder below trusts this list.
-    files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
+    files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_options(data_args))
     checkpoint = model_args.model_name_or_path  # set: continue pretraining an existing model
     tokenizer = load_stage_tokenizer(model_args, checkpoint)
-    cache = data_cache(files, tokenizer, data_args.cache_dir, data_args.text_column)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, data_options(data_args))
     if data_args.prepare_only:  # utils/prepare_data.py: the token cache, then exit before any model is built
         return prepare_only(cache, data_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     run_config = record_run("pt", (data_args, preset_args, model_args, training_args), files, training_args)
@@ -105,7 +112,7 @@ def main(argv=None):
     # launch); the other ranks then just read it.
     with prepared_first(training_args, cache, "tokenizing the corpus", data_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, data_args.block_size, data_args.packing, data_args.cache_dir,
-                                   data_args.text_column, data_args.on_bad_rows, source=data_args.data_dir,
+                                   data_options(data_args), data_args.on_bad_rows, source=data_args.data_dir,
                                    num_proc=data_args.dataset_num_proc)
     tokens_per_step = (training_args.per_device_train_batch_size * data_args.block_size
                        * training_args.gradient_accumulation_steps * training_args.world_size)

@@ -36,7 +36,7 @@ class ServeArguments:
     api_key: str | None = field(default=None, metadata={
         "help": "If set (or env MINI_QWEN_API_KEY), every API request needs 'Authorization: Bearer KEY'."})
     votes_dir: str = field(default="results/votes", metadata={
-        "help": "Where arena votes go (votes.parquet, ties.jsonl): pass it to mini_qwen_dpo.py --data_dir."})
+        "help": "Where arena votes go (votes.parquet, ties.log): pass it to mini_qwen_dpo.py --data_dir."})
     template: str = field(default="auto", metadata={
         "help": "pt (raw text only), chat, or auto (pt when a checkpoint's name or folder says pt).",
         "choices": ["auto", "pt", "chat"]})

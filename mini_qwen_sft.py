@@ -15,6 +15,7 @@ Batches: whole conversations packed into rows of max_length (one shape for every
 """
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from transformers import Trainer, set_seed
@@ -24,14 +25,23 @@ from mini_qwen.callbacks import LossPlotCallback, ThroughputCallback
 from mini_qwen.checkpoint import resume_checkpoint
 from mini_qwen.cli import parse_args
 from mini_qwen.data.checks import find_stage_files
-from mini_qwen.data.common import ON_BAD_ROWS
+from mini_qwen.data.common import ON_BAD_ROWS, data_options
+from mini_qwen.data.files import DEFAULT_GLOB
 from mini_qwen.data.packing import PackedRowsCollator, pack_conversations
 from mini_qwen.data.prepare import CacheArguments, prepare_only, prepared_first
 from mini_qwen.data.sft import build_dataset, data_cache
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.launch import check_launch
 from mini_qwen.long_run import LongRunArguments, with_long_run
-from mini_qwen.lora import LoraArguments, describe_adapter, lora_setup, quantization_config, with_base_path
+from mini_qwen.lora import (
+    SFT_LEARNING_RATE,
+    LoraArguments,
+    describe_adapter,
+    keep_adapters_fp32,
+    lora_setup,
+    quantization_config,
+    with_base_path,
+)
 from mini_qwen.memory import ChunkedCausalLMLoss, hidden_states_only_kwargs
 from mini_qwen.model import ModelArguments, describe, load_model, load_stage_tokenizer
 from mini_qwen.run_config import record_run
@@ -44,7 +54,12 @@ from mini_qwen.trainlog import first_and_last_loss
 class SFTDataArguments(CacheArguments):
     data_dir: str = field(default="data/sft", metadata={"help": "Folder of Infinity-Instruct parquet files; 7M "
                                                               "and Gen sub-folders are mixed."})
-    data_glob: str = field(default="**/*.parquet", metadata={"help": "Which files under data_dir to use."})
+    data_glob: str = field(default=DEFAULT_GLOB, metadata={
+        "help": "Which files under data_dir to use (default: every file of a format mini_qwen reads: parquet, "
+                "jsonl/json, csv/tsv, txt, their .gz/.zst, a datasets save_to_disk folder)."})
+    messages_column: str | None = field(default=None, metadata={
+        "help": "Column holding each conversation's turns, {from, value} or {role, content} (default: "
+                "conversations, else messages)."})
     first_turn_only: bool = field(default=False, metadata={"help": "Train only the first user/assistant exchange "
                                                                  "(the original project's behaviour)."})
     on_bad_rows: str = field(default="skip", metadata={"help": "skip (and count) or error on bad conversations.",
@@ -64,7 +79,10 @@ class SFTModelArguments(ModelArguments):
 class MiniSFTConfig(LongRunArguments, SFTConfig):
     # The original run's values (6 x H800, ZeRO-2, ~9M conversations, 3 epochs, ~43 h).
     output_dir: str = field(default="results/sft", metadata={"help": "Checkpoints, final model, loss plot."})
-    learning_rate: float = 1e-5
+    learning_rate: float = field(default=1e-5, metadata={
+        "help": f"Peak learning rate (the original run's 1e-5). With --use_peft true and this flag not given: "
+                f"{SFT_LEARNING_RATE:g}, LoRA's own default (see mini_qwen/lora.py)."})
+    lora_learning_rate: ClassVar[float] = SFT_LEARNING_RATE  # --learning_rate's default under --use_peft true
     lr_scheduler_type: str = "cosine"
     warmup_steps: float = field(default=0.1, metadata={"help": "A float below 1 is a fraction of all steps."})
     num_train_epochs: float = 3.0
@@ -119,10 +137,11 @@ def main(argv=None):
     set_seed(training_args.seed)
     check_launch(training_args)
     # Found and checked once (unreadable, no `conversations`, wrong type), before the model is loaded.
-    files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
-    peft_config = lora_setup(lora_args, model_args.model_name_or_path)  # None: every weight trains
+    files = find_stage_files("sft", data_args.data_dir, data_args.data_glob, data_options(data_args))
+    peft_config = lora_setup(lora_args, model_args.model_name_or_path, training_args.learning_rate)  # None: no LoRA
     tokenizer = load_stage_tokenizer(model_args, model_args.model_name_or_path)
-    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.first_turn_only)
+    cache = data_cache(files, tokenizer, data_args.cache_dir, training_args.max_length, data_args.first_turn_only,
+                       data_options(data_args))
     if data_args.prepare_only:  # utils/prepare_data.py: the tokenized rows, then exit before any model is loaded
         return prepare_only(cache, training_args.dataset_num_proc, data_args.prepare_shard, data_args.on_bad_rows)
     run_config = record_run("sft", (data_args, model_args, lora_args, training_args), files, training_args)
@@ -137,7 +156,7 @@ def main(argv=None):
     with prepared_first(training_args, cache, "tokenizing conversations", training_args.dataset_num_proc):
         dataset, _ = build_dataset(files, tokenizer, max_length, data_args.first_turn_only,
                                    data_args.on_bad_rows, training_args.dataset_num_proc, source=data_args.data_dir,
-                                   cache_dir=data_args.cache_dir)
+                                   cache_dir=data_args.cache_dir, options=data_options(data_args))
         if training_args.packing:  # shuffled first, so a row's conversations come from anywhere in the mix
             seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
             conversations = dataset.num_rows
@@ -163,8 +182,8 @@ def main(argv=None):
         callbacks=[LossPlotCallback("SFT loss")],
         peft_config=peft_config,  # TRL wraps the model in the adapter (peft) and trains only that
     )
-    if peft_config is not None:
-        print(describe_adapter(trainer.model))
+    if peft_config is not None:  # fp32 adapters also where TRL cast them to bf16 (4-bit base)
+        print(describe_adapter(keep_adapters_fp32(trainer), lora_args, training_args.learning_rate))
     trainer.optimizer_cls_and_kwargs = kahan_adamw(model_args, training_args)  # None: Trainer's AdamW
     trainer.callback_handler.callbacks.insert(0, ThroughputCallback(model.config))
     resume = resume_checkpoint(training_args)

@@ -7,12 +7,13 @@ Run as:
 
 The figures: every part comes from the planner's memory model (mini_qwen/plan_memory.py, the arithmetic
 mini_qwen_plan.py uses), for the stages' recipes on a bf16 GPU: full fine-tuning keeps fp32 weights, gradients
-and AdamW moments under bf16 autocast (DPO adds its frozen bf16 reference); LoRA (`--use_peft true`, the
-stages' LoraConfig from mini_qwen/lora.py, built by peft on the meta model) keeps the frozen base in bf16 and
-trains an fp32 adapter (DPO: the reference is the base with the adapter disabled); QLoRA (`--load_in_4bit
-true`) keeps the blocks' linear weights in NF4 (bitsandbytes' 4-bit codes + fp32 absmax per 64 weights),
-everything else in fp32 (peft's prepare_model_for_kbit_training) and a bf16 adapter (TRL). SFT scores one
-sequence of --tokens with TRL's fused LM head, DPO a pair (chosen + rejected) of --tokens each.
+and AdamW moments under bf16 autocast (DPO adds its frozen fp32 reference, loaded as the policy is); LoRA
+(`--use_peft true`, the stages' LoraConfig from mini_qwen/lora.py, built by peft on the meta model) keeps the
+frozen base in bf16 and trains an fp32 adapter (DPO: the reference is the base with the adapter disabled);
+QLoRA (`--load_in_4bit true`) keeps the blocks' linear weights in NF4 (bitsandbytes' 4-bit codes + fp32 absmax
+per 64 weights), everything else in fp32 (peft's prepare_model_for_kbit_training) and an fp32 adapter (TRL
+casts it to bf16, mini_qwen.lora.keep_adapters_fp32 back). SFT scores one sequence of --tokens with TRL's fused
+LM head, DPO a pair (chosen + rejected) of --tokens each.
 
 The check, measured on this CPU: the bytes autograd keeps for backward (every tensor saved by a forward with
 gradients, each storage once, weights excluded, torch.autograd.graph.saved_tensors_hooks) in one fp32 forward
@@ -94,7 +95,7 @@ def main(argv=None):
     params = Params.of(meta_model(config))
     lora_args = LoraArguments(use_peft=True, lora_r=args.lora_r)
     lora = replace(lora_adapter(lora_args, config), dtype="fp32")
-    qlora = replace(lora_adapter(replace(lora_args, load_in_4bit=True), config), dtype="bf16")
+    qlora = replace(lora_adapter(replace(lora_args, load_in_4bit=True), config), dtype="fp32")
     base = Setup(config, params, weights="fp32", autocast="bf16", batch=1, seq_len=args.tokens, attention="sdpa",
                  loss="fused_head")
     setups = [("full fine-tuning", base),
@@ -111,7 +112,7 @@ def main(argv=None):
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for name, sft in setups:
-        dpo = replace(sft, rows=2, reference=None if sft.adapter else "bf16")
+        dpo = replace(sft, rows=2, reference=None if sft.adapter else "fp32")
         state = training_state(sft)
         sft_peak, dpo_peak = memory_parts(sft), memory_parts(dpo)
         activations = {stage: sum(m["parts"].get(k, 0) for k in ("activations", "logits / loss"))

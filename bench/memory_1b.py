@@ -40,7 +40,7 @@ def child(argv: list[str]) -> None:
     from transformers import Trainer, TrainerCallback, set_seed
 
     from mini_qwen.cli import parse_args
-    from mini_qwen.data.common import find_parquet_files
+    from mini_qwen.data.common import find_data_files
     from mini_qwen.data.packing import PackedBlocks, collate_blocks
     from mini_qwen.data.pt import prepare_token_cache
     from mini_qwen.memory import ChunkedLossTrainer
@@ -51,7 +51,7 @@ def child(argv: list[str]) -> None:
         (PTDataArguments, PresetArguments, ModelArguments, PTTrainingArguments), argv)
     set_seed(training_args.seed)
     tokenizer = load_stage_tokenizer(model_args)
-    files = find_parquet_files(data_args.data_dir)
+    files = find_data_files(data_args.data_dir)
     cache = prepare_token_cache(files, tokenizer, data_args.cache_dir, log=lambda *a: None)
     dataset = PackedBlocks(cache, data_args.block_size, data_args.packing)
     model = new_model(preset_args, model_args, training_args)

@@ -17,6 +17,10 @@ Infinity-Instruct samples (else mini_data/sft), --sft_copies times a file.
            imports and the tokenizer load); with 2 processes also the largest worker (RSS sampled every 0.1 s).
   rerun    a first run on the 1x input; then a run killed (SIGKILL) once half of the files are done, and its rerun:
            the rerun redoes only the unfinished files, so it takes about half the first run's time.
+  formats  (--formats) the same PT texts as parquet and as jsonl files (mini_qwen/data/files.py reads both):
+           tokens/s of each with 1 process, alternating, and the token caches compared byte for byte; then peak RSS
+           while preparing ONE jsonl file of 1x, 4x and 16x --jsonl_copies times the samples (a file is streamed
+           line by line, so the peak should not grow with it).
 """
 
 import argparse
@@ -44,23 +48,29 @@ def source(stage: str) -> Path:
     return next((s / stage for s in SAMPLES if (s / stage).is_dir()), ROOT / "mini_data" / stage)
 
 
-def write_corpus(stage: str, folder: Path, files: int) -> list[Path]:
-    """`files` parquet files of the stage's sample rows (COPIES times), each rotated by its index (same size,
-    other order)."""
+def write_corpus(stage: str, folder: Path, files: int, fmt: str = "parquet", copies: int | None = None) -> list[Path]:
+    """`files` parquet (or jsonl) files of the stage's sample rows (COPIES times), each rotated by its index (same
+    size, other order)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from mini_qwen.data.checks import find_stage_files
 
     columns = {"pt": ["text"], "sft": ["conversations"]}[stage]
-    tables = [pq.read_table(f, columns=columns) for f in find_stage_files(stage, str(source(stage)))]
-    rows = pa.concat_tables(tables * COPIES[stage]).combine_chunks()
+    tables = [pq.read_table(f, columns=columns) for f in find_stage_files(stage, str(source(stage)), log=quiet)]
+    rows = pa.concat_tables(tables * (copies or COPIES[stage])).combine_chunks()
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(files):
         k = (i * 7) % rows.num_rows
-        path = folder / f"part-{i:05d}.parquet"
-        pq.write_table(pa.concat_tables([rows.slice(k), rows.slice(0, k)]), path, row_group_size=256)
+        table = pa.concat_tables([rows.slice(k), rows.slice(0, k)])
+        path = folder / f"part-{i:05d}.{fmt}"
+        if fmt == "parquet":
+            pq.write_table(table, path, row_group_size=256)
+        else:
+            with open(path, "w", encoding="utf-8") as f:
+                for row in table.to_pylist():
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
         out.append(path)
     return out
 
@@ -118,11 +128,11 @@ def speed(stage: str, files, tokenizer, work: Path, rounds: int) -> dict:
 # ---------------------------------------------------------------- memory, in a fresh process
 
 def rss_child(files_dir: str, cache_root: str, num_proc: str) -> None:
-    from mini_qwen.data.common import find_parquet_files
+    from mini_qwen.data.files import find_data_files
     from mini_qwen.data.pt import prepare_token_cache
 
     tokenizer = load()
-    files = find_parquet_files(files_dir)
+    files = find_data_files(files_dir)
     reset = reset_peak_rss()
     start = proc_status_mb("VmRSS")
     workers: dict[int, float] = {}
@@ -153,16 +163,21 @@ def rss_child(files_dir: str, cache_root: str, num_proc: str) -> None:
                       "files": len(files), "seconds": seconds}))
 
 
+def peak_rss(folder: Path, work: Path, num_proc: int) -> dict:
+    """prepare_token_cache of `folder` in a fresh subprocess: its peak RSS, tokens, seconds."""
+    shutil.rmtree(work / "rss_cache", ignore_errors=True)
+    run = subprocess.run([sys.executable, __file__, "--_rss_child", str(folder), str(work / "rss_cache"),
+                          str(num_proc)], capture_output=True, text=True, check=True)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def memory(work: Path, sizes: list[int], files_1x: int, num_procs: list[int]) -> dict:
     out = {}
     for size in sizes:
         folder = work / f"in_{size}x"
         write_corpus("pt", folder, files_1x * size)
         for n in num_procs:
-            shutil.rmtree(work / "rss_cache", ignore_errors=True)
-            run = subprocess.run([sys.executable, __file__, "--_rss_child", str(folder), str(work / "rss_cache"),
-                                  str(n)], capture_output=True, text=True, check=True)
-            res = json.loads(run.stdout.strip().splitlines()[-1])
+            res = peak_rss(folder, work, n)
             out[f"{size}x/{n}"] = res
             extra = f", largest worker {res['worker_peak_mb']:.0f} MB" if n > 1 else ""
             print(f"  {size:>2}x ({res['files']} files, {res['tokens']:,} tokens), {n} process(es): peak RSS "
@@ -200,6 +215,45 @@ def rerun(files, tokenizer, work: Path) -> dict:
     return {"first_s": first, "done_at_kill": done, "files": len(files), "rerun_s": again, "ratio": again / first}
 
 
+# ---------------------------------------------------------------- formats: jsonl vs parquet, one large jsonl
+
+def formats(work: Path, files_1x: int, rounds: int, sizes: list[int], jsonl_copies: int, tokenizer) -> dict:
+    parquet = write_corpus("pt", work / "fmt_parquet", files_1x)
+    jsonl = write_corpus("pt", work / "fmt_jsonl", files_1x, "jsonl")
+    times: dict[str, list[float]] = {"parquet": [], "jsonl": []}
+    tokens = 0
+    for r in range(rounds):
+        for fmt in (("parquet", "jsonl") if r % 2 == 0 else ("jsonl", "parquet")):
+            seconds, tokens = time_prepare("pt", parquet if fmt == "parquet" else jsonl, tokenizer,
+                                           work / f"fmt_cache_{fmt}", 1)
+            times[fmt].append(seconds)
+        print(f"  round {r + 1}: parquet {times['parquet'][-1]:.2f}s, jsonl {times['jsonl'][-1]:.2f}s "
+              f"(load average {load_average()})", flush=True)
+    same = all((work / f"fmt_cache_{fmt}").is_dir() for fmt in times) and len({
+        next((work / f"fmt_cache_{fmt}").glob("pt-*/tokens.u24")).read_bytes() for fmt in times}) == 1
+    out = {"tokens": tokens, "times": times, "identical_tokens": same,
+           "files_bytes": {fmt: sum(p.stat().st_size for p in files) for fmt, files in
+                           (("parquet", parquet), ("jsonl", jsonl))}}
+    for fmt in times:
+        print(f"  {fmt}: {tokens / min(times[fmt]):,.0f} tokens/s best, "
+              f"{tokens / statistics.median(times[fmt]):,.0f} median")
+    print(f"  jsonl / parquet time: {min(times['jsonl']) / min(times['parquet']):.2f}x best, "
+          f"{statistics.median(times['jsonl']) / statistics.median(times['parquet']):.2f}x median; "
+          f"token caches identical: {same}")
+    out["rss"] = {}
+    for size in sizes:
+        folder = work / f"jsonl_{size}x"
+        path, = write_corpus("pt", folder, 1, "jsonl", jsonl_copies * size)
+        res = peak_rss(folder, work, 1)
+        res["jsonl_mb"] = path.stat().st_size / 1e6
+        out["rss"][f"{size}x"] = res
+        print(f"  one jsonl of {res['jsonl_mb']:.0f} MB ({size}x, {res['tokens']:,} tokens): peak RSS "
+              f"{res['peak_mb']:.0f} MB (start {res['start_mb']:.0f} MB, +{res['peak_mb'] - res['start_mb']:.0f}), "
+              f"{res['seconds']:.1f}s (load average {load_average()})", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=8, help="parquet files of the 1x input")
@@ -212,6 +266,8 @@ def main():
     parser.add_argument("--skip_rss", action="store_true")
     parser.add_argument("--skip_rerun", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--formats", action="store_true", help="only the formats part: jsonl vs parquet, one jsonl")
+    parser.add_argument("--jsonl_copies", type=int, default=8, help="the PT samples this many times in the 1x jsonl")
     parser.add_argument("--_rss_child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._rss_child:
@@ -225,6 +281,12 @@ def main():
     res = {"cores": os.cpu_count(), "source": str(source("pt"))}
     print(f"source: {source('pt')} and {source('sft')}; {os.cpu_count()} cores; load average {load_average()}")
     try:
+        if args.formats:
+            print("\n== formats: the same PT texts as parquet and as jsonl; one growing jsonl file ==")
+            res["formats"] = formats(work, args.files, args.rounds, args.sizes, args.jsonl_copies, tokenizer)
+            if args.json:
+                Path(args.json).write_text(json.dumps(res, indent=1, default=str))
+            return
         files = write_corpus("pt", work / "pt_1x", args.files)
         if not args.skip_speed:
             print("\n== speed: 1 vs 2 processes ==")

@@ -45,11 +45,11 @@ def peak_rss_mb() -> float:
 
 
 def source_files(data_dir: str | None):
-    from mini_qwen.data.common import find_parquet_files
+    from mini_qwen.data.common import find_data_files
 
     if data_dir:
-        return find_parquet_files(data_dir)
-    return find_parquet_files(str(SAMPLES))
+        return find_data_files(data_dir)
+    return find_data_files(str(SAMPLES))
 
 
 def write_copies(texts: list[str], folder: Path, copies: int) -> list[Path]:
@@ -117,12 +117,12 @@ def run_ours(tokenizer, files: list[Path], cache_root: Path, **kwargs) -> dict:
 # ---------------------------------------------------------------- streaming: peak RSS in a child
 
 def rss_child(files_dir: str, cache_root: str, max_chars: str) -> None:
-    from mini_qwen.data.common import find_parquet_files
+    from mini_qwen.data.common import find_data_files
     from mini_qwen.data.pt import prepare_token_cache
     from mini_qwen.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()
-    files = find_parquet_files(files_dir)
+    files = find_data_files(files_dir)
     import_peak = proc_status_mb("VmHWM")  # transformers + the tokenizer load peak above preparation itself
     reset = reset_peak_rss()
     start = proc_status_mb("VmRSS")

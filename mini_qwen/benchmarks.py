@@ -5,8 +5,10 @@
   and any folder of the user's YAML tasks (lm-eval's `include_path`). Every dataset is loaded once,
   before any model: a typo or a dataset that cannot be downloaded ends in one message naming the task.
 - `MiniQwenLM` is lm-eval's Hugging Face backend (`HFLM`) around a model that is already loaded, with
-  the chat format the SFT / DPO stages trained on (no default system prompt; the tokenizer's Qwen
-  template would add "You are Qwen, created by Alibaba Cloud ..." that our models never saw).
+  the chat format the SFT / DPO stages trained on (no default system prompt; the official Qwen
+  template would add "You are Qwen, created by Alibaba Cloud ..." that our models never saw). It renders with
+  chat.format_messages, the same text as the tokenizer's own template (chat.CHATML_TEMPLATE, tests/test_chat.py),
+  so it stays right for a tokenizer folder that still carries the official one.
 - `run_suite` scores one model on the suite and returns one row per requested name: accuracy and
   its standard error (and acc_norm where the task has it), the number of questions, and the
   random-guess level of those questions (mean of 1 / number of choices).

@@ -18,7 +18,13 @@ answers, leaving about half the answer tokens untrained.)
 from dataclasses import dataclass
 
 IGNORE = -100
-ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# The one table of role names data may use (BAAI / ShareGPT: human, gpt; OpenAI: user, assistant; both: system)
+# -> the role trained. A tool's result (OpenAI `tool`, ShareGPT `observation`, the older `function`) becomes a user
+# turn wrapped in <tool_response>, as Qwen2.5's official template renders it; ShareGPT's `function_call` is the
+# assistant's turn.
+ROLE_MAP = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+            "function_call": "assistant", "tool": "tool", "observation": "tool", "function": "tool"}
+TOOL_RESPONSE = "<tool_response>\n{}\n</tool_response>"
 
 
 def format_messages(messages: list[dict], add_generation_prompt: bool = True) -> str:
@@ -38,9 +44,11 @@ def format_messages(messages: list[dict], add_generation_prompt: bool = True) ->
 
 
 # The same format as a Jinja chat template, for runtimes that render prompts themselves from the template a
-# model file carries (llama.cpp, LM Studio: the exported GGUF embeds this one). Unlike the official Qwen2.5
-# template it adds no default system prompt: SFT data without a system turn was trained without one.
-# With add_generation_prompt false every turn is closed, as in training (the Hugging Face convention).
+# model carries: every tokenizer load_tokenizer loads gets it, so every saved checkpoint's chat_template.jinja is
+# this one (transformers' apply_chat_template, vLLM, lm-eval's chat mode), and the exported GGUF embeds it
+# (llama.cpp, LM Studio). Unlike the official Qwen2.5 template it adds no default system prompt: SFT data without
+# a system turn was trained without one; a system message is rendered as the first turn, as SFT, DPO and serve
+# encode it. With add_generation_prompt false every turn is closed, as in training (the Hugging Face convention).
 CHATML_TEMPLATE = (
     "{%- for message in messages -%}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
@@ -80,7 +88,8 @@ class BadConversation(ValueError):
 
 
 def normalize_messages(conversation, first_turn_only: bool = False) -> list[dict]:
-    """Infinity-Instruct `from`/`value` (or `role`/`content`) turns -> [{role, content}], validated."""
+    """`from`/`value` (BAAI, ShareGPT) or `role`/`content` (OpenAI) turns -> [{role, content}], validated; role
+    names through ROLE_MAP, consecutive tool results joined into one user turn (as Qwen2.5's template does)."""
     if conversation is None or len(conversation) == 0:
         raise BadConversation("empty conversation")
     messages = []
@@ -89,12 +98,20 @@ def normalize_messages(conversation, first_turn_only: bool = False) -> list[dict
             raise BadConversation(f"turn {i} is not a {{from, value}} record")
         role, content, raw_role = parse_turn(turn)
         if role is None:
-            raise BadConversation(f"turn {i} has unknown role {raw_role!r} (expected human/gpt/system)")
+            raise BadConversation(f"turn {i} has unknown role {raw_role!r} (expected {'/'.join(ROLE_MAP)})")
         if content is None:
             raise BadConversation(f"turn {i} ({raw_role}) has no text")
         if role == "system" and i > 0:
             raise BadConversation(f"turn {i} is a system turn after the start")
+        if role == "tool":
+            content = TOOL_RESPONSE.format(content)
+            if messages and messages[-1].get("tool"):
+                messages[-1]["content"] += "\n" + content
+                continue
+            messages.append({"role": "user", "content": content, "tool": True})
+            continue
         messages.append({"role": role, "content": content})
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     body = [m for m in messages if m["role"] != "system"]
     for i, m in enumerate(body):
         if m["role"] != ("user" if i % 2 == 0 else "assistant"):

@@ -243,6 +243,35 @@ def resume_checkpoint(training_args) -> str | None:
 AUTO = ("auto", "true", "True", "latest")
 
 
+def finished_run(training_args) -> str | None:
+    """With `--resume_from_checkpoint auto`: one line saying that `output_dir` holds a finished run (its final model
+    saved at the run's last step, no newer checkpoint), else None. Resuming it would train past the end: Trainer
+    restores the last checkpoint and trains a step before it first checks max_steps (transformers 5.24)."""
+    if training_args.resume_from_checkpoint not in AUTO:
+        return None
+    root = Path(training_args.output_dir)
+    try:
+        state = json.loads((root / "trainer_state.json").read_text())  # written by the stage after its final save
+        step = int(state["global_step"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    weights = weights_problem(root, names="adapter_model*.safetensors") if is_adapter(root) else (
+        weights_problem(root) if (root / "config.json").is_file() else "no config.json")
+    if weights:
+        return None
+    if training_args.max_steps > 0:
+        target, more = training_args.max_steps, "--max_steps"
+    else:  # an epoch-based run: done when the saved state's steps are done and no more epochs are asked for
+        target, more = int(state.get("max_steps") or 0), "--num_train_epochs"
+        if training_args.num_train_epochs > (state.get("num_train_epochs") or 0):
+            return None
+    newer = [f for f in checkpoint_folders(root) if checkpoint_step(f) > step and checkpoint_problem(f) is None]
+    if target <= 0 or step < target or newer:
+        return None
+    return (f"resume: {root} holds a finished run (step {step} of {target}, final model saved): nothing to train. "
+            f"Raise {more} to train further, or pass a new --output_dir.")
+
+
 def check_resume_path(wanted: str, output_dir: str) -> None:
     """An explicit --resume_from_checkpoint must be a complete checkpoint-N folder."""
     folder = Path(wanted)

@@ -4,7 +4,8 @@ Typed dataclasses parsed by TRL's `TrlParser` (an `HfArgumentParser` that also r
 `--config recipe.yaml`): recipe values replace the defaults, command-line flags win
 over both. Every flag is checked here, before anything loads: choices, the numeric ranges
 of mini_qwen/ranges.py, precision against the hardware (defaults from it too), the long-run
-flags, the speed levers (mini_qwen/speed.py), the LoRA flags (mini_qwen/lora.py) and the trackers
+flags, the speed levers (mini_qwen/speed.py), the LoRA flags (mini_qwen/lora.py, with LoRA's own
+--learning_rate default) and the trackers
 of --report_to (mini_qwen/tracking.py). Eval and serve also take bare words
 (checkpoint folders) anywhere among their flags.
 """
@@ -27,7 +28,7 @@ from mini_qwen.hardware import (
     precision_defaults,
 )
 from mini_qwen.long_run import LongRunArguments, check_long_run_args
-from mini_qwen.lora import LoraArguments, check_lora_args
+from mini_qwen.lora import LoraArguments, check_lora_args, learning_rate_default
 from mini_qwen.ranges import check_ranges
 from mini_qwen.speed import check_speed_flags
 from mini_qwen.tracking import check_report_to
@@ -232,6 +233,14 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None, gpu_fl
                 raise MiniQwenError(f"--use_cpu: a plan is for the GPU named by --{gpu_flag}; drop --use_cpu.")
             check_requested_precision({**defaults, **asked}, gpu)
         parser.set_defaults_with_config(**defaults)
+    learning_rate_origin = None
+    if LoraArguments in dataclass_types:  # LoRA's own --learning_rate default, named by the stage's config
+        training_type = next((t for t in dataclass_types if "learning_rate" in getattr(t, "__dataclass_fields__", {})),
+                             None)
+        lora_defaults, learning_rate_origin = learning_rate_default(
+            training_type, _explicit(cli, recipe, ("use_peft",)).get("use_peft", False),
+            _value(cli, recipe, "learning_rate"))
+        parser.set_defaults_with_config(**lora_defaults)
     check_flag_values(parser, cli, recipe, argv[argv.index("--config") + 1] if recipe else None)
     try:
         parsed = parser.parse_args_and_config(argv)
@@ -249,6 +258,7 @@ def parse_args(dataclass_types, argv=None, positional: str | None = None, gpu_fl
         if isinstance(obj, LongRunArguments):
             check_long_run_args(obj)
         if isinstance(obj, LoraArguments):
+            obj.learning_rate_origin = learning_rate_origin
             check_lora_args(obj, cuda=torch.cuda.is_available() and not getattr(training, "use_cpu", False),
                             planned_gpu=gpu)
         start = getattr(obj, "model_name_or_path", None)

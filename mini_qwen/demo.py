@@ -28,9 +28,9 @@ def demo_argv(stage: str, user_argv: list[str], pick_preset: bool = False) -> li
 
 # Training-state bytes per parameter on the plain (non-DeepSpeed) path, as mini_qwen.model.model_dtype loads it
 # (the demo never passes --pure_bf16): fp32 master weights + fp32 grads + two fp32 AdamW moments, under bf16
-# or fp16 autocast alike. DPO adds a frozen reference model: bf16 where the GPU has bf16, else fp32.
+# or fp16 autocast alike. DPO adds a frozen reference model loaded as the policy is (fp32: mini_qwen_dpo.py).
 STATE_BYTES = {"bf16": 4 + 4 + 8, "fp16": 4 + 4 + 8}
-REFERENCE_BYTES = {"bf16": 2, "fp16": 4}
+REFERENCE_BYTES = {"bf16": 4, "fp16": 4}
 STATE_SHARE = 0.7  # of the GPU's memory; the rest is the CUDA context, activations and the 152K-vocab logits
 
 
@@ -40,8 +40,8 @@ def demo_layers(total_memory: int, bf16: bool, config) -> int:
     The demo's activations are small (128-token rows), so the training state decides: DPO, the largest
     (state + a frozen reference), must fit in STATE_SHARE of the memory. The 1b preset (0.99B params) needs
     20 bytes a parameter under fp16 AMP, ~20 GB: too much for a 16 GB T4 or V100, so there it keeps
-    fewer layers (23 of 48, ~0.56B). With bf16 (16 + 2 bytes for the bf16 reference) a 24 GB card keeps
-    most layers and a 32 GB or larger one all of them.
+    fewer layers (23 of 48, ~0.56B). bf16 autocast needs the same 20 bytes (fp32 master weights and an fp32
+    reference, which computes as the policy does): a 24 GB card keeps most layers, a 32 GB or larger one all.
     """
     kind = "bf16" if bf16 else "fp16"
     h, inter = config.hidden_size, config.intermediate_size

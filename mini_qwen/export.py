@@ -6,14 +6,17 @@
 - `export_gguf`: runs that converter on the checkpoint, with the tokenizer and the training chat format
   (`mini_qwen.chat.CHATML_TEMPLATE`) embedded, writes to a temporary file and renames it, so a failed or
   interrupted export leaves nothing behind; then writes an Ollama Modelfile beside it.
-- `compare_gguf`: the GGUF run by llama.cpp (llama-cpp-python) against the checkpoint run by transformers on
-  the same prompts: greedy token ids and the NMSE of next-token log-probabilities (llama.cpp's own measure in
-  examples/model-conversion: mean squared error over the reference's variance).
+- `compare_gguf`: the GGUF run by llama.cpp (llama-cpp-python, in a child process: mini_qwen/llama_child.py) against
+  the checkpoint run by transformers on the same prompts: greedy token ids and the NMSE of next-token
+  log-probabilities (llama.cpp's own measure in examples/model-conversion: mean squared error over the
+  reference's variance).
 
-Why the template is replaced: the tokenizer's own chat template is the official Qwen2.5 one, which adds a
-default system prompt ("You are Qwen, ...") when a conversation has none. SFT here trains conversations as the
-data has them (mini_qwen/chat.py), so a runtime using that template would prompt the model with a turn it never
-saw. Peers' "merged model -> GGUF -> Ollama answers garbage" reports mostly come from that kind of mismatch.
+Why the template is written even though every checkpoint saved now carries it (mini_qwen/tokenizer.py sets it on
+every tokenizer it loads): a checkpoint saved before, or a tokenizer folder given with --tokenizer_path, may carry
+the official Qwen2.5 one, which adds a default system prompt ("You are Qwen, ...") when a conversation has none.
+SFT here trains conversations as the data has them (mini_qwen/chat.py), so a runtime using that template would
+prompt the model with a turn it never saw. Peers' "merged model -> GGUF -> Ollama answers garbage" reports mostly
+come from that kind of mismatch.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from mini_qwen.chat import CHATML_TEMPLATE
 from mini_qwen.checkpoint import check_checkpoint
 from mini_qwen.errors import MiniQwenError
+from mini_qwen.llama_child import DEFAULT_TIMEOUT_S, INSTALL_EXPORT, run_llama_cpp
 from mini_qwen.pip_fetch import REACH_PYPI, pip_download
 from mini_qwen.tokenizer import DEFAULT_CACHE, has_tokenizer_files
 
@@ -39,7 +43,6 @@ from mini_qwen.tokenizer import DEFAULT_CACHE, has_tokenizer_files
 # as requirements-export.txt (tests/test_export_gguf.py checks that they agree).
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 GGUF_TYPES = ("f16", "q8_0")
-INSTALL_EXPORT = "pip install -r requirements-export.txt"
 STOP_STRINGS = ("<|im_end|>", "<|endoftext|>")
 # llama.cpp's examples/model-conversion calls a next-token NMSE below 1e-2 a good match (below 1e-4 is typical of
 # a good f16 conversion): the verdict of `--verify` and of the q8_0 test.
@@ -258,42 +261,23 @@ class PromptComparison:
         return n
 
 
-def load_llama_cpp(gguf_path: str | os.PathLike, n_ctx: int = 512):
-    """The GGUF in llama.cpp (llama-cpp-python), with the logits of every position kept. Call .close() on it."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        raise MiniQwenError(f"running a GGUF here needs llama-cpp-python: {INSTALL_EXPORT} (builds llama.cpp "
-                            f"from source, a few minutes).") from None
-    return Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, n_threads=os.cpu_count() or 1,
-                 seed=0, verbose=False)
-
-
-def compare_gguf(model, llm, prompts: list[list[int]], new_tokens: int = 16) -> list[PromptComparison]:
-    """Run each prompt (token ids) through the transformers `model` and the llama.cpp `llm`: greedy
+def compare_gguf(model, gguf: str | os.PathLike, prompts: list[list[int]], new_tokens: int = 16,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> list[PromptComparison]:
+    """Run each prompt (token ids) through the transformers `model` and the GGUF in llama.cpp: greedy
     continuations of `new_tokens` tokens (not stopped at <|im_end|>, so both always give that many) and
-    next-token log-probabilities at every prompt position."""
-    import numpy as np
+    next-token log-probabilities at every prompt position. llama.cpp runs in a child process
+    (mini_qwen/llama_child.py): a crash there is a MiniQwenError here, never the end of the caller."""
     import torch
 
+    llama = run_llama_cpp("mini_qwen.llama_child:greedy_and_logits", gguf, timeout=timeout,
+                          prompts=[list(map(int, p)) for p in prompts], new_tokens=new_tokens)
     results = []
-    for prompt in prompts:
+    for prompt, llama_logits, llama_new in zip(prompts, llama["logits"], llama["greedy"]):
         ids = list(prompt)
         with torch.no_grad():
             reference = model(torch.tensor([ids])).logits[0].float().numpy()
             for _ in range(new_tokens):  # greedy, one full forward per token: short prompts, exact argmax
                 ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-        hf_new = ids[len(prompt):]
-
-        llm.reset()
-        llm.eval(prompt)
-        llama_logits = np.array(llm.scores[:len(prompt)])
-        llm.reset()  # generate from a clean state, not from the cache the line above left
-        llama_new = []
-        for token in llm.generate(prompt, temp=0.0, repeat_penalty=1.0):  # temp 0: llama.cpp's greedy sampler
-            llama_new.append(int(token))
-            if len(llama_new) == new_tokens:
-                break
-        results.append(PromptComparison(list(prompt), hf_new, llama_new,
+        results.append(PromptComparison(list(prompt), ids[len(prompt):], llama_new,
                                         nmse(log_softmax(reference), log_softmax(llama_logits))))
     return results

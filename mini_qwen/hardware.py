@@ -4,7 +4,9 @@
   fp16 on older ones (T4 sm_75, V100 sm_70), fp32 on CPU (bf16 on CPU is ~25x slower than fp32 for a
   small model). Decided from the compute capability, not `torch.cuda.is_bf16_supported()`: that
   defaults to `including_emulation=True` and answers True on a T4, where bf16 runs emulated and slow.
-- flash_attention_2 when the package is installed and the GPU supports it, else SDPA.
+- flash_attention_2 when the package is installed and the GPU supports it, else SDPA. Packed batches
+  (PT blocks, SFT packed rows) carry the varlen kwargs flash needs to keep documents apart at any batch
+  size (mini_qwen/data/packing.py); SDPA builds the same per-document masks from the position ids.
 - GPUS: the GPU kinds this project knows (peak FLOP/s for MFU, memory, bf16), one table for the
   training log's MFU (`peak_flops`) and the run planner (mini_qwen/plan.py, `find_gpu`).
 """

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mini_qwen.checkpoint import AUTO, check_resume_path
+from mini_qwen.checkpoint import AUTO, check_resume_path, finished_run
 from mini_qwen.errors import MiniQwenError
 
 
@@ -43,7 +43,8 @@ def deepspeed_config(training_args) -> tuple[dict | None, str | None]:
 
 
 def check_launch(training_args) -> None:
-    """Cross-check world size, gradient accumulation and micro batch between the launcher and the script."""
+    """Cross-check world size, gradient accumulation and micro batch between the launcher and the script; check an
+    explicit resume path; exit 0 at once, with one line, when `--resume_from_checkpoint auto` finds a finished run."""
     world = training_args.world_size
     gas, micro = training_args.gradient_accumulation_steps, training_args.per_device_train_batch_size
     env_gas = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
@@ -67,6 +68,11 @@ def check_launch(training_args) -> None:
     wanted = training_args.resume_from_checkpoint
     if wanted and wanted not in AUTO:
         check_resume_path(wanted, training_args.output_dir)  # before any model or data is loaded
+    done = finished_run(training_args)
+    if done:  # before anything is loaded or written: the finished run's files stay as they are
+        if training_args.process_index == 0:
+            print(done, flush=True)
+        raise SystemExit(0)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if torch.cuda.is_available() and not training_args.use_cpu and local_world > torch.cuda.device_count():
         raise MiniQwenError(

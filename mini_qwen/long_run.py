@@ -7,7 +7,8 @@ failed saves reported. One shape for all three stages: the stage's TrainingArgum
   `--save_strategy no` turns these off too. At most about an hour of work is lost to a crash.
 - **SIGTERM / SIGINT** (what `kill`, Slurm and spot-instance preemption send first): the current step
   finishes, a complete checkpoint-N is written, and the process exits 0 with the command that resumes
-  it. A second signal exits at once (the checkpoint being written is then incomplete, and
+  it. Ctrl-C on `... | tee log` kills tee too: prints to the closed pipe are dropped (`_PipeSafe`), the save
+  goes on. A second signal exits at once (the checkpoint being written is then incomplete, and
   `--resume_from_checkpoint auto` skips it). All processes agree on the step (one all-reduce per step).
 - **Bad steps.** A step whose loss is not finite, or above `--loss_spike_factor` x the median of the last
   `--loss_spike_window` good steps, is skipped: the optimizer does not step (AdamW's decay and moments
@@ -30,6 +31,7 @@ failed saves reported. One shape for all three stages: the stage's TrainingArgum
   `--lost_rank_timeout` seconds, with one message naming it (mini_qwen/nodes.py RankWatch).
 
 Written against transformers 5.24 / accelerate 1.15: it overrides Trainer's private `_save_checkpoint` and
+`_run_epoch` (no step past max_steps when resumed from the last checkpoint) and
 relies on the order of its training loop (callback `on_pre_optimizer_step` before `optimizer.step()`, the
 optimizer created before accelerate wraps it); tests/test_long_run.py pins these details.
 """
@@ -152,6 +154,51 @@ class _StopSignals:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+
+class _PipeSafe:
+    """sys.stdout / sys.stderr during training: a write to a pipe whose reader is gone (`... | tee log` and Ctrl-C:
+    the terminal's SIGINT kills tee too) is dropped instead of raising BrokenPipeError into the step, the save or
+    the signal handler, which lost the graceful save. The file descriptor itself is then pointed at /dev/null, so
+    every other holder of it (the progress bar, logging handlers, the flush at exit) goes quiet as well."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def _silence(self):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            self._stream.flush()  # what was buffered for the closed pipe goes to /dev/null
+        except (OSError, ValueError, AttributeError):  # no descriptor (a test's capture) or a closed stream
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    @classmethod
+    def install(cls):
+        """Wrap sys.stdout and sys.stderr; returns the function that puts the originals back."""
+        originals = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = cls(sys.stdout), cls(sys.stderr)
+
+        def restore():
+            sys.stdout, sys.stderr = originals
+        return restore
 
 
 class BadStepGuard:
@@ -322,7 +369,23 @@ class LongRunMixin:
             control.should_training_stop = True
             self.stopped_by_signal = received
 
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the run's last checkpoint (its final save failed, or never came): Trainer's loop checks
+        # max_steps only after a step, so it would train one step past the end and save checkpoint-<max+1>.
+        # Nothing to train; the stage then saves the final model from the restored weights.
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def train(self, *args, **kwargs):
+        restore_streams = _PipeSafe.install()  # before super().train() creates the progress bar on sys.stderr
+        try:
+            return self._train_until_done_or_signalled(*args, **kwargs)
+        finally:
+            restore_streams()
+
+    def _train_until_done_or_signalled(self, *args, **kwargs):
         from mini_qwen.nodes import RankWatch
 
         self._signals.install()

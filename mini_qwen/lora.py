@@ -7,7 +7,12 @@
   adapter, and for DPO scores the reference with the adapter disabled (the base model: no second
   copy in memory).
 - `check_lora_args` (in mini_qwen.cli.parse_args): LoRA flags without `--use_peft true` are refused,
-  as is `--load_in_4bit` without CUDA or bitsandbytes.
+  as is `--load_in_4bit` without CUDA or bitsandbytes. `learning_rate_default` (also in parse_args): with
+  `--use_peft true` and no `--learning_rate`, the stage's LoRA rate (SFT 1e-4, DPO 5e-6), and why, for the
+  start line.
+- Precision: the adapters, their gradients and AdamW moments stay fp32 (`keep_adapters_fp32` undoes TRL's
+  bf16 cast of a 4-bit model's adapters); `lora_setup` refuses a learning rate whose steps the fp32 adapters
+  would round away (`smallest_learning_rate`).
 - `lora_setup`: the checked peft config for a checkpoint, before anything is written: target module
   names are compared with the linear layers of that model's blocks (built on the meta device from
   its config.json, so nothing is loaded). `peft_config` is the same for any model (the run planner
@@ -23,13 +28,25 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from mini_qwen.checkpoint import check_checkpoint
 from mini_qwen.errors import MiniQwenError
 
 DEFAULT_R, DEFAULT_ALPHA, DEFAULT_DROPOUT = 16, 32, 0.05
+# LoRA's learning rates when --learning_rate is not given (a stage config names its own as `lora_learning_rate`).
+# An adapter learns a low-rank update scaled by alpha / r whose B starts at zero, so the full fine-tuning rates
+# (SFT 1e-5, DPO 5e-7) barely move it; peers train adapters ~10x faster. LLaMA-Factory's LoRA examples (all linear
+# layers, alpha / r = 2 as our defaults) use 1e-4 for SFT and 5e-6 for DPO; TRL's own sft.py / dpo.py LoRA examples
+# (on Qwen2-0.5B, alpha / r = 0.5) use 2e-4 and 5e-6. DPO stays 10x below SFT because its loss pushes the
+# log-ratio against a fixed reference, which the original project found overfitting at 1e-6 already (full).
+SFT_LEARNING_RATE, DPO_LEARNING_RATE = 1e-4, 5e-6
 ALL_LINEAR = "all-linear"  # peft's word for every linear layer but the output layer: the blocks' projections
 # The flags that mean something only with --use_peft true (unset = None, so a flag given is a flag meant).
 LORA_ONLY = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "load_in_4bit")
+# The adapter's parameters, gradients and AdamW moments (keep_adapters_fp32); autocast runs its matmuls in bf16.
+ADAPTER_DTYPE = torch.float32
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # bitsandbytes 0.50's NF4 / FP4 kernels: NVIDIA compute capability 6.0 (Pascal) and newer (its installation guide).
 QLORA_MIN_CAPABILITY = (6, 0)
 
@@ -54,7 +71,23 @@ class LoraArguments:
                 "the tied embeddings stay tied after a merge."})
     load_in_4bit: bool | None = field(default=None, metadata={
         "help": "QLoRA: load the frozen base model in 4-bit NF4 (bitsandbytes, CUDA only; `pip install -e "
-                ".[qlora]`) and train the adapter on top; the base weights take ~0.5 byte a parameter."})
+                ".[qlora]`) and train the adapter on top; the base weights take ~0.5 byte a parameter. The "
+                "adapter stays fp32, as with plain LoRA."})
+    # Why --learning_rate has its value (set by mini_qwen.cli.parse_args; printed by describe_adapter). Not a flag.
+    learning_rate_origin: str | None = field(default=None, init=False, repr=False, compare=False)
+
+
+def learning_rate_default(training_type, use_peft: bool, given: str | None) -> tuple[dict, str | None]:
+    """(the defaults to set before parsing, why the learning rate is what it is) for mini_qwen.cli.parse_args:
+    with --use_peft true and no --learning_rate, the stage's LoRA rate (`lora_learning_rate` of its config)."""
+    lora_rate = getattr(training_type, "lora_learning_rate", None)
+    if not use_peft or lora_rate is None:
+        return {}, None
+    if given is not None:
+        return {}, "--learning_rate"
+    full = training_type.__dataclass_fields__["learning_rate"].default
+    return {"learning_rate": lora_rate}, f"LoRA's default for this stage, --learning_rate not given; {full:g} " \
+                                         f"when every weight trains"
 
 
 def qlora_supported(gpu) -> bool:
@@ -91,8 +124,6 @@ def check_lora_args(args: LoraArguments, cuda: bool, planned_gpu=None) -> None:
 
 def block_linear_names(model) -> list[str]:
     """Names of the linear layers inside the decoder blocks of `model` (q_proj, ..., down_proj)."""
-    import torch
-
     blocks = model.get_decoder().layers
     return sorted({name.rsplit(".", 1)[-1] for name, module in blocks.named_modules()
                    if isinstance(module, torch.nn.Linear)})
@@ -100,7 +131,6 @@ def block_linear_names(model) -> list[str]:
 
 def checkpoint_meta_model(checkpoint: str | Path):
     """The checkpoint's model built on the meta device out of its config.json (no weights read)."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(checkpoint)
@@ -132,14 +162,56 @@ def peft_config(args: LoraArguments, known: list[str], where: str):
     return lora
 
 
-def lora_setup(args: LoraArguments, checkpoint: str | Path):
+def smallest_learning_rate(model, targets, dtype=ADAPTER_DTYPE) -> float:
+    """The learning rate below which an AdamW step rounds away on a typical entry of some lora_A of `model`.
+
+    AdamW moves each entry by about the learning rate a step, whatever the gradient's size. A stored value keeps a
+    step only if the step exceeds half the spacing of `dtype`'s numbers next to it, |w| * eps / 2. lora_A starts
+    uniform in +-1/sqrt(fan_in) (peft's kaiming init), so a typical entry is 1/(2 sqrt(fan_in)); the adapters with
+    the smallest fan-in have the largest entries and freeze first. (lora_B starts at 0, where any step counts.)
+    fp32: ~4e-9 on the tiny preset; bf16 (what TRL would cast a QLoRA adapter to) ~2e-4: a stage default of 1e-5
+    would leave every lora_A where it started."""
+    fan_in = min(module.in_features for name, module in model.get_decoder().layers.named_modules()
+                 if isinstance(module, torch.nn.Linear)
+                 and (targets == ALL_LINEAR or name.rsplit(".", 1)[-1] in targets))
+    return torch.finfo(dtype).eps / 2 / (2 * fan_in ** 0.5)
+
+
+def lora_setup(args: LoraArguments, checkpoint: str | Path, learning_rate: float | None = None):
     """peft's LoraConfig for training an adapter on `checkpoint` (None without --use_peft), built by TRL's own
-    `get_peft_config`; the target module names are checked against that model first."""
+    `get_peft_config`; the target module names are checked against that model first, and `learning_rate`
+    against the adapter's dtype (smallest_learning_rate)."""
     if not args.use_peft:
         return None
     check_checkpoint(checkpoint, need_tokenizer=False)  # a full checkpoint: an adapter folder is refused there
-    known = block_linear_names(checkpoint_meta_model(checkpoint))
-    return peft_config(args, known, f"the model's blocks in '{checkpoint}'")
+    model = checkpoint_meta_model(checkpoint)
+    lora = peft_config(args, block_linear_names(model), f"the model's blocks in '{checkpoint}'")
+    floor = smallest_learning_rate(model, lora.target_modules)
+    if learning_rate is not None and learning_rate < floor:
+        raise MiniQwenError(f"--learning_rate {learning_rate:g} is too small for LoRA: each AdamW step moves an "
+                            f"adapter entry by about the learning rate, and the fp32 adapters of this model round "
+                            f"away any step below {floor:.1e}. Raise it, or leave the flag out for LoRA's default.")
+    return lora
+
+
+def keep_adapters_fp32(trainer):
+    """Cast the adapter's trainable parameters back to fp32 once `trainer` is built; returns its model.
+
+    TRL 1.16 casts them to bf16 when the base is 4-bit (SFTTrainer / DPOTrainer __init__, after get_peft_model:
+    the QLoRA paper's recipe), where peft's own get_peft_model keeps them fp32 (autocast_adapter_dtype). In bf16 an
+    AdamW step under ~|w| / 512 rounds away (smallest_learning_rate): at 1e-5 most lora_A entries never move. The
+    matmuls still run in the compute dtype under autocast (peft's bnb layers cast the input to the adapter's
+    dtype, then autocast casts both to bf16); fp32 costs 2 more bytes a trainable parameter (and fp32 AdamW
+    moments), a few MB for a rank-16 adapter. Call before the optimizer is created (Trainer.train builds it).
+    Under DeepSpeed nothing is cast: its engine casts the whole module to bf16 and keeps fp32 masters itself, and
+    under ZeRO-3 TRL keeps the adapters in the base's dtype on purpose (mixed dtypes break its all-gather)."""
+    model = trainer.model
+    if trainer.is_deepspeed_enabled:
+        return model
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != ADAPTER_DTYPE:
+            param.data = param.data.to(ADAPTER_DTYPE)
+    return model
 
 
 def quantization_config(args: LoraArguments, bf16: bool):
@@ -158,14 +230,18 @@ def with_base_path(model, checkpoint: str | Path):
     return model
 
 
-def describe_adapter(model) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+def describe_adapter(model, args: LoraArguments, learning_rate: float) -> str:
+    trained = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in trained)
     total = sum(p.numel() for p in model.parameters())
+    dtypes = "/".join(sorted({DTYPE_NAMES.get(p.dtype, str(p.dtype)) for p in trained}))
     config = model.peft_config["default"]
     targets = ", ".join(sorted(config.target_modules)) if not isinstance(config.target_modules, str) \
         else config.target_modules
+    origin = f" ({args.learning_rate_origin})" if args.learning_rate_origin else ""
     return (f"LoRA: rank {config.r}, alpha {config.lora_alpha}, dropout {config.lora_dropout} on {targets}: "
-            f"{trainable / 1e6:.3f}M trainable of {total / 1e6:.1f}M parameters ({100 * trainable / total:.2f}%)")
+            f"{trainable / 1e6:.3f}M trainable of {total / 1e6:.1f}M parameters ({100 * trainable / total:.2f}%), "
+            f"{dtypes} adapter; learning rate {learning_rate:g}{origin}")
 
 
 def apply_adapter(model, folder: str | Path, merge: bool = True):

@@ -43,8 +43,9 @@ class ModelArguments:
     pure_bf16: bool = field(
         default=False,
         metadata={"help": "GPU with --bf16: keep the weights and AdamW states in bf16 (less memory, faster, but an "
-                  "update below ~1/256 of a weight rounds away). Default: fp32 master weights + bf16 autocast, "
-                  "the numerics DeepSpeed ZeRO-2 uses. Ignored on CPU (always fp32)."},
+                  "update below ~1/256 of a weight rounds away). Default: fp32 master weights + bf16 autocast "
+                  "(DeepSpeed ZeRO-2 also keeps fp32 masters and, with ds_zero2.json, fp32 gradient "
+                  "accumulation). Ignored on CPU (always fp32)."},
     )
     kahan_summation: bool = field(
         default=False,
@@ -137,8 +138,10 @@ def model_dtype(training_args, pure_bf16: bool = False, frozen: bool = False,
     With --bf16, Trainer runs forward and backward under bf16 autocast either way; the question is only
     what the optimizer updates. bf16 has 8 mantissa bits: next to a weight of ~0.02 one ulp is ~1.2e-4,
     so an AdamW step of ~1e-4 (warmup, the schedule's decayed tail) rounds to zero or to a whole ulp.
-    fp32 master weights keep those steps, and are what DeepSpeed ZeRO-2 (`run.sh pt multi`) uses, so one
-    GPU and many train with the same numerics. `frozen` (the base under a LoRA adapter): no update ever
+    fp32 master weights keep those steps. DeepSpeed ZeRO-2 (`run.sh pt multi`) keeps fp32 masters too, and
+    ds_zero2.json accumulates and reduces gradients in fp32, but it casts the module itself to bf16: its
+    embeddings, norms and residual stream run in bf16 where this path runs them in fp32 (close numerics, not
+    the same; README "Numerics"). `frozen` (the base under a LoRA adapter): no update ever
     reaches these weights, so they need no fp32 copy and are loaded in bf16 under --bf16. `on_gpu`: decided
     by the caller (the run planner plans a GPU it does not run on); default: this machine has a CUDA GPU
     and --use_cpu is off.

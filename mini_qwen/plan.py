@@ -174,9 +174,9 @@ def build_setup(stage: str, args: dict, config, params: Params, world: int, zero
             adapter = replace(adapter, dtype=weights)
     elif adapter and adapter.quantized:
         # bitsandbytes computes in --bf16 / --fp16's dtype (mini_qwen.lora.quantization_config); peft's
-        # prepare_model_for_kbit_training casts everything that is not 4-bit to fp32; TRL casts the adapter to bf16.
+        # prepare_model_for_kbit_training casts everything that is not 4-bit to fp32; TRL casts the adapter to bf16
+        # and mini_qwen.lora.keep_adapters_fp32 casts it back: an fp32 adapter (Adapter's default dtype).
         weights, autocast = "fp32", half
-        adapter = replace(adapter, dtype="bf16")
     elif adapter:  # the frozen base as mini_qwen.model.load_model loads it; peft keeps the adapter in fp32
         dtype = model_dtype(training, model_args.pure_bf16, frozen=True, on_gpu=True)
         weights, autocast = {"torch.float32": "fp32", "torch.bfloat16": "bf16"}[str(dtype)], half
@@ -210,10 +210,10 @@ def build_setup(stage: str, args: dict, config, params: Params, world: int, zero
         return Setup(**setup, seq_len=training.max_length if training.packing else longest, mask=mask,
                      loss="fused_head" if fused else "answer_only")
     reference = None
-    # A frozen copy, loaded as mini_qwen_dpo.py loads it; with an adapter, the model itself with the adapter disabled.
+    # A frozen copy loaded as the policy is (mini_qwen_dpo.py: fp32 under autocast, bf16 with --pure_bf16; DeepSpeed
+    # casts it with the policy); with an adapter, the model itself with the adapter disabled.
     if not training.precompute_ref_log_probs and adapter is None:
-        reference = half if zero is not None and half else (
-            "bf16" if str(model_dtype(training, True, on_gpu=True)) == "torch.bfloat16" else "fp32")
+        reference = weights
     return Setup(**setup, rows=2, seq_len=longest, mask=mask, loss="fused_head", reference=reference)
 
 
@@ -240,6 +240,43 @@ def describe_precision(s: Setup) -> str:
     if s.weights == "fp32":
         return "fp32 throughout (no mixed precision)"
     return f"{s.weights} weights + {s.weights} AdamW (--pure_bf16)" + (" with Kahan summation" if s.kahan else "")
+
+
+def numerics(s: Setup) -> dict[str, str]:
+    """Which dtype the recipe keeps for each thing a training step touches (README "Numerics" has the table)."""
+    compute = s.autocast or s.weights
+    several = s.world > 1
+    if s.zero is not None:
+        z, module = s.zero, s.weights
+        master = "an fp32 master copy partitioned over the GPUs" if module != "fp32" else "partitioned AdamW"
+        return {"weights": f"{module} in the module (DeepSpeed casts it{', adapter included' if s.adapter else ''}), "
+                           f"{master}", "compute": module,
+                "gradients": f"{module} per micro-batch", "accumulation": z.accumulation(module),
+                "optimizer": "fp32 AdamW moments, partitioned" + (" (CPU offload)" if z.offload_optimizer else ""),
+                "reference": _reference_numerics(s), "communication": f"{z.communication(module)} "
+                "(gradient reduce-scatter), " + f"{module} (weight all-gather)"}
+    if s.adapter:
+        a = s.adapter
+        frozen = "4-bit NF4 blocks, fp32 embeddings and norms" if a.quantized else s.weights
+        return {"weights": f"frozen {frozen}; {a.dtype} adapter", "compute": compute,
+                "gradients": f"{a.dtype} (adapter only)", "accumulation": a.dtype,
+                "optimizer": f"{a.dtype} AdamW moments (adapter only)", "reference": _reference_numerics(s),
+                "communication": f"{a.dtype} adapter gradients (DDP all-reduce)" if several else "none (one GPU)"}
+    kahan = " + a bf16 Kahan compensation buffer" if s.kahan and s.weights != "fp32" else ""
+    return {"weights": s.weights + (" master weights" if s.autocast else ""), "compute": compute,
+            "gradients": s.weights, "accumulation": s.weights, "optimizer": f"{s.weights} AdamW moments{kahan}",
+            "reference": _reference_numerics(s),
+            "communication": f"{s.weights} gradients (DDP all-reduce)" if several else "none (one GPU)"}
+
+
+def _reference_numerics(s: Setup) -> str:
+    if s.rows != 2:  # PT / SFT
+        return "none (no DPO)"
+    if s.adapter:
+        return "the frozen model itself, adapter disabled"
+    if s.reference is None:
+        return "log-probs precomputed before training"
+    return f"{s.reference} frozen copy, computing as the policy does ({s.autocast or s.weights})"
 
 
 # ---------------------------------------------------------------- what would fit
@@ -395,9 +432,11 @@ def network_bytes_per_step(s: Setup) -> float:
     half = DTYPE_BYTES[s.trained_dtype]
     if s.zero is None:
         return 2 * P * half * share
-    micro = {0: 0, 1: 0, 2: 1, 3: 3}[min(s.zero.stage, 3)]  # tensors of P sent per micro-batch
-    once = {0: 2, 1: 2, 2: 1, 3: 0}[min(s.zero.stage, 3)]  # and once per step
-    return (micro * s.grad_accum + once) * P * half * share
+    grads = DTYPE_BYTES[s.zero.communication(s.trained_dtype)]  # ds_zero2.json: fp32, twice bf16's bytes
+    stage = min(s.zero.stage, 3)
+    reduced = {0: 1, 1: 1, 2: s.grad_accum, 3: s.grad_accum}[stage]  # gradient reductions a step
+    gathered = {0: 1, 1: 1, 2: 1, 3: 2 * s.grad_accum}[stage]  # weight gathers a step (ZeRO-3: forward and backward)
+    return (reduced * grads + gathered * half) * P * share
 
 
 def time_and_cost(stage: str, s: Setup, gpu, run: dict, mfu: dict, price: float | None, nodes: int,
@@ -539,7 +578,8 @@ def plan_run(stage: str, args: dict, gpu, plan_args) -> dict:
                       "trained parameters": figure(setup.trained, "parameters", "measured",
                                                    "peft's adapter on the meta model" if setup.adapter else
                                                    "every parameter"),
-                      "precision": describe_precision(setup), "attention": setup.attention,
+                      "precision": describe_precision(setup), "numerics": numerics(setup),
+                      "attention": setup.attention,
                       "attention note": AUTO_ATTENTION if model_args.attn_implementation == "auto" else ""},
             "batch": {"per device": setup.batch, "sequence": setup.seq_len, "rows": setup.rows,
                       "gradient accumulation": setup.grad_accum, "processes": world,
@@ -592,6 +632,7 @@ def render(plan: dict) -> str:
              f"model: {m['source']}, {_count(m['parameters']['value'])} parameters (measured: counted on the meta "
              f"device)", *([f"adapter: {m['adapter']} (measured: peft on the meta model)"] if m["adapter"] else []),
              f"precision: {m['precision']}",
+             "numerics (the dtype of each):", *(f"  {k:14s} {v}" for k, v in m["numerics"].items()),
              f"attention: {m['attention']}" + (f" ({m['attention note']})" if m["attention note"] else ""),
              f"batch: {b['per device']} x {'2 x ' if b['rows'] == 2 else ''}{b['sequence']} tokens a GPU"
              f"{' (chosen + rejected)' if b['rows'] == 2 else ''}, grad-accum "

@@ -1,5 +1,6 @@
 """The data a run plan counts (mini_qwen/plan.py): PT documents and tokens from the token cache when it exists, else
-from the text column's bytes in the parquet footers at PT_BYTES_PER_TOKEN; SFT / DPO rows from the footers, and
+from the text column's bytes (parquet footers; a text file's head, scaled) at PT_BYTES_PER_TOKEN; SFT / DPO rows
+(parquet footers; text files counted), and
 their lengths (after the stage's own truncation and, for SFT, packing) from a sample of rows run through the
 stage's own encoding. Every figure says whether it is measured, estimated or given (a flag).
 """
@@ -22,16 +23,26 @@ def figure(value, unit: str, basis: str, source: str = "") -> dict:
     return {"value": value, "unit": unit, "basis": basis, "source": source}
 
 
-def _rows(files) -> int:
-    import pyarrow.parquet as pq
+def _rows(data_files, options: dict | None = None) -> int:
+    from mini_qwen.data.files import count_rows
 
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return sum(count_rows(f, options) for f in data_files)
+
+
+def _layouts(stage: str, data_files, options: dict | None) -> dict:
+    """{file: Layout} of files the stage found and checked (schemas are read once per process)."""
+    from mini_qwen.data.checks import stage_data
+    from mini_qwen.data.common import read_schema
+
+    module = stage_data(stage)
+    return {f: module.check_schema(f, read_schema(f, options), options) for f in data_files}
 
 
 def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
     """PT documents and tokens: the token cache's counts, else the files' text bytes at PT_BYTES_PER_TOKEN."""
     from mini_qwen.data.checks import find_stage_files
-    from mini_qwen.data.common import footer_bytes
+    from mini_qwen.data.common import data_options
+    from mini_qwen.data.files import column_bytes
     from mini_qwen.data.packing import BYTES_PER_TOKEN
     from mini_qwen.data.pt import data_cache
 
@@ -43,23 +54,26 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
         if not Path(data_args.data_dir).exists():
             raise MiniQwenError(f"PT data folder '{data_args.data_dir}' does not exist: run `bash prepare.sh` to "
                                 f"download it, point --data_dir at it, or plan without it: --dataset_tokens N.")
-        files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, data_args.text_column)
+        options = data_options(data_args)
+        files = find_stage_files("pt", data_args.data_dir, data_args.data_glob, options, log=lambda *_: None)
         out["files"] = figure(len(files), "files", "measured", data_args.data_dir)
         out["file bytes"] = figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes")
-        token_cache = data_cache(files, tokenizer, data_args.cache_dir, data_args.text_column)
+        token_cache = data_cache(files, tokenizer, data_args.cache_dir, options)
         cache = token_cache.folder
         if token_cache.ready():
             meta = json.loads((cache / "meta.json").read_text())
             out["documents"] = figure(meta["documents"], "documents", "measured", f"token cache {cache}")
             out["tokens"] = figure(meta["tokens"], "tokens", "measured", f"token cache {cache}")
         else:
-            out["documents"] = figure(_rows(files), "rows", "measured", "parquet footers (empty texts included)")
+            out["documents"] = figure(_rows(files, options), "rows", "measured",
+                                      "parquet footers, text files counted (empty texts included)")
             tokens = 0.0
-            for f in files:
+            for f, layout in _layouts("pt", files, options).items():
                 language = next((p for p in f.parts if p in PT_BYTES_PER_TOKEN), None)
-                tokens += footer_bytes(f, {data_args.text_column}) / PT_BYTES_PER_TOKEN[language]
+                tokens += column_bytes(f, layout.columns, options) / PT_BYTES_PER_TOKEN[language]
             out["tokens"] = figure(round(tokens), "tokens", "estimated",
-                                   f"text bytes in the parquet footers / {PT_BYTES_SOURCE} (no token cache yet)")
+                                   f"text bytes (parquet footers; text files' heads, scaled) / {PT_BYTES_SOURCE} "
+                                   f"(no token cache yet)")
     tokens = out["tokens"]["value"]
     out["units"] = tokens // data_args.block_size
     out["unit"] = f"blocks of {data_args.block_size} tokens"
@@ -74,16 +88,16 @@ def pt_data(data_args, tokenizer, dataset_tokens: int | None) -> dict:
     return out
 
 
-def sample_values(files, columns: list[str], rows: int) -> dict[str, list]:
-    """The first rows of every file (rows / files of each, at least one), column by column."""
-    import pyarrow.parquet as pq
+def sample_values(stage: str, data_files, rows: int, options: dict | None = None) -> dict[str, list]:
+    """The first rows of every file (rows / files of each, at least one) in the stage's own columns."""
+    from mini_qwen.data.checks import stage_data
 
-    each = max(1, math.ceil(rows / len(files)))
-    values = {c: [] for c in columns}
-    for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=each, columns=columns):
-            for c in columns:
-                values[c] += batch.column(c).to_pylist()
+    each = max(1, math.ceil(rows / len(data_files)))
+    values = {c: [] for c in stage_data(stage).columns(options)}
+    for f, layout in _layouts(stage, data_files, options).items():
+        for batch in layout.batches(f, each, options, "skip"):
+            for c in values:
+                values[c] += batch[c]
             break
     return values
 
@@ -95,10 +109,12 @@ def sft_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
     from mini_qwen.chat import encode_conversations, normalize_messages
     from mini_qwen.data import sft
     from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.common import data_options
     from mini_qwen.data.packing import pack_conversations
 
-    files = find_stage_files("sft", data_args.data_dir, data_args.data_glob)
-    values = sample_values(files, sft.columns(), sample_rows)
+    options = data_options(data_args)
+    files = find_stage_files("sft", data_args.data_dir, data_args.data_glob, options, log=lambda *_: None)
+    values = sample_values("sft", files, sample_rows, options)
     good = [conv for conv, problem in zip(values["conversations"], sft.row_problems(values)) if problem is None]
     convs = [normalize_messages(conv, data_args.first_turn_only) for conv in good]
     max_length = training_args.max_length
@@ -112,12 +128,12 @@ def sft_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
                             f"{data_args.data_dir}`.")
     lengths = [len(ids) for ids, _ in kept]
     trained = sum(sum(t != -100 for t in labels) for _, labels in kept)
-    rows = _rows(files)
+    rows = _rows(files, options)
     conversations = rows * len(kept) / sampled
     source = f"a sample of {sampled} rows (the first of each file), the stage's own encoding at max_length {max_length}"
     out = {"files": figure(len(files), "files", "measured", data_args.data_dir),
            "file bytes": figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes"),
-           "rows": figure(rows, "conversations", "measured", "parquet footers"),
+           "rows": figure(rows, "conversations", "measured", "parquet footers, text files counted"),
            "conversations": figure(round(conversations), "conversations", "estimated",
                                    f"rows x the share kept in {source}"),
            "mean length": figure(round(sum(lengths) / len(kept), 1), "tokens", "estimated", source)}
@@ -148,9 +164,11 @@ def dpo_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
     """DPO pairs from the footers; lengths and kept share (after the stage's truncation) from a sample."""
     from mini_qwen.data import dpo
     from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.common import data_options
 
-    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob)
-    values = sample_values(files, dpo.columns(), sample_rows)
+    options = data_options(data_args)
+    files = find_stage_files("dpo", data_args.data_dir, data_args.data_glob, options, log=lambda *_: None)
+    values = sample_values("dpo", files, sample_rows, options)
     rows_good = [row for row, problem in zip(zip(*(values[c] for c in dpo.COLUMNS)), dpo.row_problems(values))
                  if problem is None]
     pairs = [dpo.parse_pair(*row) for row in rows_good]
@@ -161,7 +179,7 @@ def dpo_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
         raise MiniQwenError(f"no trainable preference pair among the first {sampled} rows of the files in "
                             f"'{data_args.data_dir}': check them with `python utils/check_data.py dpo "
                             f"{data_args.data_dir}`.")
-    rows = _rows(files)
+    rows = _rows(files, options)
     usable = rows * len(encoded) / sampled
     if data_args.max_pairs:
         usable = min(usable, data_args.max_pairs)
@@ -173,7 +191,7 @@ def dpo_data(data_args, training_args, tokenizer, sample_rows: int) -> dict:
     longest = max(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in encoded)
     return {"files": figure(len(files), "files", "measured", data_args.data_dir),
             "file bytes": figure(sum(f.stat().st_size for f in files), "bytes", "measured", "file sizes"),
-            "rows": figure(rows, "pairs", "measured", "parquet footers"),
+            "rows": figure(rows, "pairs", "measured", "parquet footers, text files counted"),
             "pairs": figure(round(usable), "pairs", "estimated", f"rows x the share kept in {source}"
                             + (f", at most --max_pairs {data_args.max_pairs}" if data_args.max_pairs else "")),
             "mean length": figure(round(per_pair, 1), "tokens", "estimated",

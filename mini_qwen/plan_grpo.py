@@ -29,12 +29,15 @@ def grpo_data(data_args, training, tokenizer, sample_rows: int) -> dict:
     """Prompts (files counted whole: prompt sets are small), their lengths from the first `sample_rows` good ones,
     and the answers the run generates (units: answers, num_generations a prompt)."""
     from mini_qwen.data import grpo
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.common import data_options
 
-    files = grpo.find_files(data_args.data_dir, data_args.data_glob)
+    options = data_options(data_args)
+    files = find_stage_files(grpo.NAME, data_args.data_dir, data_args.data_glob, options, log=lambda *_: None)
     rows = good = 0
     sample = []
     for path in files:
-        values = grpo.read_rows(path)
+        values = grpo.read_rows(path, options, on_bad_rows="skip")
         problems = grpo.row_problems(values)
         rows += len(problems)
         ok = [p for p, problem in zip(values["prompt"], problems) if problem is None]

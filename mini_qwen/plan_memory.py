@@ -111,6 +111,13 @@ def meta_model(config, dtype: torch.dtype = torch.float32):
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+# The names DeepSpeed's DtypeEnum accepts for the dtypes a ZeRO config can name.
+DEEPSPEED_DTYPES = {name: short for short, names in (("fp32", ("fp32", "float32", "float", "torch.float32")),
+                                                     ("bf16", ("bf16", "bfloat16", "torch.bfloat16")),
+                                                     ("fp16", ("fp16", "float16", "half", "torch.float16")))
+                    for name in names}
+
+
 @dataclass(frozen=True)
 class ZeRO:
     """What of a DeepSpeed config decides memory."""
@@ -123,6 +130,18 @@ class ZeRO:
     contiguous_gradients: bool = True
     prefetch_bucket: float = 5e7  # elements (ZeRO-3)
     source: str = ""
+    # data_types.grad_accum_dtype and communication_data_type as written (fp32 / bf16 / fp16), None when unset:
+    # DeepSpeed then accumulates and reduces in the model's dtype (engine.get_data_types, communication_data_type).
+    grad_accum_dtype: str | None = None
+    comm_dtype: str | None = None
+
+    def accumulation(self, model_dtype: str) -> str:
+        """The dtype gradients are summed in over micro-batches, for a model DeepSpeed runs in `model_dtype`."""
+        return self.grad_accum_dtype or model_dtype
+
+    def communication(self, model_dtype: str) -> str:
+        """The dtype gradients are reduced across GPUs in."""
+        return self.comm_dtype or model_dtype
 
     @classmethod
     def from_config(cls, ds: dict, hidden: int, source: str) -> "ZeRO":
@@ -137,10 +156,15 @@ class ZeRO:
         def device(key):
             return (zero.get(key) or {}).get("device", "none") not in ("none", None)
 
+        def dtype(value):
+            return DEEPSPEED_DTYPES.get(str(value).lower()) if value is not None else None
+
         return cls(int(zero.get("stage", 0)), device("offload_optimizer"), device("offload_param"),
                    number("reduce_bucket_size", 5e8, hidden * hidden), bool(zero.get("overlap_comm", False)),
                    bool(zero.get("contiguous_gradients", True)),
-                   number("stage3_prefetch_bucket_size", 5e7, 0.9 * hidden * hidden), source)
+                   number("stage3_prefetch_bucket_size", 5e7, 0.9 * hidden * hidden), source,
+                   dtype((ds.get("data_types") or {}).get("grad_accum_dtype")),
+                   dtype(ds.get("communication_data_type")))
 
 
 @dataclass(frozen=True)
@@ -370,9 +394,14 @@ def _gradient_bytes(s: Setup) -> dict[str, float]:
     if z is None:
         full = P * half
         return {"full": full, "persistent": full if N > 1 else 0}  # DDP's buckets: a second copy of each gradient
+    # ZeRO-2 stages gradients in buckets of the model's dtype and casts a bucket to the communication dtype as it
+    # reduces it (stage_1_and_2.py setup_buckets, gradient_reduction_w_predivide): ds_zero2.json's fp32 a copy more.
+    comm = z.communication(s.trained_dtype)
     buckets = (2 if z.overlap_comm else 1) * z.reduce_bucket * half if z.contiguous_gradients else 0
-    if z.stage >= 2:  # each GPU keeps its partition (on the CPU with offload), freed after the step
-        return {"full": 0 if z.offload_optimizer else P * half / N, "persistent": buckets}
+    buckets += z.reduce_bucket * DTYPE_BYTES[comm] if comm != s.trained_dtype else 0
+    if z.stage >= 2:  # each GPU sums its partition over micro-batches (on the CPU with offload), freed after the step
+        accumulated = DTYPE_BYTES[z.accumulation(s.trained_dtype)]
+        return {"full": 0 if z.offload_optimizer else P * accumulated / N, "persistent": buckets}
     return {"full": P * half, "persistent": buckets}
 
 
@@ -395,7 +424,8 @@ def training_state(s: Setup) -> dict[str, float]:
             state["weights"] += (z.prefetch_bucket + s.params.output) * DTYPE_BYTES[s.weights]
         master = 4 * P if wb != 4 else 0.0  # fp32 master weights
         state["optimizer state"] = (master + 8 * P) / (N if z.stage >= 1 else 1)
-        state["step"] = 4 * P / N if z.stage in (1, 2) else 0.0  # the fp32 gradient partition at the step
+        # the fp32 gradient partition at the step, unless the gradients were accumulated in fp32 already
+        state["step"] = 4 * P / N if z.stage in (1, 2) and z.accumulation(s.trained_dtype) != "fp32" else 0.0
         if z.offload_optimizer:
             state["host"] = state["optimizer state"] + state["step"]
             state["optimizer state"] = state["step"] = 0.0

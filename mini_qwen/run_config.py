@@ -32,7 +32,8 @@ PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "deepspeed
 # arguments that decide what a sample is and in which order samples come (the data position is a batch count).
 RESUME_KEYS = ("per_device_train_batch_size", "gradient_accumulation_steps", "processes", "data_files")
 RESUME_ARGUMENTS = ("block_size", "packing", "text_column", "max_length", "max_prompt_length", "first_turn_only",
-                    "max_pairs", "seed", "data_seed", "max_prompts", "num_generations", "difficulty_filter",
+                    "max_pairs", "seed", "data_seed", "messages_column", "columns", "txt_split",
+                    "max_prompts", "num_generations", "difficulty_filter",
                     # what is trained: a LoRA checkpoint holds adapters of this shape on these layers
                     "use_peft", "lora_r", "lora_target_modules", "load_in_4bit")
 # Arguments that differ between a run and its resumption by design, or say nothing about the result.

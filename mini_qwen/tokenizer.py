@@ -9,8 +9,14 @@ can rebuild them without the model hub:
   `dashscope==2.0.2` (downloaded with pip, checked by sha256, cached);
 * `build_tokenizer` derives the merges by replaying BPE on every token, adds the
   22 special tokens and the chat template, and saves a `transformers` tokenizer;
-* `load_tokenizer` finds a tokenizer folder (official files first, then ours) and
-  checks the chat tokens.
+* `load_tokenizer` finds a tokenizer folder (official files first, then ours),
+  checks the chat tokens and sets the training chat template.
+
+The chat template is the format SFT and DPO train on (`mini_qwen.chat.CHATML_TEMPLATE`), not the official
+Qwen2.5 one: that one adds "You are Qwen, created by Alibaba Cloud..." as a system turn to every conversation
+without one, a turn this project's models never saw. `load_tokenizer` sets it on every tokenizer it loads
+(official files, ours, or an earlier checkpoint's), so every folder a stage or tool saves carries it and
+`apply_chat_template` (transformers, vLLM, lm-eval) gives the ids the model was trained on.
 
 Run `python -m mini_qwen.tokenizer` to build `models/tokenizer/`.
 """
@@ -28,6 +34,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from mini_qwen.chat import CHATML_TEMPLATE
 from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.pip_fetch import REACH_PYPI, pip_download
 
@@ -83,67 +90,6 @@ ADDITIONAL_SPECIAL_TOKENS = [tok for tok, special in SPECIAL_TOKENS[1:] if speci
 
 # Tokens every stage relies on, with the ids the Qwen2.5 checkpoints use.
 REQUIRED_TOKENS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
-
-DEFAULT_SYSTEM_PROMPT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-
-# Renders exactly like the chat_template of Qwen2.5-*-Instruct's
-# tokenizer_config.json (system prompt default, tools block, <tool_call> output,
-# consecutive tool results merged into one user turn, generation prompt).
-CHAT_TEMPLATE = (
-    """
-{%- set default_system = '"""
-    + DEFAULT_SYSTEM_PROMPT
-    + """' -%}
-{%- set has_system = messages[0]['role'] == 'system' -%}
-{%- if tools -%}
-    {{- '<|im_start|>system\\n' -}}
-    {{- messages[0]['content'] if has_system else default_system -}}
-    {{- '\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n' -}}
-    {{- 'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' -}}
-    {%- for tool in tools -%}
-        {{- '\\n' + (tool | tojson) -}}
-    {%- endfor -%}
-    {{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments' -}}
-    {{- ' within <tool_call></tool_call> XML tags:\\n<tool_call>\\n' -}}
-    {{- '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n' -}}
-{%- elif has_system -%}
-    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' -}}
-{%- else -%}
-    {{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' -}}
-{%- endif -%}
-{%- for message in messages -%}
-    {%- set role = message.role -%}
-    {%- if role == 'user' or (role == 'system' and not loop.first)
-          or (role == 'assistant' and not message.tool_calls) -%}
-        {{- '<|im_start|>' + role + '\\n' + message.content + '<|im_end|>\\n' -}}
-    {%- elif role == 'assistant' -%}
-        {{- '<|im_start|>assistant' -}}
-        {%- if message.content -%}
-            {{- '\\n' + message.content -}}
-        {%- endif -%}
-        {%- for call in message.tool_calls -%}
-            {%- set fn = call.function if call.function is defined else call -%}
-            {{- '\\n<tool_call>\\n{"name": "' + fn.name + '", "arguments": ' -}}
-            {{- fn.arguments | tojson -}}
-            {{- '}\\n</tool_call>' -}}
-        {%- endfor -%}
-        {{- '<|im_end|>\\n' -}}
-    {%- elif role == 'tool' -%}
-        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}
-            {{- '<|im_start|>user' -}}
-        {%- endif -%}
-        {{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' -}}
-        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' -%}
-            {{- '<|im_end|>\\n' -}}
-        {%- endif -%}
-    {%- endif -%}
-{%- endfor -%}
-{%- if add_generation_prompt -%}
-    {{- '<|im_start|>assistant\\n' -}}
-{%- endif -%}
-"""
-)
-
 
 # --------------------------------------------------------------------------- fetch
 
@@ -359,7 +305,7 @@ def build_tokenizer(tiktoken_path: str | os.PathLike, out_dir: str | os.PathLike
         clean_up_tokenization_spaces=False,
         split_special_tokens=False,
         model_max_length=131072,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHATML_TEMPLATE,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_tokenizer.save_pretrained(str(out_dir))
@@ -379,7 +325,7 @@ def has_tokenizer_files(path: str | os.PathLike) -> bool:
 
 
 def load_tokenizer(path: str | os.PathLike | None = None):
-    """Load the Qwen2.5 tokenizer and check its chat tokens.
+    """Load the Qwen2.5 tokenizer, check its chat tokens and give it the training chat template.
 
     Order: `path` if given; else models/qwen2.5-0.5b-instruct/ (official files from
     prepare.sh); else models/tokenizer/ (built by `python -m mini_qwen.tokenizer`).
@@ -420,6 +366,9 @@ def load_tokenizer(path: str | os.PathLike | None = None):
             )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>"
+    # Whatever template the folder carries (the official one, or an older checkpoint's), the model is trained
+    # and served in this one; save_pretrained writes it as chat_template.jinja.
+    tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 

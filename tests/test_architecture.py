@@ -146,16 +146,51 @@ def test_files_are_read_for_their_schema_once_per_run(tmp_path, tokenizer, monke
     """The stage finds and checks its files once; the builder trusts the list and reads each schema no more."""
     import pyarrow.parquet as pq
 
+    from mini_qwen.data import files as data_files
     from mini_qwen.data import pt as pt_data
     from mini_qwen.data.checks import find_stage_files
 
     calls = []
     real = pq.read_schema
+    monkeypatch.setattr(data_files, "_SCHEMAS", {})  # a fresh run: nothing read yet in this process
     monkeypatch.setattr(pq, "read_schema", lambda path, *a, **k: calls.append(Path(path)) or real(path, *a, **k))
     files = find_stage_files("pt", str(MINI / "pt"))
     dataset, meta = pt_data.build_dataset(files, tokenizer, 64, cache_dir=str(tmp_path), log=lambda *_: None)
     assert len(dataset) > 0 and meta["documents"] > 0
     assert sorted(calls) == sorted(files), "each file's schema is read exactly once"
+
+
+# Modules allowed to read or write data files themselves, and why.
+OWN_DATA_FILES = {
+    "mini_qwen/data/files.py": "the one reader layer",
+    "mini_qwen/serve/votes.py": "writes the arena's votes.parquet and reads back only that file",
+    "mini_qwen/tasks/mini_ceval/mini_ceval_data.py": "lm-eval's loader of the bundled benchmark task",
+    "utils/make_mini_data.py": "writes mini_data/",
+    "utils/save_mini_data.py": "cuts mini_data/ out of the real downloads, keeping their exact parquet layout",
+}
+READERS = re.compile(r"\bpq\.|pyarrow\.parquet|read_parquet|pyarrow\.(json|csv)\b|^\s*import csv\b|load_dataset\(|"
+                     r"gzip\.open|CompressedInputStream|pa\.ipc\.", re.M)
+# A data file by the names the modules that handle data files give it; their other open()s are the cache's own files.
+OPENS_A_DATA_FILE = re.compile(r"\bopen\((path|f|file|data_file)\b|\b(path|data_file)\.read_(text|bytes)\(")
+DATA_MODULES = ("mini_qwen/data/", "mini_qwen/plan_data.py", "mini_qwen/heldout.py", "utils/check_data.py",
+                "utils/view_data.py", "utils/prepare_data.py")
+
+
+def test_nothing_but_the_reader_layer_opens_data_files():
+    """mini_qwen/data/files.py reads every data format; a stage, the planner or a tool that reads parquet (or jsonl,
+    csv, ...) itself would skip the formats, the schema detection and the bad-line rules."""
+    sources = [*sorted((REPO_ROOT / "mini_qwen").rglob("*.py")), *sorted(REPO_ROOT.glob("mini_qwen_*.py")),
+               *sorted((REPO_ROOT / "utils").glob("*.py"))]
+    offenders = []
+    for path in sources:
+        rel = str(path.relative_to(REPO_ROOT))
+        if rel in OWN_DATA_FILES:
+            continue
+        text = path.read_text(encoding="utf-8")
+        offenders += [f"{rel}: {m.group(0).strip()}" for m in READERS.finditer(text)]
+        if rel.startswith(DATA_MODULES):
+            offenders += [f"{rel}: {m.group(0)}" for m in OPENS_A_DATA_FILE.finditer(text)]
+    assert not offenders, "read data files through mini_qwen/data/files.py: " + "; ".join(offenders)
 
 
 def test_enumerated_flags_are_refused_by_the_parser_with_the_allowed_values():

@@ -88,10 +88,20 @@ def _corrupt(tmp):
     return folder
 
 
-def _clashing_conversations(tmp):
-    folder = write(tmp / "clash", pa.table({"conversations": [GOOD]}), "a.parquet")
-    weighted = [{**turn, "weight": 1.0} for turn in GOOD]
-    return write(folder, pa.table({"conversations": [weighted]}), "b.parquet")
+def _raw(folder, name, data: bytes):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(data)
+    return folder
+
+
+def _jsonl(folder, name, rows):
+    return _raw(folder, name, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+
+def _mixed_schemas(tmp):
+    folder = _jsonl(tmp / "mixed", "a.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                             {"role": "assistant", "content": "hello"}]}])
+    return _jsonl(folder, "b.jsonl", [{"instruction": "hi", "output": "hello"}])
 
 
 def _tokenizer_without_im_end(tmp, ctx):
@@ -117,8 +127,27 @@ def _recipe(tmp, text):
 
 CASES = {
     # --- PT data
-    "pt folder without parquet": (
-        lambda t, c: pt_argv(c, _empty_dir(t)), r"no parquet files matching .* under PT data folder '.*empty'"),
+    "pt folder without data files": (
+        lambda t, c: pt_argv(c, _empty_dir(t)), r"no data files matching .* under PT data folder '.*empty'.*jsonl"),
+    "pt folder of an unread format": (
+        lambda t, c: pt_argv(c, _raw(t / "d", "a.xlsx", b"PK")),
+        r"no readable data file .* it holds a\.xlsx; mini_qwen reads parquet, jsonl / json"),
+    "pt jsonl named .parquet": (
+        lambda t, c: pt_argv(c, _jsonl(t / "d", "a.parquet", [{"text": "hi"}])),
+        r"a\.parquet' is named \.parquet but is not a parquet file .*name it \.jsonl / \.csv"),
+    "pt empty jsonl": (
+        lambda t, c: pt_argv(c, _raw(t / "d", "a.jsonl", b"")), r"a\.jsonl' holds no records"),
+    "pt jsonl with a broken line, on_bad_rows error": (
+        lambda t, c: pt_argv(c, _raw(t / "d", "a.jsonl", b'{"text": "fine"}\n{"text": "cut sh\n{"text": "ok"}\n'),
+                             "--on_bad_rows", "error"),
+        r"a\.jsonl: line 2: not valid JSON .*--on_bad_rows skip"),
+    "pt non-UTF-8 text, on_bad_rows error": (
+        lambda t, c: pt_argv(c, _raw(t / "d", "a.txt", "fine\n".encode() + "caf\u00e9".encode("latin-1")),
+                             "--on_bad_rows", "error"),
+        r"a\.txt: line 2, byte offset 8: not UTF-8 text .*iconv"),
+    "pt two candidate text columns": (
+        lambda t, c: pt_argv(c, _jsonl(t / "d", "a.jsonl", [{"text": "x", "content": "y"}])),
+        r"a\.jsonl: several columns could hold the text: \['text', 'content'\].*--text_column"),
     "pt column misnamed txt": (
         lambda t, c: pt_argv(c, write(t / "d", pa.table({"txt": ["some text"]}))),
         r"a\.parquet: missing column 'text' .*did you mean 'txt'"),
@@ -126,7 +155,7 @@ CASES = {
         lambda t, c: pt_argv(c, write(t / "d", pa.table({"text": [1, 2]}))),
         r"a\.parquet: column 'text' must hold text but has type int64"),
     "pt corrupt parquet": (
-        lambda t, c: pt_argv(c, _corrupt(t)), r"cannot read parquet file '.*corrupt/a\.parquet': .*Re-download"),
+        lambda t, c: pt_argv(c, _corrupt(t)), r"cannot read parquet file '.*corrupt/a\.parquet': .*damaged"),
     "pt null text with on_bad_rows error": (
         lambda t, c: pt_argv(c, write(t / "d", pa.table({"text": ["fine text", None]})), "--on_bad_rows", "error"),
         r"a\.parquet: row 1 has a null 'text'"),
@@ -156,10 +185,21 @@ CASES = {
         lambda t, c: sft_argv(c, write(t / "d", pa.table({"conversations": [GOOD, GOOD, conv(("human", "hi?"))]})),
                               "--on_bad_rows", "error"),
         r"a\.parquet: row 2: conversation does not end with an assistant answer"),
-    "sft conversations type clash between files": (
-        lambda t, c: sft_argv(c, _clashing_conversations(t)),
-        r"'conversations' is list<element: struct<from: string, value: string>> in 1 file .*a\.parquet.* but "
-        r"list<.*weight: double>> in 1 file .*b\.parquet"),
+    "sft mixed schemas in one folder": (
+        lambda t, c: sft_argv(c, _mixed_schemas(t)),
+        r"files follow different schemas: .*a\.jsonl is sharegpt/openai turns but .*b\.jsonl is alpaca"),
+    "sft columns of no schema": (
+        lambda t, c: sft_argv(c, _jsonl(t / "d", "a.jsonl", [{"question": "q", "answer": "a"}])),
+        r"a\.jsonl: missing column .* it has \['question', 'answer'\].*SFT data reads sharegpt/openai turns .*alpaca"
+        r".*--columns NAME=COLUMN"),
+    "sft --messages_column naming a missing column": (
+        lambda t, c: sft_argv(c, _jsonl(t / "d", "a.jsonl", [{"messages": []}]), "--messages_column", "dialog"),
+        r"a\.jsonl: --messages_column dialog names column 'dialog', which the file lacks"),
+    "sft recipe glob of a file that is not in --data_dir": (
+        lambda t, c: sft_argv(c, _jsonl(t / "mine", "a.jsonl", [{"prompt": "q", "response": "a"}]),
+                              "--config", str(REPO_ROOT / "demo" / "sft.yaml")),
+        r"--data_glob '7M/train-00000-of-00002\.parquet' \(a flag, or the data_glob key of a --config recipe\) "
+        r"matches no file .* holds 1 data file\(s\) \(e\.g\. a\.jsonl\): pass --data_glob"),
     # --- DPO data
     "dpo without chosen": (
         lambda t, c: dpo_argv(c, write(t / "d", pa.table({"prompt": ["q?"], "rejected": [pair("q?", "a", "b")[1]]}))),
@@ -265,13 +305,15 @@ def test_asking_fp16_switches_off_the_bf16_default(monkeypatch):
 
 def test_id_type_clash_between_7m_and_gen_is_not_an_error():
     """7M has an int64 `id`, Gen a string one; SFT never reads `id`, so they load together."""
-    from mini_qwen.data.common import find_parquet_files, load_column_dataset
+    from mini_qwen.data import sft
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.common import read_schema
 
-    files = find_parquet_files(str(MINI / "sft"))
+    files = find_stage_files("sft", str(MINI / "sft"), log=lambda *_: None)
     types = {str(pq.read_schema(f).field("id").type) for f in files}
     assert types == {"int64", "string"}
-    dataset = load_column_dataset(files, ["conversations"])
-    assert len(dataset) == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    rows = sum(len(batch["conversations"]) for f in files for batch in sft.check_schema(f, read_schema(f)).batches(f))
+    assert rows == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 # --------------------------------------------------------------------------- utils/check_data.py

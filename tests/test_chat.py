@@ -1,9 +1,12 @@
-"""SFT labels: exactly the assistant answers (+ their <|im_end|>) are trained; truncation keeps answers."""
+"""SFT labels: exactly the assistant answers (+ their <|im_end|>) are trained; truncation keeps answers; the chat
+template saved with every SFT / DPO checkpoint renders the ids they train on."""
+
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import BAAI_SAMPLES
+from conftest import BAAI_SAMPLES, FAST_TRAIN_FLAGS, MINI_DATA, OFFICIAL_TOKENIZER
 
 from mini_qwen.chat import IGNORE, BadConversation, ChatTokens, build_example, encode_conversations, normalize_messages
 from mini_qwen.data.checks import find_stage_files
@@ -115,8 +118,8 @@ def test_bad_rows_skipped_and_counted_or_named(tmp_path, tokenizer):
     with pytest.raises(MiniQwenError, match=r"a\.parquet: row 1: empty conversation"):
         build_dataset(find_stage_files("sft", str(folder), "*.parquet"), tokenizer, 128, on_bad_rows="error",
                       log=lambda *_: None)
-    pq.write_table(pa.table({"messages": [good]}), folder / "b.parquet")
-    with pytest.raises(MiniQwenError, match=r"b\.parquet: missing column 'conversations'"):
+    pq.write_table(pa.table({"dialog": [good]}), folder / "b.parquet")
+    with pytest.raises(MiniQwenError, match=r"b\.parquet: missing column 'conversations'.*map a column with"):
         find_stage_files("sft", str(folder), "*.parquet")  # the stage's one check, before any row is read
 
 
@@ -126,3 +129,85 @@ def test_normalize_rejects_what_cannot_train():
                           ([{"from": "human", "value": "q"}, {"from": "gpt", "value": None}], "no text")]:
         with pytest.raises(BadConversation, match=message):
             normalize_messages(conv)
+
+
+# ---------------------------------------------------------------- the chat template every saved tokenizer carries
+
+TEMPLATE_CHATS = {
+    "no_system": [{"role": "user", "content": "李白是谁？"}],
+    "system": [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Who was Li Bai?"}],
+    "multi_turn": [{"role": "system", "content": "You are mini_qwen."}, {"role": "user", "content": "李白是谁？"},
+                   {"role": "assistant", "content": "李白是唐代诗人。"}, {"role": "user", "content": "And Du Fu?"}],
+    "multi_turn_no_system": [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."},
+                             {"role": "user", "content": "和 3 + 3 呢？"}],
+}
+
+
+@pytest.fixture(scope="module")
+def official_template_start(tiny_checkpoint, tmp_path_factory):
+    """A starting checkpoint whose tokenizer files are Qwen2.5's own, with the official chat template (default
+    system prompt "You are Qwen, ..."), as a checkpoint saved before the template was fixed carries it."""
+    import shutil
+
+    start = tmp_path_factory.mktemp("official_template_start")
+    for path in tiny_checkpoint.iterdir():
+        if path.name in ("config.json", "generation_config.json") or path.suffix == ".safetensors":
+            shutil.copy(path, start / path.name)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copy(OFFICIAL_TOKENIZER / name, start / name)
+    assert "You are Qwen" in json.loads((start / "tokenizer_config.json").read_text())["chat_template"]
+    return start
+
+
+@pytest.fixture(scope="module")
+def saved_stages(official_template_start, tmp_path_factory):
+    """{stage: AutoTokenizer.from_pretrained(its output)} of one-step SFT and DPO runs from that checkpoint (the
+    tokenizer taken from it)."""
+    from transformers import AutoTokenizer
+
+    import mini_qwen_dpo
+    import mini_qwen_sft
+
+    root = tmp_path_factory.mktemp("template_stages")
+    start = str(official_template_start)
+    mini_qwen_sft.main(["--model_name_or_path", start, "--data_dir", str(MINI_DATA / "sft"), "--max_length", "64",
+                        "--max_steps", "1", "--output_dir", str(root / "sft"), *FAST_TRAIN_FLAGS])
+    mini_qwen_dpo.main(["--model_name_or_path", start, "--data_dir", str(MINI_DATA / "dpo"), "--max_length", "64",
+                        "--max_prompt_length", "32", "--max_steps", "1", "--max_pairs", "2",
+                        "--output_dir", str(root / "dpo"), *FAST_TRAIN_FLAGS])
+    return {stage: AutoTokenizer.from_pretrained(root / stage) for stage in ("sft", "dpo")}
+
+
+def sft_prompt_ids(tokenizer, messages):
+    """The ids SFT trains on before the answer to the last question of `messages` (encode_conversations)."""
+    answer = {"role": "assistant", "content": "An answer."}
+    out = encode_conversations(tokenizer, [normalize_messages(messages + [answer])], max_length=4096)
+    ids, labels = out["input_ids"][0], out["labels"][0]
+    trained = [i for i, label in enumerate(labels) if label != IGNORE]
+    n_answer = len(tokenizer(answer["content"], add_special_tokens=False)["input_ids"]) + 1  # + <|im_end|>
+    return ids[:trained[-n_answer]]
+
+
+@pytest.mark.parametrize("chat", list(TEMPLATE_CHATS))
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_saved_chat_template_gives_the_training_prompt_ids(saved_stages, tokenizer, stage, chat):
+    """AutoTokenizer.from_pretrained(a saved stage).apply_chat_template == the ids SFT / DPO / serve train and
+    answer on; lm-eval's chat mode and eval render the same text."""
+    from mini_qwen.chat import encode_prompt, format_messages
+    from mini_qwen.data.dpo import encode_pairs
+
+    messages = TEMPLATE_CHATS[chat]
+    saved = saved_stages[stage]
+    ids = saved.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    assert ids == sft_prompt_ids(tokenizer, messages)
+    assert ids == encode_prompt(tokenizer, messages)  # serve (mini_qwen/serve) and utils/export_gguf.py
+    if len(messages) <= 2:  # DPO pairs are one question, with or without a system text
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        pair = encode_pairs(tokenizer, [(system, messages[-1]["content"], "Yes.", "No.")], 4096, 2048)[0]
+        assert ids == pair["prompt_ids"]
+    text = saved.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert text == format_messages(messages) and "You are Qwen" not in text  # eval and mini_qwen/benchmarks.py
+    # lm-eval scores a choice inside an open assistant turn: HFLM passes continue_final_message
+    open_answer = messages + [{"role": "assistant", "content": "The answer is"}]
+    assert saved.apply_chat_template(open_answer, add_generation_prompt=False, continue_final_message=True,
+                                     tokenize=False) == format_messages(open_answer, add_generation_prompt=False)

@@ -238,3 +238,45 @@ def test_sft_killed_and_resumed_ends_like_an_uninterrupted_run(killed_runs, tmp_
 
     reference_then_resume(mini_qwen_sft.main, killed_runs["sft"], tmp_path, capsys,
                           damage=lambda f: truncate(f / "model.safetensors"))
+
+
+# --------------------------------------------------------------------------- a finished run, resumed again
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["pt", "sft"])
+def test_resuming_a_finished_run_trains_and_writes_nothing(stage, tmp_path, built_tokenizer_dir, tiny_checkpoint,
+                                                           capsys, one_thread):
+    """Rerunning a finished run with --resume_from_checkpoint auto says so in one line and exits 0, every file in
+    its output folder byte for byte as it was (Trainer alone trains one step past the end and overwrites the final
+    model). Without the final model (its save failed) the resume trains no step either, and saves it."""
+    import mini_qwen_pt
+    import mini_qwen_sft
+
+    main = {"pt": mini_qwen_pt.main, "sft": mini_qwen_sft.main}[stage]
+    steps = "2"
+    argv = {"pt": pt_argv(tmp_path, built_tokenizer_dir), "sft": sft_argv(tiny_checkpoint)}[stage]
+    argv = [*argv, "--max_steps", steps, "--save_steps", steps, "--output_dir", str(tmp_path / "run")]
+    out = tmp_path / "run"
+    main(argv)
+    assert (out / f"checkpoint-{steps}").is_dir() and (out / "model.safetensors").is_file()
+    before = folder_bytes(out)
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--resume_from_checkpoint", "auto"])
+    assert exc.value.code == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resume:")]
+    assert printed == [f"resume: {out} holds a finished run (step {steps} of {steps}, final model saved): nothing to "
+                       f"train. Raise --max_steps to train further, or pass a new --output_dir."]
+    assert folder_bytes(out) == before
+
+    (out / "model.safetensors").unlink()  # the final save failed: the last checkpoint holds the trained weights
+    main([*argv, "--resume_from_checkpoint", "auto"])
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == int(steps)
+    assert (out / "model.safetensors").read_bytes() == before["model.safetensors"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{steps}"]

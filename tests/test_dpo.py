@@ -277,3 +277,22 @@ def test_bad_rows_skipped_and_counted_or_error(tiny_checkpoint, tokenizer, tmp_p
                       "--on_bad_rows", "error"))
     message = str(err.value)
     assert str(path) in message and "row 1" in message and "identical" in message
+
+
+def test_step_0_log_ratio_is_zero_with_the_gpu_dtypes(tiny_checkpoint, tmp_path, monkeypatch):
+    """The frozen reference computes what the policy computes: at step 0 (no update yet) the policy's and the
+    reference's log-probs of the chosen and the rejected answer agree to 1e-6. Run under bf16 autocast (CPU's
+    too) with the dtypes mini_qwen.model.model_dtype picks on a GPU: an fp32-master policy, and a reference
+    that used to be loaded in bf16 (its embeddings, norms and residual stream in bf16: off by ~1e-2 nats)."""
+    import mini_qwen.model
+    from mini_qwen_dpo import main
+
+    gpu_dtype = mini_qwen.model.model_dtype
+    monkeypatch.setattr(mini_qwen.model, "model_dtype", lambda *a, **k: gpu_dtype(*a, **{**k, "on_gpu": True}))
+    trainer = main(run_args(tiny_checkpoint, REAL_DPO, tmp_path / "dpo", "--max_steps", "1", "--max_pairs", "1",
+                            "--bf16", "true", "--use_cpu", "true", "--pad_to_multiple_of", "none"))
+    step = [e for e in trainer.state.log_history if "loss" in e][0]  # one pair: the batch mean is that pair
+    beta = trainer.args.beta
+    assert abs(step["rewards/chosen"] / beta) < 1e-6 and abs(step["rewards/rejected"] / beta) < 1e-6, step
+    policy = next(trainer.model.parameters()).dtype
+    assert policy == next(trainer.ref_model.parameters()).dtype == mini_qwen.model.torch.float32

@@ -17,25 +17,28 @@ import os
 import re
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from mini_qwen.chat import CHATML_TEMPLATE, encode_conversations, encode_prompt, format_messages
-from mini_qwen.errors import MiniQwenError
+from mini_qwen.errors import MiniQwenError, run_main
 from mini_qwen.export import (
     GOOD_NMSE,
     LLAMA_CPP_PYTHON_VERSION,
     compare_gguf,
     export_gguf,
-    load_llama_cpp,
     modelfile_text,
 )
+from mini_qwen.llama_child import load_llama, run_llama_cpp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_export_main = runpy.run_path(str(REPO_ROOT / "utils" / "export_gguf.py"), run_name="export_gguf")["main"]
+_export_script = runpy.run_path(str(REPO_ROOT / "utils" / "export_gguf.py"), run_name="export_gguf")
+_export_main, _verify = _export_script["main"], _export_script["verify"]
 MISSING = [name for name in ("llama_cpp", "sentencepiece") if importlib.util.find_spec(name) is None]
 
 
@@ -124,11 +127,33 @@ def hf_model(trained_checkpoint):
     return load_for_inference(trained_checkpoint, device="cpu")[0]
 
 
+def _chat_probe(gguf: str, conversations: list[list[dict]]) -> dict:
+    """Run in the llama.cpp child (run_llama_cpp): the chat template in the file and, for each conversation, the
+    prompt as llama.cpp's C API renders it (text and ids) and the ids llama-cpp-python's chat handler renders;
+    then a greedy chat completion of the first conversation."""
+    llm = load_llama(gguf)
+    try:
+        template = llm.metadata["tokenizer.chat_template"]
+        handler = llm._chat_handlers[llm.chat_format]  # what create_chat_completion formats with
+        rendered = []
+        for messages in conversations:
+            by_c_api = _chat_apply_template_c_api(template, messages)
+            ids = llm.tokenize(by_c_api.encode(), add_bos=True, special=True)
+            rendered.append({"c_api": by_c_api, "c_api_ids": ids,
+                             "handler_ids": _render_with_handler(handler, llm, messages)})
+        reply = llm.create_chat_completion(messages=conversations[0], temperature=0.0, repeat_penalty=1.0,
+                                           max_tokens=64)
+        return {"template": template, "chat_format": llm.chat_format, "rendered": rendered,
+                "reply": reply["choices"][0]}
+    finally:
+        llm.close()
+
+
 @pytest.fixture(scope="module")
-def llama_f16(exported):
-    llm = load_llama_cpp(exported["f16"][0])
-    yield llm
-    llm.close()  # before interpreter exit: its destructor then raises a harmless TypeError
+def llama_chat(exported):
+    """_chat_probe on the f16 file, run in a child process as every llama.cpp call here is."""
+    return run_llama_cpp(f"{__file__}:_chat_probe", exported["f16"][0],
+                         conversations=[conv[:-1] for conv in CONVERSATIONS])
 
 
 def test_the_pin_is_the_converter_and_the_runtime(export_extra):
@@ -138,8 +163,8 @@ def test_the_pin_is_the_converter_and_the_runtime(export_extra):
     assert pins["llama-cpp-python"] == LLAMA_CPP_PYTHON_VERSION == llama_cpp.__version__
 
 
-def test_f16_gives_the_same_greedy_tokens_and_log_probabilities(hf_model, llama_f16, tokenizer):
-    results = compare_gguf(hf_model, llama_f16, _prompts(tokenizer), new_tokens=16)
+def test_f16_gives_the_same_greedy_tokens_and_log_probabilities(hf_model, exported, tokenizer):
+    results = compare_gguf(hf_model, exported["f16"][0], _prompts(tokenizer), new_tokens=16)
     for r in results:
         print(f"f16: same {r.same_prefix}/16, log-prob NMSE {r.logprob_nmse:.2e}: {tokenizer.decode(r.prompt_ids)!r}")
         assert r.llama_cpp_ids == r.transformers_ids, tokenizer.decode(r.prompt_ids)
@@ -151,15 +176,36 @@ def test_f16_gives_the_same_greedy_tokens_and_log_probabilities(hf_model, llama_
 
 
 def test_q8_0_log_probabilities_stay_close(exported, hf_model, tokenizer):
-    llm = load_llama_cpp(exported["q8_0"][0])
-    try:
-        results = compare_gguf(hf_model, llm, _prompts(tokenizer), new_tokens=16)
-    finally:
-        llm.close()
+    results = compare_gguf(hf_model, exported["q8_0"][0], _prompts(tokenizer), new_tokens=16)
     worst = max(r.logprob_nmse for r in results)
     same = sum(r.same_prefix for r in results)
     print(f"q8_0: log-prob NMSE worst {worst:.2e}; same greedy tokens {same}/{16 * len(results)}")
     assert worst < GOOD_NMSE
+
+
+def test_a_crash_in_llama_cpp_is_one_error_and_the_caller_lives_on(exported, trained_checkpoint, tmp_path,
+                                                                    monkeypatch, capsys):
+    """llama.cpp's decode made to die of SIGSEGV (as its AMX kernels do on some CPUs, upstream issue 20824): the
+    verify step ends in one `error:` line naming the signal, the file and the README section, exit 2, and this
+    pytest process goes on. The fault is planted with a sitecustomize, so it hits only interpreters started from
+    here on: the llama.cpp child, never this process."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "import llama_cpp._internals\n"
+        "llama_cpp._internals.LlamaContext.decode = lambda *_: os.kill(os.getpid(), signal.SIGSEGV)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    gguf = exported["q8_0"][0]
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda _: _verify(str(trained_checkpoint), gguf, None, 4))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    assert re.fullmatch(rf"error: llama.cpp crashed with SIGSEGV \(signal 11\) while running greedy and logits on "
+                        rf"{re.escape(str(gguf))}; it ran in a child process, .* What to do: README.md, 'Run it "
+                        rf"elsewhere' \(a crash in llama.cpp on CPUs with AMX\)\. Its last output:", lines[0]), err
+    assert "Fatal Python error: Segmentation fault" in err  # the child's own report, passed on
+    assert gguf.is_file()
 
 
 def test_the_command_line_exports_and_verifies(trained_checkpoint, export_extra, tmp_path, capsys):
@@ -187,20 +233,16 @@ def _chat_apply_template_c_api(template: str, messages: list[dict]) -> str:
     return buf.raw[:n].decode()
 
 
-def test_the_chat_template_in_the_file_renders_the_training_ids(llama_f16, tokenizer):
-    template = llama_f16.metadata["tokenizer.chat_template"]
-    assert template == CHATML_TEMPLATE
-    handler = llama_f16._chat_handlers[llama_f16.chat_format]  # what create_chat_completion formats with
-    for conv in CONVERSATIONS:
+def test_the_chat_template_in_the_file_renders_the_training_ids(llama_chat, tokenizer):
+    assert llama_chat["template"] == CHATML_TEMPLATE
+    formatter = llama_chat["chat_format"]  # the Jinja formatter llama-cpp-python built from the file
+    assert formatter == "chat_template.default", f"llama-cpp-python guessed {formatter} instead"
+    for conv, rendered in zip(CONVERSATIONS, llama_chat["rendered"], strict=True):
         messages = conv[:-1]
         want = encode_prompt(tokenizer, messages)
-        by_c_api = _chat_apply_template_c_api(template, messages)
-        assert by_c_api == format_messages(messages)
-        assert llama_f16.tokenize(by_c_api.encode(), add_bos=True, special=True) == want
-        formatter = llama_f16.chat_format  # the Jinja formatter llama-cpp-python built from the file
-        assert formatter == "chat_template.default", f"llama-cpp-python guessed {formatter} instead"
-        rendered = _render_with_handler(handler, llama_f16, messages)
-        assert rendered == want
+        assert rendered["c_api"] == format_messages(messages)
+        assert rendered["c_api_ids"] == want
+        assert rendered["handler_ids"] == want
 
 
 def _render_with_handler(handler, llm, messages) -> list[int]:
@@ -213,25 +255,26 @@ def _render_with_handler(handler, llm, messages) -> list[int]:
 
     original, llm.create_completion = llm.create_completion, capture
     try:
-        with pytest.raises(StopIteration):
-            handler(llama=llm, messages=messages, max_tokens=1)
+        handler(llama=llm, messages=messages, max_tokens=1)
+    except StopIteration:
+        pass
     finally:
         llm.create_completion = original
     return list(seen["prompt"])
 
 
-def test_a_chat_completion_answers_as_transformers_and_stops_at_im_end(llama_f16, hf_model, tokenizer):
+def test_a_chat_completion_answers_as_transformers_and_stops_at_im_end(llama_chat, hf_model, tokenizer):
     import torch
 
     messages = CONVERSATIONS[0][:-1]
-    reply = llama_f16.create_chat_completion(messages=messages, temperature=0.0, repeat_penalty=1.0, max_tokens=64)
+    reply = llama_chat["reply"]
     prompt = encode_prompt(tokenizer, messages)
     with torch.no_grad():
         out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False,
                                 eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
     expected = tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True)
-    assert reply["choices"][0]["finish_reason"] == "stop"
-    assert reply["choices"][0]["message"]["content"] == expected
+    assert reply["finish_reason"] == "stop"
+    assert reply["message"]["content"] == expected
 
 
 def test_the_modelfile_points_at_the_gguf_with_the_chatml_template(exported):
@@ -328,3 +371,42 @@ def test_a_failed_conversion_leaves_nothing(export_extra, tiny_checkpoint, tmp_p
     with pytest.raises(MiniQwenError, match=r"convert_hf_to_gguf.py failed on"):
         export_gguf(broken, out_dir / "model.gguf")
     assert list(out_dir.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the llama.cpp child
+
+
+def _hang(gguf: str) -> None:
+    time.sleep(600)
+
+
+def _die_of(gguf: str, signal_number: int) -> None:
+    os.kill(os.getpid(), signal_number)
+
+
+def _arrays(gguf: str) -> dict:
+    import numpy as np
+
+    return {"rows": [np.arange(6, dtype=np.float32).reshape(2, 3)], "n": np.int64(3), "file": gguf}
+
+
+def test_the_child_passes_back_json_and_arrays(tmp_path):
+    import numpy as np
+
+    got = run_llama_cpp(f"{__file__}:_arrays", tmp_path / "m.gguf")
+    assert got["n"] == 3 and got["file"] == str(tmp_path / "m.gguf")
+    np.testing.assert_array_equal(got["rows"][0], np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGSEGV, signal.SIGABRT], ids=["SIGSEGV", "SIGABRT"])
+def test_a_child_killed_by_a_signal_is_named(tmp_path, signal_number):
+    with pytest.raises(MiniQwenError, match=rf"^llama.cpp crashed with {signal_number.name} \(signal "
+                                            rf"{int(signal_number)}\) while running die of on .*m.gguf; .*README.md"):
+        run_llama_cpp(f"{__file__}:_die_of", tmp_path / "m.gguf", signal_number=int(signal_number))
+
+
+def test_a_hung_child_is_stopped_at_the_timeout(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(MiniQwenError, match=r"^llama.cpp did not finish hang on .*m.gguf within 3 s; it was stopped"):
+        run_llama_cpp(f"{__file__}:_hang", tmp_path / "m.gguf", timeout=3)
+    assert time.monotonic() - start < 30

@@ -80,7 +80,7 @@ def _rows(n):
     from datasets import Dataset
 
     return Dataset.from_dict({"prompt": [f"p{i}" for i in range(n)], "answer": ["3"] * n,
-                              "row": [f"f.jsonl:{i + 1}" for i in range(n)]})
+                              "row": [f"f.jsonl: row {i}" for i in range(n)]})
 
 
 def test_difficulty_filter_keeps_prompts_sometimes_right(tmp_path, monkeypatch, capsys):
@@ -96,7 +96,8 @@ def test_difficulty_filter_keeps_prompts_sometimes_right(tmp_path, monkeypatch, 
     assert kept["prompt"] == ["p2", "p3"]
     assert "difficulty filter: kept 2 of 4 prompts (1 all right, 1 all wrong in 3 samples by 'math')" in \
         capsys.readouterr().out
-    assert json.loads((tmp_path / mini_qwen_grpo.FILTER_FILE).read_text())["rows"] == ["f.jsonl:3", "f.jsonl:4"]
+    kept_rows = json.loads((tmp_path / mini_qwen_grpo.FILTER_FILE).read_text())["rows"]
+    assert kept_rows == ["f.jsonl: row 2", "f.jsonl: row 3"]
     # a resumed run keeps the same prompts without sampling again
     monkeypatch.setattr(mini_qwen_grpo, "sample_answers", None)
     training.resume_from_checkpoint = "auto"
@@ -141,11 +142,11 @@ def test_bad_input_is_one_line_naming_the_flag_or_row(case, grpo_base, tiny_chec
     if case == "no answer in a row":
         data = _jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?", "answer": ""}])
         argv += ["--data_dir", str(data), "--on_bad_rows", "error"]
-        expected = rf"^{data}:2: no reference answer\. Fix or remove the row"
+        expected = rf"^{data}: row 1: no reference answer\. Fix or remove the row"
     elif case == "no answer column":
         data = _jsonl(tmp_path / "p.jsonl", [{"prompt": "1+1?", "solution": "2"}])
         argv += ["--data_dir", str(data)]
-        expected = rf"^{data}: no row has an 'answer'"
+        expected = rf"^{data}: missing column 'answer' .*map a column with --columns NAME=COLUMN"
     elif case == "unknown reward":
         argv += ["--reward_funcs", "math", "corect"]
         expected = r"^--reward_funcs: unknown reward 'corect'; known: format, length, math"
@@ -175,7 +176,7 @@ def test_bad_input_is_one_line_naming_the_flag_or_row(case, grpo_base, tiny_chec
         def raises(completion, answer, **_):
             return int(answer) / 0
         argv += ["--reward_funcs", "test_raises"]
-        expected = rf"^reward 'test_raises' failed on row {PROMPTS}:1 \(ZeroDivisionError: division by zero\)"
+        expected = rf"^reward 'test_raises' failed on row {PROMPTS}: row 0 \(ZeroDivisionError: division by zero\)"
     try:
         with pytest.raises(MiniQwenError, match=expected):
             mini_qwen_grpo.main(argv)
@@ -190,7 +191,8 @@ def test_the_eval_report_shows_held_out_verifiable_accuracy(tiny_checkpoint, tmp
 
     heldout = _jsonl(tmp_path / "heldout.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?", "answer": ""},
                                                   {"prompt": "三加四？", "answer": "七"}])
-    assert [r["row"] for r in load_verifiable(str(heldout))] == [f"{heldout}:1", f"{heldout}:3"]  # no answer: left out
+    rows = [r["row"] for r in load_verifiable(str(heldout))]
+    assert rows == [f"{heldout}: row 0", f"{heldout}: row 2"]  # the row without an answer is left out
     report = mini_qwen_eval.main([f"sft={tiny_checkpoint}", "--prompts", "hi", "--max_new_tokens", "2",
                                   "--heldout", "none", "--verifiable", str(heldout), "--report_dir", str(tmp_path)])
     scores = report["checkpoints"][0]["verifiable"]

@@ -14,6 +14,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -100,6 +101,38 @@ def test_sigterm_saves_a_checkpoint_exits_0_and_resume_matches(pt_base, tmp_path
     for n in range(step + 1, STEPS + 1):  # the steps the resumed process computed
         assert abs(ref[n]["loss"] - res[n]["loss"]) < 1e-4, (n, ref[n], res[n])
         assert ref[n]["learning_rate"] == pytest.approx(res[n]["learning_rate"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_through_tee_still_saves(pt_base, tmp_path):
+    """`python mini_qwen_pt.py ... | tee log` and Ctrl-C: the terminal sends SIGINT to the whole pipeline, tee dies,
+    and every later print of the stage hits a closed pipe (BrokenPipeError): the step still finishes, the checkpoint
+    is written completely and the stage exits 0. Here a shell runs the pipeline in its own process group, which gets
+    the SIGINT as a terminal's foreground job does; stderr goes to a file, as it stays on the terminal."""
+    run, log = tmp_path / "run", tmp_path / "tee.log"
+    stage = " ".join(map(shlex.quote, [sys.executable, str(REPO_ROOT / "mini_qwen_pt.py"), *pt_base,
+                                       "--max_steps", "1000", "--save_steps", "1000", "--output_dir", str(run)]))
+    script = f"({stage} 2> {tmp_path / 'stderr.log'}; echo $? > {tmp_path / 'rc'}) | tee {log} > /dev/null"
+    shell = subprocess.Popen(["bash", "-c", script], cwd=REPO_ROOT, start_new_session=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                  "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 600
+    try:
+        while shell.poll() is None and time.monotonic() < deadline:
+            if log.is_file() and "'loss'" in log.read_text(errors="replace"):  # training has begun
+                os.killpg(shell.pid, signal.SIGINT)
+                break
+            time.sleep(0.05)
+        shell.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.wait()
+    printed = (tmp_path / "stderr.log").read_text(errors="replace")[-3000:]
+    assert (tmp_path / "rc").read_text().strip() == "0", printed
+    saved = complete_checkpoints(str(run))
+    assert len(saved) == 1 and 1 <= int(saved[0].name.split("-")[1]) < 1000, printed
+    assert not (run / "model.safetensors").exists()
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
@@ -319,6 +352,10 @@ def test_trainer_internals_long_run_relies_on():
     loop = inspect.getsource(Trainer._run_epoch)
     assert loop.index("on_pre_optimizer_step") < loop.index("self.optimizer.step()") < loop.index("global_step += 1")
     assert loop.index("self.training_step(") < loop.index("on_pre_optimizer_step")
+    # Resumed at max_steps, LongRunMixin._run_epoch returns at once with should_training_stop set: the epoch loop
+    # calls _run_epoch(...) by keyword and stops on that flag right after.
+    outer = inspect.getsource(Trainer._inner_training_loop)
+    assert outer.index("self._run_epoch(") < outer.index("if self.control.should_training_stop:")
     # The optimizer is created before accelerate wraps it; the fp16 scaler path calls the step method it found then.
     prepare = inspect.getsource(Trainer._prepare_for_training)
     assert prepare.index("self.create_optimizer()") < prepare.index("self.accelerator.prepare(")

@@ -309,13 +309,14 @@ def test_an_unknown_target_module_names_the_real_ones(tiny_checkpoint, tmp_path)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA (bitsandbytes 4-bit) needs a CUDA GPU")
-def test_qlora_trains_on_a_gpu(tiny_checkpoint, tmp_path):
+def test_qlora_trains_on_a_gpu(tiny_checkpoint, tmp_path, capsys):
     pytest.importorskip("bitsandbytes", reason="pip install -e .[qlora]")
     import mini_qwen_sft
 
     out = tmp_path / "qlora"
     mini_qwen_sft.main([a for a in sft_lora_argv(tiny_checkpoint, "--max_steps", "2", "--save_strategy", "no",
                                                  "--load_in_4bit", "true", "--output_dir", str(out))])
+    assert "fp32 adapter; learning rate 0.01 (--learning_rate)" in capsys.readouterr().out  # TRL's bf16 cast undone
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == \
         str(tiny_checkpoint.resolve())

@@ -10,8 +10,16 @@ import torch
 from conftest import BAAI_SAMPLES
 
 from mini_qwen.data.checks import check_stage_files
-from mini_qwen.data.common import find_parquet_files
-from mini_qwen.data.packing import BYTES_PER_TOKEN, PackedBlocks, collate_blocks, decode_u24, encode_u24, tokenize_batch
+from mini_qwen.data.common import find_data_files
+from mini_qwen.data.packing import (
+    BYTES_PER_TOKEN,
+    PackedBlocks,
+    collate_blocks,
+    decode_u24,
+    encode_u24,
+    tokenize_batch,
+    varlen_kwargs,
+)
 from mini_qwen.data.pt import iter_text_batches, prepare_token_cache
 from mini_qwen.errors import MiniQwenError
 
@@ -28,7 +36,7 @@ def test_u24_roundtrip():
 
 
 def test_real_pt_samples_load_through_the_loader():
-    files = find_parquet_files(BAAI_SAMPLES / "pt")
+    files = find_data_files(BAAI_SAMPLES / "pt")
     widths = sorted(pq.read_schema(f).names.__len__() for f in files)
     assert widths == [9, 13]  # en and zh IndustryCorpus2 files differ; only `text` is read
     stats = {}
@@ -37,7 +45,7 @@ def test_real_pt_samples_load_through_the_loader():
 
 
 def _sample_texts():
-    files = find_parquet_files(BAAI_SAMPLES / "pt")
+    files = find_data_files(BAAI_SAMPLES / "pt")
     texts = [t for batch in iter_text_batches(files) for t in batch]
     return texts + ["", "12345 digits", "混合 English 和中文。\r\n  spaces", "<|im_end|> inside text"]
 
@@ -110,6 +118,9 @@ def test_packed_documents_do_not_attend_to_each_other(tmp_path, tokenizer):
     assert "attention_mask" not in batch
     _, starts = blocks.block(0)
     assert len(starts) >= 2, "the block must hold several documents"
+    # flash-attention's document boundaries (tests/test_flash_varlen.py runs them through the flash path)
+    assert batch["cu_seq_lens_q"].tolist() == [*starts.tolist(), 64]
+    assert batch["max_length_q"] == max(np.diff([*starts.tolist(), 64]))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(build_config(PresetArguments(model_preset="tiny")),
                                              attn_implementation="sdpa").eval()
@@ -126,12 +137,22 @@ def test_packed_documents_do_not_attend_to_each_other(tmp_path, tokenizer):
         assert not torch.allclose(mixed[a:b], alone, atol=1e-3)
 
 
+def test_varlen_kwargs_cut_the_flattened_batch_at_every_sequence_start():
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2],
+                                 [3, 4, 0, 1, 2, 3, 0, 1]])  # the second row starts inside a sequence
+    kwargs = varlen_kwargs(position_ids)
+    assert kwargs["cu_seq_lens_q"].tolist() == [0, 3, 5, 8, 10, 14, 16]  # offsets into rows x length tokens
+    assert kwargs["cu_seq_lens_q"].dtype == torch.int32 and kwargs["cu_seq_lens_k"] is kwargs["cu_seq_lens_q"]
+    assert kwargs["max_length_q"] == kwargs["max_length_k"] == 4
+    assert position_ids[1, 0] == 3  # the batch's own position ids untouched
+
+
 def test_loader_errors_name_the_problem(tmp_path, tokenizer):
     with pytest.raises(MiniQwenError, match="does not exist"):
-        find_parquet_files(tmp_path / "nowhere")
+        find_data_files(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MiniQwenError, match="no parquet files"):
-        find_parquet_files(tmp_path / "empty")
+    with pytest.raises(MiniQwenError, match="no data files"):
+        find_data_files(tmp_path / "empty")
     bad = tmp_path / "bad" / "x.parquet"
     bad.parent.mkdir()
     pq.write_table(pa.table({"txt": ["hello"]}), bad)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, cli_error
 
 import mini_qwen_plan
 from mini_qwen import stages
@@ -192,6 +192,9 @@ def test_the_original_recipe_fits_six_80gb_gpus_with_zero2(tmp_path):
                   "--accelerate_config", str(REPO_ROOT / "accelerate_config.yaml"), "--price_per_gpu_hour", "2")
     assert result["memory"]["fits"]
     assert "ZeRO-2" in result["model"]["precision"]
+    numerics = result["model"]["numerics"]  # ds_zero2.json's data_types and communication_data_type
+    assert numerics["accumulation"] == "fp32" and numerics["communication"].startswith("fp32 (gradient")
+    assert numerics["gradients"] == "bf16 per micro-batch" and numerics["weights"].startswith("bf16 in the module")
     assert (result["batch"]["per device"], result["batch"]["sequence"]) == (12, 1024)
     assert result["run"]["per step"]["value"] == 12 * 16 * 6
     assert result["time"]["cost"]["value"] > 0 and result["time"]["hours"]["basis"] == "estimated"
@@ -388,6 +391,13 @@ def test_lora_dpo_keeps_no_reference_and_qlora_plans_without_bitsandbytes_here(t
     assert frozen["lora"] == 2 * full["model"]["parameters"]["value"]
     assert 0.5 < frozen["qlora"] / frozen["lora"] < 0.6
     assert lora["memory"]["total"]["value"] < full["memory"]["total"]["value"]
+    # The reference is loaded as the fp32-master policy is; the QLoRA adapter stays fp32 (TRL's bf16 cast undone)
+    params = full["model"]["parameters"]["value"]
+    assert full["memory"]["per GPU"]["reference model"]["value"] == 4 * params
+    assert full["model"]["numerics"]["reference"].startswith("fp32 frozen copy")
+    assert qlora["model"]["numerics"]["weights"].endswith("fp32 adapter")
+    assert qlora["disk"]["final model"]["value"] == 4 * qlora["model"]["trained parameters"]["value"]
+    assert lora["model"]["numerics"]["reference"] == "the frozen model itself, adapter disabled"
 
 
 def test_4bit_is_refused_for_a_planned_gpu_bitsandbytes_does_not_support():
@@ -458,3 +468,20 @@ def test_an_unknown_stage_is_refused_not_planned_as_another():
 
     with pytest.raises(MiniQwenError, match=r"^unknown stage 'ppo': use one of pt, sft, dpo, grpo\."):
         plan_run("ppo", {"data": None, "model": None, "training": None}, None, None)
+
+def test_plan_json_goes_beside_the_run_or_where_out_says(tmp_path, monkeypatch, capsys):
+    """Not into the current folder (the repository root, where it is not git-ignored): --output_dir's plan.json,
+    or --out (a .json file, or a folder); an --out that cannot be written is one error line."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["pt", "--gpu", "H100", "--model_preset", "tiny", "--dataset_tokens", "1000000"]
+    run = tmp_path / "results" / "tiny_pt"
+    result = mini_qwen_plan.main([*flags, "--output_dir", str(run)])
+    assert json.loads((run / "plan.json").read_text()) == json.loads(json.dumps(result))
+    assert f"plan written to {run / 'plan.json'}" in capsys.readouterr().out
+    mini_qwen_plan.main([*flags, "--out", "plans"])
+    mini_qwen_plan.main([*flags, "--out", "plans/tiny.json"])
+    assert sorted(p.name for p in (tmp_path / "plans").iterdir()) == ["plan.json", "tiny.json"]
+    assert not (tmp_path / "plan.json").exists()
+    (tmp_path / "a_file").write_text("")
+    err = cli_error(mini_qwen_plan.main, [*flags, "--out", "a_file/plan.json"], capsys)
+    assert err.strip().startswith("error: cannot write the plan to a_file/plan.json")

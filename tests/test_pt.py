@@ -31,7 +31,7 @@ def test_stage_errors_are_one_message(tmp_path, built_tokenizer_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
     common = ["--output_dir", str(tmp_path / "o"), "--tokenizer_path", str(built_tokenizer_dir)]
-    with pytest.raises(MiniQwenError, match="no parquet files"):
+    with pytest.raises(MiniQwenError, match="no data files"):
         mini_qwen_pt.main(["--model_preset", "tiny", "--data_dir", str(empty), *common])
     with pytest.raises(MiniQwenError, match="not divisible by num_attention_heads 15"):
         mini_qwen_pt.main(["--num_attention_heads", "15", "--data_dir", str(MINI_DATA / "pt"), *common])

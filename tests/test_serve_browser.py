@@ -103,4 +103,4 @@ def test_chat_streams_and_arena_vote_lands_on_disk(browser, tiny_checkpoint, tmp
     assert len(rows) == 1 and rows[0]["prompt"] == "tell me a story"
     chosen = rows[0]["chosen"][1]
     assert chosen["role"] == "assistant" and chosen["content"].split() == shown_a.split()  # the answer shown as A
-    assert not (votes_dir / "ties.jsonl").exists()
+    assert not (votes_dir / "ties.log").exists()

@@ -169,36 +169,21 @@ CONVERSATION = [
 
 @pytest.mark.parametrize("system", [None, "You are a terse assistant."])
 @pytest.mark.parametrize("add_generation_prompt", [False, True])
-def test_chat_template_renders_like_official(built, official, system, add_generation_prompt):
+def test_loaded_tokenizers_carry_the_training_template(built, official, system, add_generation_prompt):
+    """The official files' template adds Qwen's default system prompt; load_tokenizer replaces it, on the official
+    files and on ours alike, with the format SFT trains on (the saved checkpoints' template: test_chat.py)."""
+    from mini_qwen.chat import CHATML_TEMPLATE, format_messages
+
     messages = ([{"role": "system", "content": system}] if system else []) + CONVERSATION
     kwargs = dict(tokenize=False, add_generation_prompt=add_generation_prompt)
-    rendered = built.apply_chat_template(messages, **kwargs)
-    assert rendered == official.apply_chat_template(messages, **kwargs)
     if system is None:
-        assert rendered.startswith(
-            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
-        )
-    assert rendered.endswith("<|im_start|>assistant\n") == add_generation_prompt
-
-
-def test_chat_template_tools_like_official(built, official):
-    parameters = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    tools = [{"type": "function", "function": {"name": "add", "description": "Add two ints", "parameters": parameters}}]
-    messages = [
-        {"role": "user", "content": "add 1 and 2"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}},
-            {"name": "add", "arguments": {"a": 3, "b": 4}},
-        ]},
-        {"role": "tool", "content": "3"},
-        {"role": "tool", "content": "7"},
-        {"role": "assistant", "content": "3 and 7"},
-    ]
-    for system in ([], [{"role": "system", "content": "Be exact."}]):
-        kwargs = dict(tools=tools, tokenize=False, add_generation_prompt=True)
-        assert built.apply_chat_template(system + messages, **kwargs) == official.apply_chat_template(
-            system + messages, **kwargs
-        )
+        assert official.apply_chat_template(messages, **kwargs).startswith(
+            "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n")
+    for tokenizer in (built, load_tokenizer(OFFICIAL_TOKENIZER)):
+        assert tokenizer.chat_template == CHATML_TEMPLATE
+        rendered = tokenizer.apply_chat_template(messages, **kwargs)
+        closed = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        assert rendered == (format_messages(messages) if add_generation_prompt else closed)
 
 
 def test_load_tokenizer_empty_dir_names_path(tmp_path):

@@ -39,10 +39,10 @@ def test_view_data_reads_across_files_and_truncates(tmp_path, capsys):
 
 def test_view_data_errors(tmp_path, capsys):
     assert "does not exist" in cli_error(view_data.main, [str(tmp_path / "nope")], capsys)
-    assert "no .parquet files under" in cli_error(view_data.main, [str(tmp_path)], capsys)
+    assert "no data files matching" in cli_error(view_data.main, [str(tmp_path)], capsys)
     bad = tmp_path / "bad.parquet"
     bad.write_text("not parquet")
-    assert "cannot read" in cli_error(view_data.main, [str(bad)], capsys)
+    assert "is not a parquet file" in cli_error(view_data.main, [str(bad)], capsys)
     import pyarrow as pa
     import pyarrow.parquet as pq
 

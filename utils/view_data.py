@@ -1,12 +1,13 @@
-"""Show the schema and the first rows of parquet data (PT, SFT or DPO) as readable JSON.
+"""Show the schema and the first rows of data files (PT, SFT or DPO; any format the stages read) as readable JSON.
 
 Run as:
     python utils/view_data.py data/pt/news_media/chinese/high/rank_00000.parquet
     python utils/view_data.py data/sft --rows 2 --columns id,conversations
     python utils/view_data.py data/dpo --rows 1 --max-chars 0      # 0 = do not truncate
 
-PATH is a parquet file or a folder (all ``*.parquet`` below it, in name order). Only the
-first rows are read (``iter_batches``), so this is instant even on multi-GB files. Long
+PATH is a data file or a folder (every file of a format mini_qwen reads below it, in name order: parquet,
+jsonl/json, csv/tsv, txt, their .gz/.zst, a datasets save_to_disk folder; mini_qwen/data/files.py). Only the
+first rows are read, so this is instant even on multi-GB files. Long
 strings are cut to ``--max-chars`` characters with a note of how much was left out.
 """
 
@@ -17,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from mini_qwen.data import files as data_files
 from mini_qwen.errors import MiniQwenError, run_main
 
 # Which of the BAAI datasets a schema looks like, judged by its columns.
@@ -25,20 +27,6 @@ _KINDS = (
     ({"conversations"}, "SFT chat data (Infinity-Instruct style: conversations of from / value turns)"),
     ({"text"}, "PT text corpus (IndustryCorpus2 style: one document per row in 'text')"),
 )
-
-
-def find_parquet_files(path: Path) -> list[Path]:
-    if not path.exists():
-        raise MiniQwenError(f"{path} does not exist: pass a .parquet file or a folder containing .parquet files")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
-    if not files:
-        raise MiniQwenError(
-            f"no .parquet files under {path}: point at the folder that prepare.sh filled "
-            f"(e.g. data/pt, data/sft, data/dpo)"
-        )
-    return files
 
 
 def truncate(value, max_chars: int):
@@ -64,20 +52,9 @@ def describe_kind(columns) -> str | None:
     return None
 
 
-def _open(path: Path):
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path)
-    except Exception as err:  # pyarrow raises ArrowInvalid/OSError for non-parquet input
-        raise MiniQwenError(
-            f"cannot read {path} as parquet ({err}); is the file complete? Re-run prepare.sh to fetch it again"
-        ) from None
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Print the schema and the first rows of parquet files as JSON.")
-    parser.add_argument("path", metavar="PATH", help="a .parquet file or a folder searched recursively for them")
+    parser = argparse.ArgumentParser(description="Print the schema and the first rows of data files as JSON.")
+    parser.add_argument("path", metavar="PATH", help="a data file or a folder searched recursively for them")
     parser.add_argument("--rows", type=int, default=3, help="number of rows to show in total (default 3)")
     parser.add_argument("--columns", help="comma-separated columns to show (default: all)")
     parser.add_argument(
@@ -94,19 +71,20 @@ def main(argv=None) -> int:
         raise MiniQwenError("--columns is empty: give comma-separated column names, e.g. --columns text,industry_type")
 
     path = Path(args.path)
-    files = find_parquet_files(path)
+    files = data_files.find_data_files(str(path))
     if path.is_dir():
-        total = sum(_open(f).metadata.num_rows for f in files[:1000])
+        counts = [data_files.known_rows(f) for f in files[:1000]]  # footers only: text files are not read whole
+        kinds = sorted({data_files.file_format(f)[0] for f in files})
         more = " (row count of the first 1000 files)" if len(files) > 1000 else ""
-        print(f"{path}: {len(files)} parquet file(s), {total} rows{more}")
+        rows = f"{sum(counts)} rows" if None not in counts else "rows of text files not counted"
+        print(f"{path}: {len(files)} {'/'.join(kinds)} file(s), {rows}{more}")
 
     shown = 0
     last_schema = None
     for file in files:
         if shown >= args.rows:
             break
-        pf = _open(file)
-        schema = pf.schema_arrow
+        schema = data_files.read_schema(file)
         if columns:
             missing = [c for c in columns if c not in schema.names]
             if missing:
@@ -114,7 +92,8 @@ def main(argv=None) -> int:
                     f"{file} has no column {', '.join(repr(c) for c in missing)}; "
                     f"its columns are: {', '.join(schema.names)} (fix --columns)"
                 )
-        print(f"\n== {file}  ({pf.metadata.num_rows} rows, {pf.metadata.num_row_groups} row group(s))")
+        rows = data_files.known_rows(file)
+        print(f"\n== {file}" + (f"  ({rows} rows)" if rows is not None else ""))
         if schema != last_schema:
             kind = describe_kind(schema.names)
             if kind:
@@ -125,12 +104,11 @@ def main(argv=None) -> int:
             last_schema = schema
         else:
             print("schema: same as above")
-        if pf.metadata.num_rows == 0:
+        names = columns or schema.names
+        batch = next(data_files.iter_batches(file, names, args.rows - shown, on_bad_rows="skip"), None)
+        if not batch:
             continue
-        batch = next(pf.iter_batches(batch_size=args.rows - shown, columns=columns), None)
-        if batch is None:
-            continue
-        for i, row in enumerate(batch.to_pylist()):
+        for i, row in enumerate(dict(zip(names, values)) for values in zip(*batch.values())):
             shown += 1
             print(f"\n-- row {shown} ({file.name} #{i})")
             print(json.dumps(truncate(row, args.max_chars), ensure_ascii=False, indent=2, default=str))

@@ -1,6 +1,8 @@
-"""The data subsystem: everything between a stage's parquet files and the batches it trains on.
+"""The data subsystem: everything between a user's data files and the batches a stage trains on.
 
-    common.py   what the three stage modules share: find parquet files, read schemas and columns,
+    files.py    the one reader of data files: parquet, jsonl / json, csv / tsv, txt, their .gz / .zst,
+                datasets Arrow folders; schema, row counts, batches of rows, column bytes
+    common.py   what the three stage modules share: schemas (RowSchema, Layout) and their detection,
                 parse-or-skip rows, SFT / DPO rows encoded into Arrow parts
     pt.py       PT data:  columns, schema check, bad rows, over-length rule, token cache, build_dataset
     sft.py      SFT data: the same face

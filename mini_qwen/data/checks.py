@@ -8,19 +8,20 @@ stage skips (or stops on with `--on_bad_rows error`).
 The stage script runs `check_stage_files` once, on the files it found, and hands the same list to
 the stage's `build_dataset`, which reads them without checking again.
 
-Files are read one at a time with pyarrow, batch by batch, and only the columns the stage
-reads: the corpus is never held in memory whole.
+Files are read one at a time through data/files.py (any accepted format), batch by batch, and only the
+columns the stage reads: the corpus is never held in memory whole. Each file's schema is detected by the
+stage's `check_schema` (its Layout); the files of one run must follow one schema.
 """
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mini_qwen import stages
-from mini_qwen.data.common import column_types, describe_clash, find_parquet_files, fold_digits, read_schema
+from mini_qwen.data import files
+from mini_qwen.data.common import column_types, describe_clash, find_data_files, fold_digits, read_schema
 from mini_qwen.errors import MiniQwenError
 
 STAGES = {s.name: s.data_module() for s in stages.STAGES}  # the table of stages, in its order
@@ -34,35 +35,54 @@ def stage_data(stage: str):
         raise MiniQwenError(f"unknown stage '{stage}': use one of {', '.join(STAGES)}.") from None
 
 
-def check_stage_files(stage: str, files: list[Path], text_column: str = "text") -> dict[Path, pa.Schema]:
-    """Cheap checks a stage runs on every file before reading any row (only parquet footers are read):
-    readable, the stage's columns present with the right types, and of one type in all files.
-    Returns the schemas."""
+def check_stage_files(stage: str, data_files: list[Path], options: dict | None = None) -> dict:
+    """Cheap checks a stage runs on every file before reading any row (a parquet footer, a text file's first
+    rows): readable, a schema of the stage detected, one schema in all files (and, for a module that merges its
+    files, one type per column). Returns {file: Layout}."""
     module = stage_data(stage)
-    schemas = {}
-    for path in files:
-        schemas[path] = schema = read_schema(path)
-        module.check_schema(path, schema, text_column)
-    # `datasets` cannot merge, e.g., conversations whose records have an extra field in some files; columns
-    # no stage reads (7M's int64 `id` vs Gen's string one) may differ freely.
+    layouts, schemas = {}, {}
+    for path in data_files:
+        schemas[path] = read_schema(path, options)
+        layouts[path] = module.check_schema(path, schemas[path], options)
+    by_schema = defaultdict(list)
+    for path, layout in layouts.items():
+        by_schema[layout.schema].append(path)
+    if len(by_schema) > 1:
+        (one, first), (other, second) = list(by_schema.items())[:2]
+        raise MiniQwenError(f"the {module.WHAT} files follow different schemas: {first[0]} is {one} but {second[0]} "
+                            f"is {other}: train on one schema at a time (--data_glob), or convert one group to the "
+                            f"other's columns.")
     if module.FILES_MERGED:
-        clashes = {c: t for c, t in column_types(schemas, module.columns(text_column)).items() if len(t) > 1}
+        read = {c for layout in layouts.values() for c in layout.columns}
+        clashes = {c: t for c, t in column_types(schemas, read).items() if len(t) > 1}
         if clashes:
             raise MiniQwenError("the files disagree on the type of a column training reads: "
                                 + "; ".join(describe_clash(c, t) for c, t in clashes.items())
                                 + ". Convert them to one type, or train on one group of files at a time "
                                   "(--data_glob).")
-    return schemas
+    return layouts
 
 
-def find_stage_files(
-    stage: str, data_dir: str, data_glob: str = "**/*.parquet", text_column: str = "text"
-) -> list[Path]:
-    """A stage script's first data step: find its parquet files and check them, once, before any model is
-    loaded. The stage then passes this list to its `build_dataset`, which trusts it."""
-    files = find_parquet_files(data_dir, data_glob, what=stage_data(stage).WHAT)
-    check_stage_files(stage, files, text_column)
-    return files
+def describe_layouts(stage: str, layouts: dict) -> str:
+    """The stage's one line about its files: the schema detected and the formats, e.g.
+    'SFT data: 3 files, schema alpaca (instruction, output, input) [jsonl 2, csv 1]'."""
+    module = stage_data(stage)
+    formats = Counter(files.file_format(path)[0] + ("." + files.file_format(path)[1] if files.file_format(path)[1]
+                                                   else "") for path in layouts)
+    schema = next(iter(layouts.values()))
+    columns = sorted({c for layout in layouts.values() for c in layout.columns})
+    return (f"data: {len(layouts)} {module.WHAT} file(s), schema '{schema.schema}' (columns read: "
+            f"{', '.join(columns)}; formats: {', '.join(f'{k} {n}' for k, n in formats.most_common())})")
+
+
+def find_stage_files(stage: str, data_dir: str, data_glob: str | None = files.DEFAULT_GLOB,
+                     options: dict | None = None, log=print) -> list[Path]:
+    """A stage script's first data step: find its data files and check them, once, before any model is
+    loaded, and say which schema they follow. The stage then passes this list to its `build_dataset`, which
+    trusts it."""
+    data_files = find_data_files(data_dir, data_glob, what=stage_data(stage).WHAT)
+    log(describe_layouts(stage, check_stage_files(stage, data_files, options)))
+    return data_files
 
 
 @dataclass
@@ -70,6 +90,8 @@ class FileReport:
     path: Path
     rows: int = 0
     error: str | None = None          # the file cannot be used at all (unreadable, missing/wrong column)
+    schema: str | None = None         # the stage schema detected
+    unreadable: int = 0               # lines of a text file that could not be read (skipped)
     extra: list[str] = field(default_factory=list)   # columns the stage never reads
     bad: Counter = field(default_factory=Counter)    # reason -> rows
     first_bad: dict = field(default_factory=dict)    # reason -> (first row, its exact message)
@@ -86,25 +108,29 @@ class FileReport:
                                                   for reason, n in self.bad.most_common()))
         if self.long:
             parts.append("; ".join(f"{n} {what}" for what, n in self.long.most_common()))
+        if self.unreadable:
+            parts.append(f"{self.unreadable} unreadable lines skipped")
+        if self.schema:
+            parts.append(f"schema {self.schema}")
         return f"{self.path}: " + "; ".join(parts)
 
 
-def scan_file(stage: str, path: Path, schema: pa.Schema, text_column: str = "text", batch_rows: int = 2048,
-              tokenizer=None, max_length: int | None = None, max_prompt_length: int | None = None) -> FileReport:
+def scan_file(stage: str, path: Path, schema: pa.Schema, options: dict | None = None, batch_rows: int = 2048,
+              tokenizer=None, max_length: int | None = None, max_prompt_length: int | None = None,
+              on_bad_rows: str = "skip") -> FileReport:
     """Read one file batch by batch and count its bad (and, with a tokenizer, over-long) rows."""
     report = FileReport(path)
     module = stage_data(stage)
-    columns = module.columns(text_column)
-    report.extra = [n for n in schema.names if n not in columns]
     try:
-        module.check_schema(path, schema, text_column)
+        layout = module.check_schema(path, schema, options)
     except MiniQwenError as err:
         report.error = str(err).removeprefix(f"{path}: ")
+        report.extra = []
         return report
-    row = 0
+    report.schema, report.extra = layout.schema, [n for n in schema.names if n not in layout.columns]
+    row, stats = 0, {}
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
-            values = {name: batch.column(name).to_pylist() for name in columns}
+        for values in layout.batches(path, batch_rows, options, on_bad_rows, stats):
             problems = module.row_problems(values)
             for i, problem in enumerate(problems):
                 if problem:
@@ -117,10 +143,10 @@ def scan_file(stage: str, path: Path, schema: pa.Schema, text_column: str = "tex
                 for what in module.overlong_rows(good_values, tokenizer, max_length, max_prompt_length):
                     if what:
                         report.long[what] += 1
-            row += batch.num_rows
-    except (pa.ArrowException, OSError) as err:
-        report.error = f"unreadable at row ~{row}: {str(err).rstrip('.')}. Re-download the file or remove it."
-    report.rows = row
+            row += len(problems)
+    except MiniQwenError as err:
+        report.error = str(err).removeprefix(f"{path}: ")
+    report.rows, report.unreadable = row, stats.get("unreadable", 0)
     return report
 
 
@@ -130,6 +156,7 @@ class DataReport:
     files: list[FileReport]
     clashes: dict[str, dict[str, list]]  # column -> {type: files}, columns with more than one type
     read_columns: list[str]
+    merged: bool = False  # the stage loads its files as one table (a clash in a column it reads is fatal)
 
     @property
     def rows(self) -> int:
@@ -146,14 +173,25 @@ class DataReport:
     def fatal(self) -> list[str]:
         """Problems no stage can run with, whatever --on_bad_rows says."""
         out = [f"{f.path}: {f.error}" for f in self.files if f.error]
+        schemas = defaultdict(list)
+        for f in self.files:
+            if f.schema:
+                schemas[f.schema].append(f.path)
+        if len(schemas) > 1:
+            (one, first), (other, second) = list(schemas.items())[:2]
+            out.append(f"the files follow different schemas: {first[0]} is {one} but {second[0]} is {other} "
+                       f"(train on one schema at a time: --data_glob)")
         out += [f"type clash in a column {self.stage} reads: {describe_clash(c, t)}"
-                for c, t in self.clashes.items() if c in self.read_columns]
+                for c, t in self.clashes.items() if self.merged and c in self.read_columns]
         return out
 
     def lines(self) -> list[str]:
         out = [f.line() for f in self.files]
         for column, types in self.clashes.items():
-            if column in self.read_columns:
+            if column in self.read_columns and not self.merged:
+                out.append(f"info: type clash: {describe_clash(column, types)}; harmless, {self.stage} reads each "
+                           f"file on its own")
+            elif column in self.read_columns:
                 out.append(f"ERROR type clash: {describe_clash(column, types)}; {self.stage} reads '{column}', so "
                            f"the files cannot be loaded together")
             else:
@@ -168,24 +206,24 @@ class DataReport:
         return out
 
 
-def check_data(stage: str, files: list[Path], text_column: str = "text", tokenizer=None,
+def check_data(stage: str, data_files: list[Path], options: dict | None = None, tokenizer=None,
                max_length: int | None = None, max_prompt_length: int | None = None,
-               batch_rows: int = 2048, log=print) -> DataReport:
+               batch_rows: int = 2048, log=print, on_bad_rows: str = "skip") -> DataReport:
     """Scan every file (one at a time) and return the report; prints one line per file as it goes."""
-    columns = stage_data(stage).columns(text_column)
     schemas, reports = {}, []
-    for path in files:
+    for path in data_files:
         try:
-            schemas[path] = schema = read_schema(path)
+            schemas[path] = schema = read_schema(path, options)
         except MiniQwenError as err:
             report = FileReport(path, error=str(err))
         else:
-            report = scan_file(stage, path, schema, text_column, batch_rows, tokenizer, max_length,
-                               max_prompt_length)
+            report = scan_file(stage, path, schema, options, batch_rows, tokenizer, max_length,
+                               max_prompt_length, on_bad_rows)
         reports.append(report)
         log(report.line())
+    read = sorted({c for r in reports if not r.error for c in schemas[r.path].names if c not in r.extra})
     clashes = {c: t for c, t in column_types(schemas).items() if len(t) > 1}
-    return DataReport(stage, reports, clashes, columns)
+    return DataReport(stage, reports, clashes, read, stage_data(stage).FILES_MERGED)
 
 
 def verdict(report: DataReport, on_bad_rows: str = "skip") -> str | None:

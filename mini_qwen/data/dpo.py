@@ -1,12 +1,16 @@
-"""DPO data, all in one place: Infinity-Preference parquet files -> a tokenized dataset
-(prompt_ids, chosen_ids, rejected_ids), with counts.
+"""DPO data, all in one place: preference pairs (Infinity-Preference parquet, or any format data/files.py reads)
+-> a tokenized dataset (prompt_ids, chosen_ids, rejected_ids), with counts.
 
-The same face as every stage's data module (see mini_qwen/data/pt.py): columns, check_schema,
+The same face as every stage's data module (see mini_qwen/data/pt.py): SCHEMAS, columns, check_schema,
 row_problems, overlong_rows, build_dataset.
 
-Each row holds a `prompt` (the user's question) and two conversations, `chosen` and `rejected`,
-as lists of {content, role} messages ([user, assistant] in the real data). We read only
-prompt / chosen / rejected (never `id`, whose type differs between releases) and build, in the
+DPO's own columns are a `prompt` (the user's question) and two conversations, `chosen` and `rejected`,
+as lists of {content, role} messages ([user, assistant] in the real data). Every schema in SCHEMAS becomes them:
+  conversational   prompt (text, or TRL's list of messages), chosen / rejected lists of messages (BAAI, TRL)
+  plain strings    prompt, chosen, rejected as texts (+ optional system)
+  sharegpt pairs   conversations ({from, value} turns ending with the question), chosen / rejected {from, value}
+                   records (+ optional system)
+We read only those columns (never `id`, whose type differs between releases) and build, in the
 Qwen chat format of mini_qwen/chat.py:
 
     prompt_ids   = [<|im_start|>system\\n{system}<|im_end|>\\n]
@@ -41,12 +45,12 @@ import pyarrow as pa
 from mini_qwen import chat
 from mini_qwen.chat import ChatTokens, parse_turn
 from mini_qwen.data import common
-from mini_qwen.data.common import check_string_column, parse_rows, require_columns
+from mini_qwen.data.common import RowSchema, detect_layout, is_text, is_turns, parse_rows, record_keys
 from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
 
 NAME = "dpo"
-FILES_MERGED = True  # `datasets` loads all files as one table
+FILES_MERGED = False  # read file by file into fixed features (common.encode_rows_file): types never meet
 WHAT = "DPO data"  # how messages name the data
 COLUMNS = {
     "prompt": "the user's question as text",
@@ -60,25 +64,104 @@ class BadPair(ValueError):
     """A row that cannot be trained on; the message says why."""
 
 
-def columns(text_column: str = "text") -> list[str]:
-    """The columns DPO reads (`text_column` is PT's; every stage module takes it so checks.py can loop)."""
+def _system_first(messages, system):
+    return messages if not system or messages is None else [{"role": "system", "content": system}, *messages]
+
+
+def _prompt_text(prompt):
+    """TRL's conversational prompt (a list of messages) -> (system or None, the question); a multi-turn prompt
+    stays a list, which parse_pair refuses with its reason."""
+    if not isinstance(prompt, list):
+        return None, prompt
+    system = next((m.get("content") for m in prompt if isinstance(m, dict) and parse_turn(m)[0] == "system"), None)
+    users = [parse_turn(m)[1] for m in prompt if isinstance(m, dict) and parse_turn(m)[0] == "user"]
+    return system, (users[0] if len(users) == 1 else prompt)
+
+
+def _conversational(values):
+    out = {"prompt": [], "chosen": [], "rejected": []}
+    systems = values.get("system") or [None] * len(values["prompt"])
+    for prompt, chosen, rejected, system in zip(values["prompt"], values["chosen"], values["rejected"], systems):
+        prompt_system, question = _prompt_text(prompt)
+        system = system or prompt_system
+        out["prompt"].append(question)
+        out["chosen"].append(_system_first(chosen, system))
+        out["rejected"].append(_system_first(rejected, system))
+    return out
+
+
+def _answer_turn(text):
+    return None if text is None else [{"role": "assistant", "content": text}]
+
+
+def _strings(values):
+    return _conversational({**values, "chosen": [_answer_turn(c) for c in values["chosen"]],
+                            "rejected": [_answer_turn(r) for r in values["rejected"]]})
+
+
+def _sharegpt(values):
+    prompts = []
+    for conv in values["conversations"]:
+        turns = [{"role": parse_turn(t)[0], "content": parse_turn(t)[1]} for t in conv or [] if isinstance(t, dict)]
+        prompts.append(turns or None)
+    pick = [_answer_turn(r.get("value", r.get("content"))) if isinstance(r, dict) else None for r in values["chosen"]]
+    drop = [_answer_turn(r.get("value", r.get("content"))) if isinstance(r, dict) else None for r in values["rejected"]]
+    return _conversational({**values, "prompt": prompts, "chosen": pick, "rejected": drop})
+
+
+def _fits_conversational(types):
+    if not is_text(types["prompt"]) and not is_turns(types["prompt"]):
+        return f"column 'prompt' must hold text or a list of messages but has type {types['prompt']}"
+    for name in ("chosen", "rejected"):
+        if not is_turns(types[name]):
+            return (f"column '{name}' must be a list of {{content, role}} messages (Infinity-Preference format) or "
+                    f"text but has type {types[name]}")
+    return None
+
+
+def _fits_strings(types):
+    wrong = [n for n in ("prompt", "chosen", "rejected") if not is_text(types[n])]
+    return f"column '{wrong[0]}' must hold text but has type {types[wrong[0]]}" if wrong else None
+
+
+def _fits_sharegpt(types):
+    if not is_turns(types["conversations"]):
+        return f"column 'conversations' must be a list of {{from, value}} turns but has type {types['conversations']}"
+    for name in ("chosen", "rejected"):
+        if not {"from", "value"} <= record_keys(types[name], 0):
+            return f"column '{name}' must be a {{from, value}} record but has type {types[name]}"
+    return None
+
+
+SCHEMAS = (
+    RowSchema("conversational (BAAI / TRL)", {"prompt": "the question, text or messages",
+                                              "chosen": "the preferred answer as messages",
+                                              "rejected": "the dispreferred answer as messages"},
+              fits=_fits_conversational, convert=_conversational, optional=("system",),
+              example='{"prompt": "2+2?", "chosen": [{"role": "assistant", "content": "4"}], '
+                      '"rejected": [{"role": "assistant", "content": "5"}]}'),
+    RowSchema("plain strings", {"prompt": "the question", "chosen": "the preferred answer",
+                                "rejected": "the dispreferred answer"},
+              fits=_fits_strings, convert=_strings, optional=("system",),
+              example='{"prompt": "2+2?", "chosen": "4", "rejected": "5"}'),
+    RowSchema("sharegpt pairs", {"conversations": "{from, value} turns ending with the question",
+                                 "chosen": "the preferred {from, value} answer",
+                                 "rejected": "the dispreferred {from, value} answer"},
+              fits=_fits_sharegpt, convert=_sharegpt, optional=("system",),
+              example='{"conversations": [{"from": "human", "value": "2+2?"}], "chosen": {"from": "gpt", '
+                      '"value": "4"}, "rejected": {"from": "gpt", "value": "5"}}'),
+)
+
+
+def columns(options: dict | None = None) -> list[str]:
+    """DPO's own columns (whatever schema the files follow): prompt, chosen, rejected."""
     return list(COLUMNS)
 
 
-def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> None:
-    """prompt is text, chosen / rejected are lists of {content, role} messages; raises MiniQwenError naming the file."""
-    require_columns(path, schema, COLUMNS)
-    check_string_column(path, schema, "prompt")
-    for name in ("chosen", "rejected"):
-        kind = schema.field(name).type
-        ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)
-        if ok:
-            item = kind.value_type
-            keys = {item.field(i).name for i in range(item.num_fields)} if pa.types.is_struct(item) else set()
-            ok = {"content", "role"} <= keys or {"from", "value"} <= keys
-        if not ok:
-            raise MiniQwenError(f"{path}: column '{name}' must be a list of {{content, role}} messages "
-                                f"(Infinity-Preference format) but has type {kind}.")
+def check_schema(path: Path, schema: pa.Schema, options: dict | None = None):
+    """The file's Layout: the first of SCHEMAS its columns fit; else MiniQwenError naming the file, the columns
+    it has, the schemas accepted and the flag that maps a column."""
+    return detect_layout(path, schema, options, SCHEMAS, WHAT)
 
 
 def _answer(messages, side: str) -> tuple[str | None, str]:
@@ -90,7 +173,7 @@ def _answer(messages, side: str) -> tuple[str | None, str]:
         if not isinstance(message, dict):
             raise BadPair(f"{side} message {i} is not a {{content, role}} record")
         role, content, raw_role = parse_turn(message)
-        if role is None:
+        if role not in ("system", "user", "assistant"):
             raise BadPair(f"{side} message {i} has unknown role {raw_role!r} (expected user/assistant/system)")
         if role == "system":
             if i > 0:
@@ -113,6 +196,8 @@ def _answer(messages, side: str) -> tuple[str | None, str]:
 
 def parse_pair(prompt, chosen, rejected) -> tuple[str | None, str, str, str]:
     """(system, prompt, chosen answer, rejected answer) of one row, or BadPair."""
+    if isinstance(prompt, list):
+        raise BadPair("the prompt is a multi-turn conversation (only single-turn pairs are supported)")
     if prompt is None or not str(prompt).strip():
         raise BadPair("empty prompt")
     system, chosen_answer = _answer(chosen, "chosen")
@@ -225,28 +310,31 @@ ENCODED = datasets.Features({**{name: datasets.List(datasets.Value("int64")) for
 CACHE_CODE = (__file__, chat.__file__)  # how rows are encoded: editing these makes a new cache
 
 
-def cache_settings(max_length: int, max_prompt_length: int) -> dict:
+def cache_settings(max_length: int, max_prompt_length: int, options: dict | None = None) -> dict:
     """What, besides the files and the tokenizer, changes DPO's encoded pairs (the cache key)."""
-    return {"max_length": max_length, "max_prompt_length": max_prompt_length}
+    return {"max_length": max_length, "max_prompt_length": max_prompt_length,
+            "options": dict(sorted((options or {}).items()))}
 
 
 def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: str, report, **options) -> dict:
-    """One parquet file -> its part of the cache (mini_qwen/data/prepare.py)."""
-    return common.encode_rows_file(path, part, list(COLUMNS), _encode_batch, ENCODED, tokenizer, settings,
+    """One data file -> its part of the cache (mini_qwen/data/prepare.py)."""
+    return common.encode_rows_file(path, part, sys.modules[__name__], _encode_batch, ENCODED, tokenizer, settings,
                                    on_bad_rows, report, "chosen_ids", **options)
 
 
 finish_cache = common.finish_rows_cache
 
 
-def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, max_prompt_length: int):
+def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, max_prompt_length: int,
+               options: dict | None = None):
     """The DPO cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
-    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(max_length, max_prompt_length))
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir,
+                     cache_settings(max_length, max_prompt_length, options))
 
 
 def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_length: int, on_bad_rows: str = "skip",
                   num_proc: int | None = None, source: str | None = None, log=print,
-                  cache_dir: str = ".cache/mini_qwen"):
+                  cache_dir: str = ".cache/mini_qwen", options: dict | None = None):
     """The DPO training set and its counts: (datasets.Dataset of prompt_ids/chosen_ids/rejected_ids, stats),
     from files the stage script has already found and checked."""
     ct = ChatTokens.of(tokenizer)
@@ -256,7 +344,7 @@ def build_dataset(files: list[Path], tokenizer, max_length: int, max_prompt_leng
     if max_prompt_length >= max_length:
         log(f"note: --max_prompt_length {max_prompt_length} >= --max_length {max_length}: pairs whose prompt "
             f"fills max_length keep no answer token and are dropped.")
-    cache = data_cache(files, tokenizer, cache_dir, max_length, max_prompt_length)
+    cache = data_cache(files, tokenizer, cache_dir, max_length, max_prompt_length, options)
     encoded = common.encoded_rows(cache, num_proc, on_bad_rows, log)
     n_rows = len(encoded)
     problems = Counter(p for p in encoded["problem"] if p)

@@ -1,8 +1,9 @@
-"""GRPO data, all in one place: prompts with reference answers (jsonl or parquet) -> the rows GRPOTrainer samples.
+"""GRPO data, all in one place: prompts with reference answers (any format of data/files.py) -> the rows
+GRPOTrainer samples.
 
-The same face as every stage's data module (see mini_qwen/data/pt.py): columns, check_schema, row_problems,
-overlong_rows, build_dataset. Unlike the other stages there is no token cache: a prompt set is small (thousands of
-rows, not millions) and the trainer generates the answers itself, so the rows are read whole.
+The same face as every stage's data module (see mini_qwen/data/pt.py): SCHEMAS, columns, check_schema,
+row_problems, overlong_rows, build_dataset. Unlike the other stages there is no token cache: a prompt set is small
+(thousands of rows, not millions) and the trainer generates the answers itself, so the rows are read whole.
 
 Each row holds a `prompt` (the user's question, text) and an `answer` (the reference the rewards check, e.g. "42",
 "3/4", "一千二百"; a number column works too). Every prompt is rendered once in the Qwen chat format of
@@ -15,15 +16,13 @@ default; `on_bad_rows="error"` stops at the first with its file and row. A promp
 `max_prompt_length` tokens is skipped and counted too (cutting a question would change its answer).
 """
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mini_qwen.chat import format_prompt
 from mini_qwen.data import common
-from mini_qwen.data.common import check_string_column, read_schema, require_columns
+from mini_qwen.data.common import RowSchema, detect_layout, is_text, read_schema
 from mini_qwen.errors import MiniQwenError
 from mini_qwen.rewards.numbers import parse_number
 
@@ -31,26 +30,43 @@ NAME = "grpo"
 FILES_MERGED = False  # read file by file
 WHAT = "GRPO prompts"  # how messages name the data
 COLUMNS = {"prompt": "the user's question as text", "answer": "the reference answer the rewards check"}
-SUFFIXES = (".jsonl", ".parquet")
 
 
 class BadPrompt(ValueError):
     """A row that cannot be trained on; the message says why."""
 
 
-def columns(text_column: str = "text") -> list[str]:
-    """The columns GRPO reads (`text_column` is PT's; every stage module takes it so checks.py can loop)."""
+def _fits(types):
+    if not is_text(types["prompt"]):
+        return f"column 'prompt' must hold text but has type {types['prompt']}"
+    kind = types["answer"]
+    if not (is_text(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
+        return f"column 'answer' must hold text or numbers but has type {kind}"
+    return None
+
+
+def _as_rows(values):
+    return {"prompt": values["prompt"], "answer": values["answer"]}
+
+
+# Other names the two columns go by in public math sets (GSM8K: question / answer; MATH: problem / solution is a
+# worked solution, not a number, so it is not an alias: map it with --columns answer=... after extracting one).
+SCHEMAS = (
+    RowSchema("prompt + answer", dict(COLUMNS), fits=_fits, convert=_as_rows,
+              aliases={"prompt": ("question", "problem", "query"), "answer": ("reference", "ground_truth")},
+              example='{"prompt": "Tom has 3 apples and buys 4 more. How many apples does he have?", '
+                      '"answer": "7"}'),
+)
+
+
+def columns(options: dict | None = None) -> list[str]:
+    """GRPO's own columns (whatever the file calls them): prompt, answer."""
     return list(COLUMNS)
 
 
-def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> None:
-    """prompt is text; answer is text or a number. Raises MiniQwenError naming the file."""
-    require_columns(path, schema, COLUMNS)
-    check_string_column(path, schema, "prompt")
-    kind = schema.field("answer").type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
-            or pa.types.is_floating(kind)):
-        raise MiniQwenError(f"{path}: column 'answer' must hold text or numbers but has type {kind}.")
+def check_schema(path: Path, schema: pa.Schema, options: dict | None = None):
+    """The file's Layout; else MiniQwenError naming the file, its columns and the mapping flag."""
+    return detect_layout(path, schema, options, SCHEMAS, WHAT)
 
 
 def parse_prompt(prompt, answer) -> tuple[str, str]:
@@ -77,81 +93,47 @@ def overlong_rows(values: dict[str, list], tokenizer, max_length: int,
 
 
 def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
-    texts = [format_prompt(p) for p in prompts]
+    texts = [format_prompt(p if isinstance(p, str) else "") for p in prompts]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 # ------------------------------------------------------------------------------------------------ reading
 
-def find_files(data_dir: str, data_glob: str = "**/*") -> list[Path]:
-    """The prompt files (.jsonl, .parquet) under `data_dir`, each parquet schema checked once."""
-    root = Path(data_dir)
-    if not root.exists():
-        raise MiniQwenError(f"{WHAT} folder '{data_dir}' does not exist: point --data_dir at a folder of .jsonl / "
-                            f".parquet files with prompt + answer (the demo's: mini_data/grpo).")
-    files = [root] if root.is_file() else sorted(p for p in root.glob(data_glob) if p.is_file())
-    files = [p for p in files if p.suffix in SUFFIXES]
-    if not files:
-        raise MiniQwenError(f"no .jsonl or .parquet files matching '{data_glob}' under {WHAT} folder '{data_dir}': "
-                            f"check --data_dir / --data_glob.")
-    for path in files:
-        if path.suffix == ".parquet":
-            check_schema(path, read_schema(path))
-    return files
-
-
-# TODO(reader layer): move into mini_qwen/data/files.py (jsonl/csv/txt/parquet readers) when it lands.
-def read_jsonl(path: Path, names: list[str]) -> dict[str, list]:
-    """`names` of every row of a jsonl file ({column: values}); a line that is not a JSON object stops with
-    its file and line; a missing key reads as None (a bad row, counted like a null)."""
-    out = {name: [] for name in names}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MiniQwenError(f"{path}:{line_no}: not a JSON line ({err.msg}).") from None
-            if not isinstance(row, dict):
-                raise MiniQwenError(f"{path}:{line_no}: a JSON object with prompt and answer is expected.")
-            for name in names:
-                out[name].append(row.get(name))
-    if not any(v is not None for v in out["answer"]) and out["answer"]:
+def read_rows(path: Path, options: dict | None = None, on_bad_rows: str = "error") -> dict[str, list]:
+    """prompt and answer of every row of one file (a prompt set is small: read whole), through the reader layer."""
+    layout = check_schema(path, read_schema(path, options), options)
+    rows = {name: [] for name in COLUMNS}
+    for values in layout.batches(path, 1000, options, on_bad_rows):
+        for name in COLUMNS:
+            rows[name].extend(values[name])
+    if rows["answer"] and all(v is None for v in rows["answer"]):
         raise MiniQwenError(f"{path}: no row has an 'answer' ({COLUMNS['answer']}); GRPO scores answers against "
-                            f"it. Add it to every row.")
-    return out
-
-
-def read_rows(path: Path) -> dict[str, list]:
-    if path.suffix == ".jsonl":
-        return read_jsonl(path, list(COLUMNS))
-    return pq.read_table(path, columns=list(COLUMNS)).to_pydict()
+                            f"it. Add it to every row, or name the column with --columns answer=COLUMN.")
+    return rows
 
 
 def row_name(path: Path, index: int) -> str:
-    """How messages name a row: file:line for jsonl (1-based, as editors count), file:row for parquet (0-based)."""
-    return f"{path}:{index + 1}" if path.suffix == ".jsonl" else f"{path}:row {index}"
+    """How messages name a row: the file and its 0-based row, as every stage's bad-row message does."""
+    return f"{path}: row {index}"
 
 
 def build_dataset(files: list[Path], tokenizer, max_prompt_length: int, on_bad_rows: str = "skip",
-                  source: str = "", log=print, max_prompts: int | None = None):
+                  source: str = "", log=print, max_prompts: int | None = None, options: dict | None = None):
     """The training rows (prompt: chat-format text, answer, row) and {reason: count} of the skipped ones."""
     import datasets
 
     rows = {"prompt": [], "answer": [], "row": []}
     skipped: dict[str, int] = {}
     for path in files:
-        values = read_rows(path)
+        values = read_rows(path, options, on_bad_rows)
         problems = row_problems(values)
-        lengths = prompt_lengths(tokenizer, [p if isinstance(p, str) else "" for p in values["prompt"]])
+        lengths = prompt_lengths(tokenizer, values["prompt"])
         for i, (prompt, answer, problem) in enumerate(zip(values["prompt"], values["answer"], problems)):
             if problem is None and lengths[i] > max_prompt_length:
                 problem = f"prompt longer than --max_prompt_length {max_prompt_length} tokens"
             if problem:
                 if on_bad_rows == "error":
-                    raise MiniQwenError(f"{row_name(path, i)}: {problem}. Fix or remove the row, or rerun with "
-                                        f"--on_bad_rows skip to skip and count such rows.")
+                    raise MiniQwenError(common.bad_row_message(path, i, problem))
                 reason = common.fold_digits(problem)
                 skipped[reason] = skipped.get(reason, 0) + 1
                 continue
@@ -160,8 +142,8 @@ def build_dataset(files: list[Path], tokenizer, max_prompt_length: int, on_bad_r
             rows["row"].append(row_name(path, i))
     dataset = datasets.Dataset.from_dict(rows)
     log(f"data: {len(dataset)} prompts from {len(files)} file(s) under {source or files[0].parent}")
-    common.log_skipped_or_stop(dataset, skipped, log, f"no usable prompt in {source or files[0].parent}: every row "
-                                                      f"was skipped (see the counts above).")
+    common.log_skipped_or_stop(dataset, skipped, log, f"no usable prompt in {source or files[0].parent}: "
+                                                      f"every row was skipped (see the counts above).")
     if max_prompts is not None and max_prompts < len(dataset):
         dataset = dataset.select(range(max_prompts))
         log(f"data: training on the first {len(dataset)} prompts (--max_prompts)")

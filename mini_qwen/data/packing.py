@@ -13,11 +13,20 @@ batch of 1.4K-token documents would otherwise hold ~600 MB).
 Blocks are cut from the token stream at read time (block i = tokens[i*B:(i+1)*B],
 remainder dropped, as the original project did). Two packing modes:
   documents  position ids restart at 0 at each document start and the first token of
-             each document is not predicted from the previous one. With no attention
-             mask, transformers then builds per-document causal masks (flash-attention-2,
-             SDPA and eager alike, as long as the KV cache is off), so documents never
-             attend to each other.
+             each document is not predicted from the previous one, so documents never
+             attend to each other (see "Packed rows and attention" below).
   concat     the original project's plain concatenation: one causal mask over the block.
+
+Packed rows and attention (PT blocks and SFT's packed rows alike): batches carry no
+attention mask. SDPA, eager and flex_attention build per-document causal masks from the
+restarting position ids at any batch size (KV cache off, as in training). flash_attention_2
+does not: transformers 5.24 infers documents from position ids only for a batch of one row
+(`_is_packed_sequence`) and otherwise runs one causal kernel over each whole row, across
+documents. So every batch also carries flash-attention's variable-length kwargs
+(`varlen_kwargs`: `cu_seq_lens_q/k`, `max_length_q/k` over the flattened batch), which make
+transformers call the varlen kernel at any batch size; the other attentions ignore them, so
+they go in every batch whatever the attention: ~0.1 ms of collation for 12 rows, the same SDPA
+losses, no extra torch.compile graph. tests/test_flash_varlen.py runs the flash path on CPU.
 """
 
 import itertools
@@ -103,9 +112,25 @@ class PackedBlocks(torch.utils.data.Dataset):
                 "labels": torch.from_numpy(labels)}
 
 
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """flash-attention's variable-length kwargs for a [rows, length] batch of packed sequences.
+
+    A sequence starts where its position id is 0 and at every row start. The offsets index the flattened
+    batch (rows x length tokens): transformers' `_flash_attention_forward` reshapes q/k/v to that before its
+    varlen kernel, whatever the batch size. int32, as flash-attn wants; computed here on the CPU, so the model
+    does not sync with the device in every layer to derive them.
+    """
+    starts = position_ids == 0
+    starts[:, 0] = True
+    offsets = torch.cat([starts.flatten().nonzero().flatten(), torch.tensor([position_ids.numel()])]).to(torch.int32)
+    longest = int(offsets.diff().max())
+    return {"cu_seq_lens_q": offsets, "cu_seq_lens_k": offsets, "max_length_q": longest, "max_length_k": longest}
+
+
 def collate_blocks(rows):
-    """Stack blocks; no attention_mask on purpose (see the module docstring)."""
-    return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    """Stack blocks; no attention_mask on purpose, the varlen kwargs for flash attention (see the module docstring)."""
+    batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+    return {**batch, **varlen_kwargs(batch["position_ids"])}
 
 
 # ---------------------------------------------------------------- SFT: whole conversations packed into rows
@@ -125,9 +150,10 @@ class PackedRowsCollator:
     """Packed SFT rows -> a [batch, max_length] batch of one fixed shape: no step waits on a new sequence length.
 
     Position ids restart at 0 at each conversation and the trailing pad is a sequence of its own; with no
-    attention_mask, transformers builds a per-row block-diagonal causal mask from them (as for PT's `documents`
-    blocks), so a conversation never attends to another and attention costs rows x max_length^2, not the
-    (batch x max_length)^2 of one flattened row under SDPA. A conversation's first token is never a target.
+    attention_mask, SDPA builds a per-row block-diagonal causal mask from them and flash attention gets the
+    varlen kwargs (as PT's `documents` blocks, see the module docstring), so a conversation never attends to
+    another and attention costs rows x max_length^2, not the (batch x max_length)^2 of one flattened row under
+    SDPA. A conversation's first token is never a target.
     """
 
     def __init__(self, pad_token_id: int, max_length: int):
@@ -147,4 +173,5 @@ class PackedRowsCollator:
                 position_ids[i, start:start + length] = torch.arange(length)
                 start += length
         labels[position_ids == 0] = -100
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids,
+                **varlen_kwargs(position_ids)}

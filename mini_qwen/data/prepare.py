@@ -1,4 +1,4 @@
-"""Data preparation as its own step: a stage's parquet files -> the token cache it trains from, in parallel
+"""Data preparation as its own step: a stage's data files -> the token cache it trains from, in parallel
 over files, resumable after a kill, and splittable across machines that share the cache folder.
 
 Run as (utils/prepare_data.py is a thin front to the stage's own `--prepare_only true`):
@@ -37,10 +37,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from mini_qwen import stages
-from mini_qwen.data.common import footer_bytes, part_tmp, remove_stale_tmp
+from mini_qwen.data import files as data_files
+from mini_qwen.data.common import part_tmp, read_schema, remove_stale_tmp
 from mini_qwen.errors import MiniQwenError
 
 # Preparation speed of one process: the table of stages' prepare_bytes_per_second (mini_qwen/stages.py).
@@ -49,8 +48,11 @@ WAIT_POLL_SECONDS = 2.0
 
 @dataclass
 class CacheArguments:
-    """The data-cache flags every stage's data arguments inherit."""
+    """The data-cache flags every stage's data arguments inherit (and --columns, which maps any stage's columns)."""
 
+    columns: str | None = field(default=None, metadata={
+        "help": "Map your files' column names onto the stage's schema: NAME=COLUMN pairs, comma-separated, e.g. "
+                "'prompt=question,chosen=good,rejected=bad' (the stage names the schemas it reads when none fits)."})
     cache_dir: str = field(default=".cache/mini_qwen", metadata={
         "help": "Where the tokenized data is cached (one folder per data, tokenizer and length settings)."})
     prepare_only: bool = field(default=False, metadata={
@@ -138,9 +140,11 @@ class DataCache:
         return [i for i in range(len(self.files)) if self.part_meta(i) is not None]
 
     def estimate_seconds(self, num_proc: int = 1) -> float:
-        """Rough preparation time from the parquet footers (uncompressed size of the columns read)."""
-        columns = set(self.module.columns(self.settings.get("text_column", "text")))
-        total = sum(footer_bytes(path, columns) for path in self.files)
+        """Rough preparation time from the bytes of the columns read (parquet footers; text files' heads)."""
+        options = self.settings.get("options")
+        total = sum(data_files.column_bytes(path, self.module.check_schema(path, read_schema(path, options),
+                                                                           options).columns, options)
+                    for path in self.files)
         return total / (stages.stage(self.stage).prepare_bytes_per_second * max(1, num_proc))
 
     # -- preparing -------------------------------------------------------------------------------------------
@@ -243,9 +247,11 @@ def _encode_parts(cache: DataCache, todo: list[int], num_proc: int, on_bad_rows:
                   options: dict) -> None:
     from tqdm.auto import tqdm
 
-    rows = {i: pq.ParquetFile(cache.files[i]).metadata.num_rows for i in todo}
-    order = sorted(todo, key=lambda i: -rows[i])  # largest first: the processes finish close together
-    bar = tqdm(total=sum(rows.values()), unit="rows", desc=f"preparing {cache.stage} data", disable=not progress,
+    rows = {i: data_files.known_rows(cache.files[i]) for i in todo}  # None: a text file, not counted beforehand
+    total = None if None in rows.values() else sum(rows.values())
+    size = rows if total is not None else {i: cache.files[i].stat().st_size for i in todo}
+    order = sorted(todo, key=lambda i: -size[i])  # largest first: the processes finish close together
+    bar = tqdm(total=total, unit="rows", desc=f"preparing {cache.stage} data", disable=not progress,
                mininterval=1.0, smoothing=0.1)
     tokens = [0]
 

@@ -1,15 +1,22 @@
-"""PT data, all in one place: IndustryCorpus2 parquet files -> a token cache on disk -> training blocks.
+"""PT data, all in one place: text files (IndustryCorpus2 parquet, or any format data/files.py reads) -> a token
+cache on disk -> training blocks.
 
 Every stage's data module has the same face (see mini_qwen/data/checks.py, which loops over them):
-  columns()        the columns the stage reads (every other column is ignored)
-  check_schema()   the per-file column checks, before any row is read
+  SCHEMAS          the row schemas the stage accepts, in detection order (common.RowSchema: columns, types,
+                   how a batch becomes the stage's own columns, an example line)
+  columns()        the stage's own columns, which row_problems / overlong_rows read (a file's own columns are
+                   mapped onto them by its layout)
+  check_schema()   the per-file check, before any row is read: returns the file's Layout (the schema detected,
+                   the file columns read, the conversion), or one error naming the columns found, the schemas
+                   accepted and the flag that maps a column
   row_problems()   why each row of a batch cannot be trained on (None for a good row)
   overlong_rows()  what the stage's length rule does to a good row that is too long
   build_dataset()  the training set, from files the stage script has already found and checked
 
-PT's rules: one text column (default `text`); a null, empty or whitespace-only text is a bad row;
+PT's rules: one text column (--text_column, else the one of `text`, `content`, `raw_content` the file has;
+a .txt file is its `text`); a null, empty or whitespace-only text is a bad row;
 a long document is not cut but split across blocks (packing.py). Preparation streams batches of
-texts from parquet to disk, so peak memory stays flat however large the corpus (the cache format
+texts from the files to disk, so peak memory stays flat however large the corpus (the cache format
 is in mini_qwen/data/packing.py); it runs file by file, in parallel and resumable (mini_qwen/data/prepare.py:
 `encode_file` makes one file's part, `finish_cache` joins the parts).
 """
@@ -22,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mini_qwen.data.common import check_string_column, part_tmp, replace_folder, require_columns
+from mini_qwen.data.common import RowSchema, column_map, detect_layout, is_text, part_tmp, read_schema, replace_folder
 from mini_qwen.data.packing import PackedBlocks, chunks_by_chars, encode_u24, tokenize_batch
 from mini_qwen.data.prepare import DataCache
 from mini_qwen.errors import MiniQwenError
@@ -34,14 +40,31 @@ FILES_MERGED = False  # read file by file, so string vs large_string never meet
 WHAT = "PT data"  # how messages name the data
 
 
-def columns(text_column: str = "text") -> list[str]:
-    return [text_column]
+TEXT_COLUMNS = ("text", "content", "raw_content")  # the names a document's text goes by, in this order
+
+SCHEMAS = (
+    RowSchema("text", {"text": "the document text"},
+              fits=lambda types: None if is_text(types["text"]) else
+              f"column 'text' must hold text but has type {types['text']}",
+              convert=lambda values: values, example='{"text": "Hangzhou is a city in China ..."}',
+              aliases={"text": TEXT_COLUMNS[1:]}),
+)
 
 
-def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> None:
-    """The text column exists and holds strings; raises MiniQwenError naming the file and column."""
-    require_columns(path, schema, {text_column: "the document text"})
-    check_string_column(path, schema, text_column)
+def columns(options: dict | None = None) -> list[str]:
+    """PT's own column: the document text."""
+    return ["text"]
+
+
+def check_schema(path: Path, schema: pa.Schema, options: dict | None = None):
+    """The file's Layout: its text column (the flag's, or the one candidate it has), holding strings; else
+    MiniQwenError naming the file and columns."""
+    if "text" not in column_map(options):
+        present = [name for name in TEXT_COLUMNS if name in schema.names]
+        if len(present) > 1:
+            raise MiniQwenError(f"{path}: several columns could hold the text: {present}. Say which with "
+                                f"--text_column (e.g. --text_column {present[0]}).")
+    return detect_layout(path, schema, options, SCHEMAS, WHAT)
 
 
 def text_problem(text) -> str | None:
@@ -68,48 +91,46 @@ def overlong_rows(values: dict[str, list], tokenizer, max_length: int,
     return [f"longer than {max_length} tokens (split across blocks)" if n > max_length else None for n in lengths]
 
 
-def iter_text_batches(files: list[Path], column: str = "text", batch_rows: int = 4096, on_bad_rows: str = "skip",
-                      stats: dict | None = None):
+def iter_text_batches(files: list[Path], options: dict | None = None, batch_rows: int = 4096,
+                      on_bad_rows: str = "skip", stats: dict | None = None):
     """Yield lists of non-empty texts, file by file, batch by batch: the corpus is never held in memory whole.
 
     `files` are checked already (`checks.check_stage_files`). Null, empty or whitespace-only texts
-    are skipped and counted in `stats`, or raise with the file and row when `on_bad_rows="error"`.
+    are skipped and counted in `stats`, or raise with the file and row when `on_bad_rows="error"`; so are
+    lines of a text file that cannot be read (`stats["unreadable"]`; data/files.py).
     """
     stats = stats if stats is not None else {}
     for path in files:
         row = 0
-        try:
-            batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=[column])
-            for batch in batches:
-                texts = batch.column(0).to_pylist()
-                good = []
-                for i, text in enumerate(texts):
-                    problem = text_problem(text)
-                    if problem:
-                        if on_bad_rows == "error":
-                            raise MiniQwenError(f"{path}: row {row + i} has {problem} '{column}'. Remove the row, "
-                                                f"or rerun with --on_bad_rows skip to skip and count such rows.")
-                        stats["skipped_empty"] = stats.get("skipped_empty", 0) + 1
-                    else:
-                        good.append(text)
-                row += len(texts)
-                stats["rows"] = stats.get("rows", 0) + len(texts)
-                if good:
-                    yield good
-        except (pa.ArrowException, OSError) as err:
-            raise MiniQwenError(f"{path}: unreadable at row ~{row}: {err}. "
-                                f"Re-download the file or remove it.") from None
+        layout = check_schema(path, read_schema(path, options), options)
+        for batch in layout.batches(path, batch_rows, options, on_bad_rows, stats):
+            texts = batch["text"]
+            good = []
+            for i, text in enumerate(texts):
+                problem = text_problem(text)
+                if problem:
+                    if on_bad_rows == "error":
+                        raise MiniQwenError(f"{path}: row {row + i} has {problem} '{layout.columns[0]}'. Remove the "
+                                            f"row, or rerun with --on_bad_rows skip to skip and count such rows.")
+                    stats["skipped_empty"] = stats.get("skipped_empty", 0) + 1
+                else:
+                    good.append(text)
+            row += len(texts)
+            stats["rows"] = stats.get("rows", 0) + len(texts)
+            if good:
+                yield good
         stats["files"] = stats.get("files", 0) + 1
 
 
-def cache_settings(text_column: str = "text") -> dict:
-    """What, besides the files and the tokenizer, changes PT's tokens (the cache key; mini_qwen/data/prepare.py)."""
-    return {"text_column": text_column, "format": "u24"}
+def cache_settings(options: dict | None = None) -> dict:
+    """What, besides the files and the tokenizer, changes PT's tokens (the cache key; mini_qwen/data/prepare.py):
+    the data options (--text_column, --columns, --txt_split) that choose the text."""
+    return {"options": dict(sorted((options or {}).items())), "format": "u24"}
 
 
 def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: str, report,
                 batch_rows: int = 4096, max_chars: int = 1 << 21) -> dict:
-    """One parquet file -> `<part>.u24` + `<part>.lens.npy` (the cache format of packing.py), each written
+    """One data file -> `<part>.u24` + `<part>.lens.npy` (the cache format of packing.py), each written
     under a temporary name and renamed; returns the counts for the part's json. `report(rows, tokens)`
     is called after each batch (the progress bar)."""
     eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -119,7 +140,7 @@ def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: 
     tmp_tokens = part_tmp(tokens_path)
     try:
         with open(tmp_tokens, "wb") as out:
-            for texts in iter_text_batches([path], settings["text_column"], batch_rows, on_bad_rows, stats):
+            for texts in iter_text_batches([path], settings["options"], batch_rows, on_bad_rows, stats):
                 batch_tokens = 0
                 # ~2M characters a call: enough documents for the tokenizer's threads, a bounded transient peak
                 for chunk in chunks_by_chars(texts, max_chars):
@@ -141,7 +162,7 @@ def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: 
     os.replace(tmp_tokens, tokens_path)
     os.replace(tmp_lengths, part.with_suffix(".lens.npy"))
     return {"tokens": n_tokens, "documents": int(len(lengths)), "rows": stats.get("rows", 0),
-            "skipped_empty": stats.get("skipped_empty", 0)}
+            "skipped_empty": stats.get("skipped_empty", 0), "unreadable": stats.get("unreadable", 0)}
 
 
 def finish_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | None:
@@ -151,9 +172,9 @@ def finish_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | Non
     n_tokens = sum(meta["tokens"] for _, meta in parts)
     rows = sum(meta["rows"] for _, meta in parts)
     if n_tokens == 0:
+        column = cache.settings["options"].get("text_column") or "text"
         raise MiniQwenError(f"no text to train on: all {rows} rows of the {len(parts)} files have a null or empty "
-                            f"'{cache.settings['text_column']}' (check the files with `python utils/check_data.py "
-                            f"pt DATA_DIR`).")
+                            f"'{column}' (check the files with `python utils/check_data.py pt DATA_DIR`).")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -164,7 +185,8 @@ def finish_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | Non
         np.save(tmp / "doc_lens.npy", np.concatenate([np.load(part.with_suffix(".lens.npy")) for part, _ in parts]))
         seconds = sum(meta["seconds"] for _, meta in parts)
         meta = {"tokens": n_tokens, "documents": sum(m["documents"] for _, m in parts), "rows": rows,
-                "skipped_empty": sum(m["skipped_empty"] for _, m in parts), "files": [str(f) for f in cache.files],
+                "skipped_empty": sum(m["skipped_empty"] for _, m in parts),
+                "unreadable": sum(m.get("unreadable", 0) for _, m in parts), "files": [str(f) for f in cache.files],
                 "seconds": round(seconds, 2), "tokenizer": cache.tokenizer.name_or_path}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     except BaseException:
@@ -174,33 +196,37 @@ def finish_cache(cache, parts: list[tuple[Path, dict]], tmp: Path) -> dict | Non
         return None
     shutil.rmtree(cache.parts_dir, ignore_errors=True)
     meta["_line"] = (f"data: {meta['documents']} documents, {n_tokens:,} tokens from {len(parts)} files "
-                     f"({meta['skipped_empty']} empty rows skipped), {seconds:.1f}s of tokenizing "
+                     f"({meta['skipped_empty']} empty rows"
+                     + (f", {meta['unreadable']} unreadable lines" if meta["unreadable"] else "")
+                     + f" skipped), {seconds:.1f}s of tokenizing "
                      f"= {n_tokens / max(seconds, 1e-9):,.0f} tokens/s per process -> {cache.folder}")
     return meta
 
 
-def data_cache(files: list[Path], tokenizer, cache_dir: str = ".cache/mini_qwen", text_column: str = "text"):
+def data_cache(files: list[Path], tokenizer, cache_dir: str = ".cache/mini_qwen", options: dict | None = None):
     """The PT token cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
-    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(text_column))
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(options))
 
 
-def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, text_column: str = "text",
+def prepare_token_cache(files: list[Path], tokenizer, cache_root: str, options: dict | None = None,
                         on_bad_rows: str = "skip", log=print, num_proc: int | None = 1, progress: bool = True,
-                        **options) -> Path:
+                        **encode_options) -> Path:
     """Tokenize every document of the (checked) `files` into `cache_root/pt-<key>/`, or reuse that folder.
-    `options`: encode_file's batch_rows / max_chars (memory and speed only; the tokens are the same)."""
-    return data_cache(files, tokenizer, cache_root, text_column).prepare(num_proc, None, on_bad_rows, log, progress,
-                                                                          **options)
+    `options`: the data options (common.data_options); `encode_options`: encode_file's batch_rows / max_chars
+    (memory and speed only; the tokens are the same)."""
+    return data_cache(files, tokenizer, cache_root, options).prepare(num_proc, None, on_bad_rows, log, progress,
+                                                                      **encode_options)
 
 
 def build_dataset(files: list[Path], tokenizer, block_size: int, packing: str = "documents",
-                  cache_dir: str = ".cache/mini_qwen", text_column: str = "text", on_bad_rows: str = "skip",
+                  cache_dir: str = ".cache/mini_qwen", options: dict | None = None, on_bad_rows: str = "skip",
                   source: str | None = None, log=print, num_proc: int | None = 1) -> tuple[PackedBlocks, dict]:
     """The PT training set, (blocks of `block_size` tokens, cache meta), from files already checked."""
-    cache = prepare_token_cache(files, tokenizer, cache_dir, text_column, on_bad_rows, log, num_proc)
+    cache = prepare_token_cache(files, tokenizer, cache_dir, options, on_bad_rows, log, num_proc)
     meta = json.loads((cache / "meta.json").read_text())
-    if on_bad_rows == "error" and meta["skipped_empty"]:  # a cache prepared with skip: stop at its first bad row
-        for _ in iter_text_batches(files, text_column, on_bad_rows="error"):
+    # A cache prepared with skip: stop at its first bad row.
+    if on_bad_rows == "error" and (meta["skipped_empty"] or meta.get("unreadable")):
+        for _ in iter_text_batches(files, options, on_bad_rows="error"):
             pass
     dataset = PackedBlocks(cache, block_size, packing)
     if len(dataset) == 0:

@@ -1,8 +1,13 @@
-"""SFT data, all in one place: Infinity-Instruct parquet files -> a tokenized dataset (input_ids + labels).
+"""SFT data, all in one place: conversations (Infinity-Instruct parquet, or any format data/files.py reads) ->
+a tokenized dataset (input_ids + labels).
 
-The same face as every stage's data module (see mini_qwen/data/pt.py): columns, check_schema,
-row_problems, overlong_rows, build_dataset. SFT reads one column, `conversations`, a list of
-{from, value} turns (7M and Gen files are mixed; their `id` types differ, so `id` is never read).
+The same face as every stage's data module (see mini_qwen/data/pt.py): SCHEMAS, columns, check_schema,
+row_problems, overlong_rows, build_dataset. Every schema in SCHEMAS becomes SFT's own column, `conversations`,
+a list of turns (7M and Gen files are mixed; their `id` types differ, so `id` is never read):
+  sharegpt / openai   `conversations` or `messages` (or --messages_column): {from, value} or {role, content}
+                      turns (an optional `system` column becomes the system turn)
+  alpaca              instruction, input, output (+ optional system, history [[question, answer], ...])
+  prompt/response     prompt + response (or completion), texts (+ optional system)
 The turn rules (roles, order, a final assistant answer) are `chat.normalize_messages`; the label
 mask and the answer-keeping truncation are `chat.encode_conversations`.
 
@@ -21,32 +26,83 @@ import pyarrow as pa
 from mini_qwen import chat
 from mini_qwen.chat import BadConversation, encode_conversations, normalize_messages
 from mini_qwen.data import common
-from mini_qwen.data.common import parse_rows, require_columns
+from mini_qwen.data.common import RowSchema, detect_layout, is_text, is_turns, parse_rows
 from mini_qwen.data.prepare import DataCache
-from mini_qwen.errors import MiniQwenError
 
 NAME = "sft"
-FILES_MERGED = True  # `datasets` loads all files as one table
+FILES_MERGED = False  # read file by file into fixed features (common.encode_rows_file): types never meet
 WHAT = "SFT data"  # how messages name the data
-COLUMNS = {"conversations": "a list of {from, value} turns"}
+COLUMNS = {"conversations": "a list of turns"}
 
 
-def columns(text_column: str = "text") -> list[str]:
-    """The columns SFT reads (`text_column` is PT's; every stage module takes it so checks.py can loop)."""
+def _with_system(conversations, systems):
+    """A `system` column's text as each conversation's first turn (unless it has one)."""
+    out = []
+    for conv, system in zip(conversations, systems):
+        if system and conv and not any(chat.parse_turn(t)[0] == "system" for t in conv[:1] if isinstance(t, dict)):
+            conv = [{"role": "system", "content": system}, *conv]
+        out.append(conv)
+    return out
+
+
+def _turns(values):
+    convs = values["conversations"]
+    return {"conversations": _with_system(convs, values["system"]) if "system" in values else convs}
+
+
+def _alpaca(values):
+    n = len(values["instruction"])
+    convs = []
+    for i in range(n):
+        instruction, output = values["instruction"][i], values["output"][i]
+        extra = (values.get("input") or [None] * n)[i]
+        conv = []
+        for pair in (values.get("history") or [None] * n)[i] or []:
+            conv += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+        question = instruction if not extra else (f"{instruction}\n{extra}" if instruction else extra)
+        convs.append(conv + [{"role": "user", "content": question}, {"role": "assistant", "content": output}])
+    return {"conversations": _with_system(convs, values["system"]) if "system" in values else convs}
+
+
+def _pair(values):
+    convs = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for q, a in zip(values["prompt"], values["response"])]
+    return {"conversations": _with_system(convs, values["system"]) if "system" in values else convs}
+
+
+def _texts(*names):
+    def fits(types):
+        wrong = [f"column '{n}' must hold text but has type {types[n]}" for n in (*names, "system")
+                 if n in types and not is_text(types[n]) and not pa.types.is_null(types[n])]
+        return wrong[0] if wrong else None
+    return fits
+
+
+SCHEMAS = (
+    RowSchema("sharegpt/openai turns", {"conversations": "a list of {from, value} or {role, content} turns"},
+              fits=lambda types: None if is_turns(types["conversations"]) else
+              f"column 'conversations' must be a list of {{from, value}} records (Infinity-Instruct format) or "
+              f"{{role, content}} messages but has type {types['conversations']}",
+              convert=_turns, optional=("system",), aliases={"conversations": ("messages",)},
+              example='{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}'),
+    RowSchema("alpaca", {"instruction": "the question", "output": "the answer"}, fits=_texts("instruction", "output",
+              "input"), convert=_alpaca, optional=("input", "system", "history"),
+              example='{"instruction": "Translate to French", "input": "cat", "output": "chat"}'),
+    RowSchema("prompt/response", {"prompt": "the question", "response": "the answer"},
+              fits=_texts("prompt", "response"), convert=_pair, optional=("system",),
+              aliases={"response": ("completion",)}, example='{"prompt": "2+2?", "response": "4"}'),
+)
+
+
+def columns(options: dict | None = None) -> list[str]:
+    """SFT's own column: `conversations`, a list of turns (whatever schema the files follow)."""
     return list(COLUMNS)
 
 
-def check_schema(path: Path, schema: pa.Schema, text_column: str = "text") -> None:
-    """`conversations` exists and is a list of {from, value} records; raises MiniQwenError naming the file."""
-    require_columns(path, schema, COLUMNS)
-    kind = schema.field("conversations").type
-    ok = pa.types.is_list(kind) or pa.types.is_large_list(kind)
-    if ok:
-        item = kind.value_type
-        ok = pa.types.is_struct(item) and {"from", "value"} <= {item.field(i).name for i in range(item.num_fields)}
-    if not ok:
-        raise MiniQwenError(f"{path}: column 'conversations' must be a list of {{from, value}} records "
-                            f"(Infinity-Instruct format) but has type {kind}.")
+def check_schema(path: Path, schema: pa.Schema, options: dict | None = None):
+    """The file's Layout: the first of SCHEMAS its columns fit; else MiniQwenError naming the file, the columns
+    it has, the schemas accepted and the flag that maps a column."""
+    return detect_layout(path, schema, options, SCHEMAS, WHAT)
 
 
 def row_problems(values: dict[str, list]) -> list[str | None]:
@@ -96,30 +152,33 @@ ENCODED = datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))
 CACHE_CODE = (__file__, chat.__file__)  # how rows are encoded: editing these makes a new cache
 
 
-def cache_settings(max_length: int, first_turn_only: bool = False) -> dict:
+def cache_settings(max_length: int, first_turn_only: bool = False, options: dict | None = None) -> dict:
     """What, besides the files and the tokenizer, changes SFT's encoded rows (the cache key)."""
-    return {"max_length": max_length, "first_turn_only": first_turn_only}
+    return {"max_length": max_length, "first_turn_only": first_turn_only,
+            "options": dict(sorted((options or {}).items()))}
 
 
 def encode_file(path: Path, part: Path, tokenizer, settings: dict, on_bad_rows: str, report, **options) -> dict:
-    """One parquet file -> its part of the cache (mini_qwen/data/prepare.py)."""
-    return common.encode_rows_file(path, part, list(COLUMNS), _encode_batch, ENCODED, tokenizer, settings,
+    """One data file -> its part of the cache (mini_qwen/data/prepare.py)."""
+    return common.encode_rows_file(path, part, sys.modules[__name__], _encode_batch, ENCODED, tokenizer, settings,
                                    on_bad_rows, report, "input_ids", **options)
 
 
 finish_cache = common.finish_rows_cache
 
 
-def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, first_turn_only: bool = False):
+def data_cache(files: list[Path], tokenizer, cache_dir: str, max_length: int, first_turn_only: bool = False,
+               options: dict | None = None):
     """The SFT cache of these (checked) files: `.ready()`, `.prepare(num_proc, shard)` (prepare.py)."""
-    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir, cache_settings(max_length, first_turn_only))
+    return DataCache(sys.modules[__name__], files, tokenizer, cache_dir,
+                     cache_settings(max_length, first_turn_only, options))
 
 
 def build_dataset(files: list[Path], tokenizer, max_length: int, first_turn_only: bool = False,
                   on_bad_rows: str = "skip", num_proc: int | None = None, source: str | None = None, log=print,
-                  cache_dir: str = ".cache/mini_qwen"):
+                  cache_dir: str = ".cache/mini_qwen", options: dict | None = None):
     """The SFT training set and its counts, from files the stage script has already found and checked."""
-    cache = data_cache(files, tokenizer, cache_dir, max_length, first_turn_only)
+    cache = data_cache(files, tokenizer, cache_dir, max_length, first_turn_only, options)
     encoded = common.encoded_rows(cache, num_proc, on_bad_rows, log)
     n_rows = len(encoded)
     problems = Counter(p for p in encoded["problem"] if p)

@@ -14,11 +14,13 @@ SCORED = ("math", "format")  # the demo's rewards; accuracy is "math"
 
 
 def load_verifiable(path: str) -> list[dict]:
-    """The good rows (prompt, answer, row) of a .jsonl / .parquet file of prompt + answer."""
-    from mini_qwen.data.grpo import find_files, read_rows, row_name, row_problems
+    """The good rows (prompt, answer, row) of a file (or folder) of prompt + answer, in any format of the reader
+    layer (data/files.py)."""
+    from mini_qwen.data.checks import find_stage_files
+    from mini_qwen.data.grpo import NAME, read_rows, row_name, row_problems
 
     rows = []
-    for file in find_files(path):
+    for file in find_stage_files(NAME, path, log=lambda *_: None):
         values = read_rows(Path(file))
         for i, problem in enumerate(row_problems(values)):
             if problem is None:

@@ -6,8 +6,9 @@ schema that mini_qwen/data/dpo.py reads (the same column types as mini_data/dpo)
     chosen   list<struct<content: string, role: string>>   [system], user, winning answer
     rejected list<struct<content: string, role: string>>   [system], user, losing answer
 plus the context DPO ignores: chosen_model, rejected_model, created (UTC, ISO 8601), id.
-A tie says neither answer is better: no training signal, so it goes to `<folder>/ties.jsonl`
-(kept for counting, invisible to DPO, which reads *.parquet only).
+A tie says neither answer is better: no training signal, so it goes to `<folder>/ties.log`, JSON lines
+(kept for counting, invisible to DPO: `.log` is no data format mini_qwen/data/files.py reads, so a DPO run on the
+folder with its default --data_glob reads votes.parquet only).
 
 Parquet cannot be appended to in place, so each vote rewrites the file: read, add the row,
 write a temporary file, rename it over the old one (atomic: a reader, or a DPO run started
@@ -36,7 +37,7 @@ SCHEMA = pa.schema([("prompt", pa.string()), ("chosen", pa.list_(MESSAGE)), ("re
                     ("chosen_model", pa.string()), ("rejected_model", pa.string()), ("created", pa.string()),
                     ("id", pa.string())])
 VOTES_FILE = "votes.parquet"
-TIES_FILE = "ties.jsonl"
+TIES_FILE = "ties.log"  # JSON lines, but not .jsonl: DPO on the folder must not read the ties
 
 
 class VoteStore:
