@@ -22,7 +22,8 @@
 # Environment: PYTHON (python3), WHEEL_DIR (.whl), SITE (/tmp/site), GPU_CHECK_TOTAL (seconds for the whole
 # script, 480), GPU_CHECK_BUDGET (seconds for the sub-runs; default: what TOTAL leaves), GPU_CHECK_ONLY (comma-
 # separated sub-run names), GPU_CHECK_SFT_DATA / GPU_CHECK_DPO_DATA (real-length rows; default mini_data/),
-# GPU_CHECK_T4_FIT=1 (also run bench/t4_fit.py afterwards), GPU_CHECK_WORK (/tmp/mini_qwen_gpu_check).
+# GPU_CHECK_T4_FIT=1 (also run bench/t4_fit.py afterwards), GPU_CHECK_PYTEST=1 (also run the gpu-marked tests
+# afterwards, GPU_CHECK_PYTEST_SECONDS 300), GPU_CHECK_WORK (/tmp/mini_qwen_gpu_check).
 # liger-kernel (the `gpu` extra of pyproject.toml) travels as a wheel in .whl/ too; without it the Liger rows
 # fail with one line saying so, the others run, and the check exits 1.
 set -u
@@ -89,5 +90,15 @@ if [ "${GPU_CHECK_T4_FIT:-0}" = 1 ]; then  # a separate question (does the demo 
         echo "gpu_check: t4_fit: exit $t4_rc: a demo stage failed or did not fit 15 GiB in fp16 ($OUT/t4_fit/t4_fit.md)"
         [ "$rc" -ne 0 ] || rc=$t4_rc
     fi
+fi
+# The gpu-marked tests (real flash-attn varlen kernel on packed rows, the QLoRA fp32 adapter, ...): skipped on CPU
+# machines, so a GPU session runs them here. Not in the 8 minutes either; their exit status joins the check's.
+if [ "${GPU_CHECK_PYTEST:-0}" = 1 ]; then
+    timeout "${GPU_CHECK_PYTEST_SECONDS:-300}" $PYTHON -m pytest -q -rs -m gpu -p no:cacheprovider \
+        tests/test_flash_varlen.py tests/test_lora.py tests/test_hardware.py tests/test_speed.py ${DRY[@]+--collect-only} \
+        > "$OUT/gpu_pytest.log" 2>&1
+    py_rc=$?
+    echo "gpu_check: gpu-marked tests: exit $py_rc ($OUT/gpu_pytest.log): $(tail -n 1 "$OUT/gpu_pytest.log")"
+    [ "$py_rc" -eq 0 ] || [ "$rc" -ne 0 ] || rc=$py_rc
 fi
 exit "$rc"
