@@ -57,7 +57,7 @@ echo "== tokenizer"
 "$VPY" -m mini_qwen.tokenizer
 
 case "$what" in
-  demo) echo "== demo pipeline: PT -> SFT -> DPO -> eval report"; "$VPY" demo/demo_all.py ;;
+  demo) echo "== demo pipeline: PT -> SFT -> DPO -> GRPO -> eval report"; "$VPY" demo/demo_all.py ;;
   test) echo "== tests"; "$VPY" -m pytest -q ;;
   install) echo "== installed; activate with: source .venv/bin/activate" ;;
 esac
