@@ -49,12 +49,6 @@ def read_schema(path: Path, options: dict | None = None) -> pa.Schema:
     return files.read_schema(path, options)
 
 
-def footer_bytes(path: Path, columns) -> int:
-    """Uncompressed bytes of `columns` in a data file: a parquet file's footer alone, a text file measured on its
-    head and scaled (data/files.py: column_bytes)."""
-    return files.column_bytes(path, columns)
-
-
 # --------------------------------------------------------------------------- schemas: which columns mean what
 
 @dataclass(frozen=True)
@@ -185,22 +179,6 @@ def is_turns(kind: pa.DataType) -> bool:
     """A list of {from, value} (ShareGPT) or {role, content} (OpenAI) records."""
     keys = record_keys(kind)
     return {"from", "value"} <= keys or {"role", "content"} <= keys
-
-
-def require_columns(path: Path, schema: pa.Schema, columns: dict[str, str]) -> None:
-    """`columns` maps a required column name to a short description of what it should hold."""
-    names = schema.names
-    for name, description in columns.items():
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" (did you mean '{close[0]}'? rename it to '{name}')" if close else ""
-            raise MiniQwenError(f"{path}: missing column '{name}' ({description}); it has {names}{hint}.")
-
-
-def check_string_column(path: Path, schema: pa.Schema, name: str) -> None:
-    kind = schema.field(name).type
-    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise MiniQwenError(f"{path}: column '{name}' must hold text but has type {kind}.")
 
 
 def type_name(kind: pa.DataType) -> str:
